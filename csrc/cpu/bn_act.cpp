@@ -1,0 +1,532 @@
+// CPU kernels of the fused BatchNorm2d + LeakyReLU op (schemas in csrc/bn_act.cpp).
+//
+// Layouts: NCHW-contiguous and channels_last (NHWC) inputs are read in place;
+// anything else is made contiguous first.
+//
+// NCHW works channel by channel (parallel over channels): one channel's values
+// (N planes of H*W) are reduced and then, while they still sit in L2, normalised
+// and activated (forward) or turned into input gradients (backward). So the
+// forward reads the input from memory once and the backward reads (grad, input)
+// once; the second pass of each hits the cache.
+//
+// NHWC works on blocks of rows (parallel over blocks, vectorised over channels):
+// per-block partial statistics are merged per channel in a fixed order, so the
+// result does not depend on the number of threads.
+//
+// Statistics: each run of at most kChunk values is reduced with two passes
+// (mean, then squared deviations) while it is in L1, and runs are merged with
+// Chan's formula in double. Never sum / sum-of-squares.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../bn_act_math.h"
+#include "vec_io.h"
+
+namespace fastgan {
+namespace cpu {
+namespace {
+
+using bn_act::merge_moments;
+using bn_act::Moments;
+
+constexpr int64_t kChunk = 2048;          // values per two-pass run (8 KiB of fp32)
+constexpr int64_t kBlockElems = 16384;    // NHWC rows per block * channels
+
+// ---------------------------------------------------------------------------
+// Runs of contiguous values (one plane, or a piece of one).
+
+// Moments of p[0..n) by two passes over it.
+template <typename scalar_t>
+Moments<double> run_moments(const scalar_t* p, int64_t n) {
+  using IO = VecIo<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using Vec = typename IO::Vec;
+  constexpr int64_t K = IO::kSize;
+  Vec s0(acc_t(0)), s1(acc_t(0));
+  int64_t i = 0;
+  for (; i + 2 * K <= n; i += 2 * K) {
+    s0 += IO::load(p + i);
+    s1 += IO::load(p + i + K);
+  }
+  for (; i + K <= n; i += K) s0 += IO::load(p + i);
+  if (i < n) s0 += IO::load(p + i, n - i);  // zero-filled tail
+  const acc_t mean = lane_sum<acc_t>(s0 + s1) / static_cast<acc_t>(n);
+  const Vec vmean(mean);
+  Vec q0(acc_t(0)), q1(acc_t(0));
+  i = 0;
+  for (; i + 2 * K <= n; i += 2 * K) {
+    const Vec d0 = IO::load(p + i) - vmean;
+    const Vec d1 = IO::load(p + i + K) - vmean;
+    q0 = at::vec::fmadd(d0, d0, q0);
+    q1 = at::vec::fmadd(d1, d1, q1);
+  }
+  for (; i + K <= n; i += K) {
+    const Vec d = IO::load(p + i) - vmean;
+    q0 = at::vec::fmadd(d, d, q0);
+  }
+  if (i < n) {
+    const Vec d = masked<acc_t>(IO::load(p + i, n - i) - vmean, n - i);
+    q0 = at::vec::fmadd(d, d, q0);
+  }
+  return {static_cast<double>(mean), static_cast<double>(lane_sum<acc_t>(q0 + q1)), n};
+}
+
+// y = leaky(x * scale + shift) over p[0..n).
+template <typename scalar_t, typename acc_t>
+void run_apply(const scalar_t* x, scalar_t* y, int64_t n, acc_t scale, acc_t shift,
+               acc_t slope) {
+  using IO = VecIo<scalar_t>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t K = IO::kSize;
+  const Vec vs(scale), vb(shift), vslope(slope);
+  int64_t i = 0;
+  for (; i + K <= n; i += K) {
+    IO::store(y + i, leaky_vec<acc_t>(at::vec::fmadd(IO::load(x + i), vs, vb), vslope));
+  }
+  if (i < n) {
+    IO::store(y + i, leaky_vec<acc_t>(at::vec::fmadd(IO::load(x + i, n - i), vs, vb), vslope),
+              n - i);
+  }
+}
+
+// Backward sums over a run: sum(dz) and sum(dz * (x - mean)), dz = dy * act'(z).
+template <typename scalar_t, typename acc_t>
+void run_grad_sums(const scalar_t* dy, const scalar_t* x, int64_t n, acc_t scale, acc_t shift,
+                   acc_t slope, acc_t mean, double& sum_dz, double& sum_dz_xc) {
+  using IO = VecIo<scalar_t>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t K = IO::kSize;
+  const Vec vs(scale), vb(shift), vslope(slope), vmean(mean);
+  Vec a(acc_t(0)), b(acc_t(0));
+  int64_t i = 0;
+  for (; i + K <= n; i += K) {
+    const Vec xv = IO::load(x + i);
+    const Vec dz = IO::load(dy + i) * leaky_grad_vec<acc_t>(at::vec::fmadd(xv, vs, vb), vslope);
+    a += dz;
+    b = at::vec::fmadd(dz, xv - vmean, b);
+  }
+  if (i < n) {
+    const Vec xv = IO::load(x + i, n - i);
+    // dy's tail lanes load as zero, so dz (and both products) vanish there.
+    const Vec dz = IO::load(dy + i, n - i) *
+                   leaky_grad_vec<acc_t>(at::vec::fmadd(xv, vs, vb), vslope);
+    a += dz;
+    b = at::vec::fmadd(dz, xv - vmean, b);
+  }
+  sum_dz += static_cast<double>(lane_sum<acc_t>(a));
+  sum_dz_xc += static_cast<double>(lane_sum<acc_t>(b));
+}
+
+// dx = gain * (dz - proj * (x - mean) - mean_dz) over a run.
+template <typename scalar_t, typename acc_t>
+void run_grad_input(const scalar_t* dy, const scalar_t* x, scalar_t* dx, int64_t n, acc_t scale,
+                    acc_t shift, acc_t slope, acc_t mean, const bn_act::GradCoeffs<acc_t>& g) {
+  using IO = VecIo<scalar_t>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t K = IO::kSize;
+  const Vec vs(scale), vb(shift), vslope(slope), vmean(mean), vgain(g.gain), vproj(g.proj),
+      vmdz(g.mean_dz);
+  auto body = [&](const Vec& xv, const Vec& dyv) {
+    const Vec dz = dyv * leaky_grad_vec<acc_t>(at::vec::fmadd(xv, vs, vb), vslope);
+    return vgain * (dz - at::vec::fmadd(vproj, xv - vmean, vmdz));
+  };
+  int64_t i = 0;
+  for (; i + K <= n; i += K) IO::store(dx + i, body(IO::load(x + i), IO::load(dy + i)));
+  if (i < n) IO::store(dx + i, body(IO::load(x + i, n - i), IO::load(dy + i, n - i)), n - i);
+}
+
+// ---------------------------------------------------------------------------
+// Per-channel parameters in the accumulation type.
+
+template <typename acc_t>
+struct ChannelParams {
+  std::vector<acc_t> weight, bias;  // 1 and 0 when the op is not affine
+};
+
+template <typename acc_t>
+ChannelParams<acc_t> channel_params(const c10::optional<at::Tensor>& weight,
+                                    const c10::optional<at::Tensor>& bias, int64_t C) {
+  const auto dt = c10::CppTypeToScalarType<acc_t>::value;
+  ChannelParams<acc_t> p;
+  p.weight.assign(C, acc_t(1));
+  p.bias.assign(C, acc_t(0));
+  if (weight.has_value() && weight->defined()) {
+    auto w = weight->to(dt).contiguous();
+    std::copy(w.template data_ptr<acc_t>(), w.template data_ptr<acc_t>() + C, p.weight.begin());
+  }
+  if (bias.has_value() && bias->defined()) {
+    auto b = bias->to(dt).contiguous();
+    std::copy(b.template data_ptr<acc_t>(), b.template data_ptr<acc_t>() + C, p.bias.begin());
+  }
+  return p;
+}
+
+void check_inputs(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                  const c10::optional<at::Tensor>& bias, const at::Tensor* mean,
+                  const at::Tensor* var, const char* mean_name, const char* var_name) {
+  TORCH_CHECK(input.dim() == 4, "fastgan::bn_act: input must be 4-D (N, C, H, W), got ",
+              input.dim(), "-D of shape ", input.sizes());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
+              "fastgan::bn_act: input must be a floating-point tensor, got ",
+              input.scalar_type());
+  TORCH_CHECK(input.numel() > 0, "fastgan::bn_act: input is empty (shape ", input.sizes(), ")");
+  const int64_t C = input.size(1);
+  auto check_vec = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == C, "fastgan::bn_act: ", name,
+                " must have shape (", C, ",) to match input channels, got ", t.sizes());
+    TORCH_CHECK(t.device() == input.device(), "fastgan::bn_act: ", name, " is on ", t.device(),
+                " but input is on ", input.device());
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastgan::bn_act: ", name,
+                " must be floating-point, got ", t.scalar_type());
+  };
+  if (weight.has_value() && weight->defined()) check_vec(*weight, "weight");
+  if (bias.has_value() && bias->defined()) check_vec(*bias, "bias");
+  if (mean) check_vec(*mean, mean_name);
+  if (var) check_vec(*var, var_name);
+}
+
+bool use_channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// ---------------------------------------------------------------------------
+// Forward.
+
+template <typename scalar_t>
+void forward_nchw(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Tensor& var_t,
+                  bool training, double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p) {
+  using acc_t = acc_of_t<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* mp = mean_t.mutable_data_ptr<acc_t>();
+  acc_t* vp = var_t.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      if (training) {
+        double m = 0, m2 = 0;
+        int64_t cnt = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* plane = xp + (n * C + c) * HW;
+          for (int64_t off = 0; off < HW; off += kChunk) {
+            auto r = run_moments(plane + off, std::min(kChunk, HW - off));
+            merge_moments(m, m2, cnt, r.mean, r.m2, r.count);
+          }
+        }
+        mp[c] = static_cast<acc_t>(m);
+        vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
+      }
+      acc_t scale, shift;
+      bn_act::fold_affine<acc_t>(mp[c], bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps)),
+                                 p.weight[c], p.bias[c], scale, shift);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t base = (n * C + c) * HW;
+        run_apply<scalar_t, acc_t>(xp + base, yp + base, HW, scale, shift,
+                                   static_cast<acc_t>(slope));
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Tensor& var_t,
+                  bool training, double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p) {
+  using acc_t = acc_of_t<scalar_t>;
+  using IO = VecIo<scalar_t>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t K = IO::kSize;
+  const int64_t C = x.size(1);
+  const int64_t R = x.numel() / C;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* mp = mean_t.mutable_data_ptr<acc_t>();
+  acc_t* vp = var_t.mutable_data_ptr<acc_t>();
+
+  if (training) {
+    const int64_t B = std::max<int64_t>(1, std::min(R, kBlockElems / C));
+    const int64_t nblk = (R + B - 1) / B;
+    std::vector<acc_t> bmean(nblk * C), bm2(nblk * C);
+    at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t r0 = blk * B, r1 = std::min(R, r0 + B);
+        const acc_t inv_rows = acc_t(1) / static_cast<acc_t>(r1 - r0);
+        acc_t* bm = bmean.data() + blk * C;
+        acc_t* bq = bm2.data() + blk * C;
+        for (int64_t c = 0; c < C; c += K) {
+          const int64_t w = std::min(K, C - c);
+          Vec s(acc_t(0));
+          for (int64_t r = r0; r < r1; ++r) s += IO::load(xp + r * C + c, w);
+          (s * Vec(inv_rows)).store(bm + c, w);
+          const Vec vm = Vec::loadu(bm + c, w);
+          Vec q(acc_t(0));
+          for (int64_t r = r0; r < r1; ++r) {
+            const Vec d = IO::load(xp + r * C + c, w) - vm;  // zero lanes stay zero
+            q = at::vec::fmadd(d, d, q);
+          }
+          q.store(bq + c, w);
+        }
+      }
+    });
+    at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double m = 0, m2 = 0;
+        int64_t cnt = 0;
+        for (int64_t blk = 0; blk < nblk; ++blk) {
+          const int64_t rows = std::min(R, (blk + 1) * B) - blk * B;
+          merge_moments<double>(m, m2, cnt, bmean[blk * C + c], bm2[blk * C + c], rows);
+        }
+        mp[c] = static_cast<acc_t>(m);
+        vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
+      }
+    });
+  }
+
+  std::vector<acc_t> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    bn_act::fold_affine<acc_t>(mp[c], bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps)),
+                               p.weight[c], p.bias[c], scale[c], shift[c]);
+  }
+  const Vec vslope(static_cast<acc_t>(slope));
+  at::parallel_for(0, R, std::max<int64_t>(1, kBlockElems / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* xr = xp + r * C;
+      scalar_t* yr = yp + r * C;
+      for (int64_t c = 0; c < C; c += K) {
+        const int64_t w = std::min(K, C - c);
+        const Vec z = at::vec::fmadd(IO::load(xr + c, w), Vec::loadu(scale.data() + c, w),
+                                     Vec::loadu(shift.data() + c, w));
+        IO::store(yr + c, leaky_vec<acc_t>(z, vslope), w);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool training, double eps,
+    double negative_slope) {
+  const bool have_rm = running_mean.has_value() && running_mean->defined();
+  const bool have_rv = running_var.has_value() && running_var->defined();
+  check_inputs(input, weight, bias, have_rm ? &*running_mean : nullptr,
+               have_rv ? &*running_var : nullptr, "running_mean", "running_var");
+  TORCH_CHECK(training || (have_rm && have_rv),
+              "fastgan::bn_act_forward: eval mode (training=False) needs running_mean and "
+              "running_var");
+  TORCH_CHECK(!training || input.numel() / input.size(1) > 1,
+              "fastgan::bn_act_forward: expected more than 1 value per channel when training, "
+              "got input of shape ", input.sizes());
+  const bool cl = use_channels_last(input);
+  const at::Tensor x = cl ? input : input.contiguous();
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t C = x.size(1);
+  at::Tensor y = at::empty_like(x);
+  at::Tensor mean_t, var_t;
+  if (training) {
+    mean_t = at::empty({C}, x.options().dtype(acc_type));
+    var_t = at::empty({C}, x.options().dtype(acc_type));
+  } else {
+    mean_t = running_mean->to(acc_type, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    var_t = running_var->to(acc_type, false, true).contiguous();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bn_act_forward", [&] {
+    using acc_t = acc_of_t<scalar_t>;
+    const auto p = channel_params<acc_t>(weight, bias, C);
+    if (cl) {
+      forward_nhwc<scalar_t>(x, y, mean_t, var_t, training, eps, negative_slope, p);
+    } else {
+      forward_nchw<scalar_t>(x, y, mean_t, var_t, training, eps, negative_slope, p);
+    }
+  });
+  return {y, mean_t, var_t};
+}
+
+// ---------------------------------------------------------------------------
+// Backward.
+
+template <typename scalar_t>
+void backward_nchw(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, const at::Tensor& mean_t,
+                   const at::Tensor& var_t, bool training, double eps, double slope,
+                   const ChannelParams<acc_of_t<scalar_t>>& p, double* sum_dz, double* sum_dz_xc) {
+  using acc_t = acc_of_t<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+  scalar_t* dxp = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
+  const acc_t* mp = mean_t.const_data_ptr<acc_t>();
+  const acc_t* vp = var_t.const_data_ptr<acc_t>();
+  const acc_t aslope = static_cast<acc_t>(slope);
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const acc_t invstd = bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps));
+      acc_t scale, shift;
+      bn_act::fold_affine<acc_t>(mp[c], invstd, p.weight[c], p.bias[c], scale, shift);
+      double sdz = 0, sdzx = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t base = (n * C + c) * HW;
+        for (int64_t off = 0; off < HW; off += kChunk) {
+          run_grad_sums<scalar_t, acc_t>(dyp + base + off, xp + base + off,
+                                         std::min(kChunk, HW - off), scale, shift, aslope,
+                                         mp[c], sdz, sdzx);
+        }
+      }
+      sum_dz[c] = sdz;
+      sum_dz_xc[c] = sdzx;
+      if (!dxp) continue;
+      const auto g = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd,
+                                                static_cast<acc_t>(sdz),
+                                                static_cast<acc_t>(sdzx), N * HW);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t base = (n * C + c) * HW;
+        run_grad_input<scalar_t, acc_t>(dyp + base, xp + base, dxp + base, HW, scale, shift,
+                                        aslope, mp[c], g);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, const at::Tensor& mean_t,
+                   const at::Tensor& var_t, bool training, double eps, double slope,
+                   const ChannelParams<acc_of_t<scalar_t>>& p, double* sum_dz, double* sum_dz_xc) {
+  using acc_t = acc_of_t<scalar_t>;
+  using IO = VecIo<scalar_t>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t K = IO::kSize;
+  const int64_t C = x.size(1);
+  const int64_t R = x.numel() / C;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+  scalar_t* dxp = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
+  const acc_t* mp = mean_t.const_data_ptr<acc_t>();
+  const acc_t* vp = var_t.const_data_ptr<acc_t>();
+  std::vector<acc_t> invstd(C), scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    invstd[c] = bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps));
+    bn_act::fold_affine<acc_t>(mp[c], invstd[c], p.weight[c], p.bias[c], scale[c], shift[c]);
+  }
+  const Vec vslope(static_cast<acc_t>(slope));
+  auto dz_at = [&](const scalar_t* xr, const scalar_t* dyr, int64_t c, int64_t w, Vec& xv) {
+    xv = IO::load(xr + c, w);
+    const Vec z = at::vec::fmadd(xv, Vec::loadu(scale.data() + c, w), Vec::loadu(shift.data() + c, w));
+    return IO::load(dyr + c, w) * leaky_grad_vec<acc_t>(z, vslope);
+  };
+
+  const int64_t B = std::max<int64_t>(1, std::min(R, kBlockElems / C));
+  const int64_t nblk = (R + B - 1) / B;
+  std::vector<acc_t> bsum(nblk * C), bsumx(nblk * C);
+  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * B, r1 = std::min(R, r0 + B);
+      for (int64_t c = 0; c < C; c += K) {
+        const int64_t w = std::min(K, C - c);
+        const Vec vm = Vec::loadu(mp + c, w);
+        Vec a(acc_t(0)), b(acc_t(0)), xv;
+        for (int64_t r = r0; r < r1; ++r) {
+          const Vec dz = dz_at(xp + r * C, dyp + r * C, c, w, xv);
+          a += dz;
+          b = at::vec::fmadd(dz, xv - vm, b);
+        }
+        a.store(bsum.data() + blk * C + c, w);
+        b.store(bsumx.data() + blk * C + c, w);
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0, sx = 0;
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      s += bsum[blk * C + c];
+      sx += bsumx[blk * C + c];
+    }
+    sum_dz[c] = s;
+    sum_dz_xc[c] = sx;
+  }
+  if (!dxp) return;
+  std::vector<acc_t> gain(C), proj(C), mdz(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const auto g = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd[c],
+                                              static_cast<acc_t>(sum_dz[c]),
+                                              static_cast<acc_t>(sum_dz_xc[c]), R);
+    gain[c] = g.gain;
+    proj[c] = g.proj;
+    mdz[c] = g.mean_dz;
+  }
+  at::parallel_for(0, R, std::max<int64_t>(1, kBlockElems / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < C; c += K) {
+        const int64_t w = std::min(K, C - c);
+        Vec xv;
+        const Vec dz = dz_at(xp + r * C, dyp + r * C, c, w, xv);
+        const Vec t = at::vec::fmadd(Vec::loadu(proj.data() + c, w), xv - Vec::loadu(mp + c, w),
+                                     Vec::loadu(mdz.data() + c, w));
+        IO::store(dxp + r * C + c, Vec::loadu(gain.data() + c, w) * (dz - t), w);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward(
+    const at::Tensor& grad_out, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var,
+    bool training, double eps, double negative_slope, std::array<bool, 3> output_mask) {
+  check_inputs(input, weight, bias, &mean, &var, "mean", "var");
+  TORCH_CHECK(grad_out.sizes() == input.sizes(), "fastgan::bn_act_backward: grad_out has shape ",
+              grad_out.sizes(), " but input has shape ", input.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
+              "fastgan::bn_act_backward: grad_out dtype ", grad_out.scalar_type(),
+              " differs from input dtype ", input.scalar_type());
+  const bool cl = use_channels_last(input);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = input.contiguous(fmt);
+  const at::Tensor dy = grad_out.contiguous(fmt);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t C = x.size(1);
+  const at::Tensor m = mean.to(acc_type).contiguous();
+  const at::Tensor v = var.to(acc_type).contiguous();
+  at::Tensor dx;
+  if (output_mask[0]) dx = at::empty_like(x);
+  std::vector<double> sum_dz(C), sum_dz_xc(C);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bn_act_backward", [&] {
+    using acc_t = acc_of_t<scalar_t>;
+    const auto p = channel_params<acc_t>(weight, bias, C);
+    if (cl) {
+      backward_nhwc<scalar_t>(dy, x, output_mask[0] ? &dx : nullptr, m, v, training, eps,
+                              negative_slope, p, sum_dz.data(), sum_dz_xc.data());
+    } else {
+      backward_nchw<scalar_t>(dy, x, output_mask[0] ? &dx : nullptr, m, v, training, eps,
+                              negative_slope, p, sum_dz.data(), sum_dz_xc.data());
+    }
+  });
+  // dweight = sum(dz * xhat) = invstd * sum(dz * (x - mean)); dbias = sum(dz).
+  const bool have_w = weight.has_value() && weight->defined();
+  const bool have_b = bias.has_value() && bias->defined();
+  at::Tensor dw, db;
+  if (output_mask[1] && have_w) {
+    auto sx = at::from_blob(sum_dz_xc.data(), {C}, at::kDouble).clone();
+    auto invstd = (v.to(at::kDouble) + eps).rsqrt();
+    dw = (sx * invstd).to(weight->scalar_type());
+  } else {
+    dw = at::empty({0}, x.options().dtype(have_w ? weight->scalar_type() : x.scalar_type()));
+  }
+  if (output_mask[2] && have_b) {
+    db = at::from_blob(sum_dz.data(), {C}, at::kDouble).clone().to(bias->scalar_type());
+  } else {
+    db = at::empty({0}, x.options().dtype(have_b ? bias->scalar_type() : x.scalar_type()));
+  }
+  return {dx.defined() ? dx : at::empty({0}, x.options()), dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
+  m.impl("bn_act_forward", &bn_act_forward);
+  m.impl("bn_act_backward", &bn_act_backward);
+}
+
+}  // namespace cpu
+}  // namespace fastgan

@@ -1,0 +1,98 @@
+// Typed vector loads and stores for the CPU kernels.
+//
+// Every CPU kernel computes in an accumulation type (float for fp32/bf16/fp16,
+// double for fp64) on at::vec::Vectorized<acc_t>. VecIo<scalar_t> hides how a
+// storage type becomes such a vector: a plain load for float/double, a widening
+// load for bf16/fp16, and the narrowing store back. Tail loads zero the missing
+// lanes; reductions must still mask them (see masked()).
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <type_traits>
+
+namespace fastgan {
+namespace cpu {
+
+template <typename scalar_t>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename scalar_t>
+using acc_of_t = typename AccOf<scalar_t>::type;
+
+template <typename scalar_t, typename Enable = void>
+struct VecIo {
+  // float and double: storage type == accumulation type.
+  using acc_t = scalar_t;
+  using Vec = at::vec::Vectorized<acc_t>;
+  static constexpr int64_t kSize = Vec::size();
+  static Vec load(const scalar_t* p) { return Vec::loadu(p); }
+  static Vec load(const scalar_t* p, int64_t n) { return Vec::loadu(p, n); }
+  static void store(scalar_t* p, const Vec& v) { v.store(p); }
+  static void store(scalar_t* p, const Vec& v, int64_t n) { v.store(p, n); }
+};
+
+template <typename scalar_t>
+struct VecIo<scalar_t, std::enable_if_t<at::vec::is_reduced_floating_point_v<scalar_t>>> {
+  // bf16 / fp16: widen to float on load, round to nearest on store.
+  using acc_t = float;
+  using Vec = at::vec::Vectorized<float>;
+  using RVec = at::vec::Vectorized<scalar_t>;
+  static constexpr int64_t kSize = Vec::size();
+  static Vec load(const scalar_t* p) {
+    Vec out;
+    at::vec::load_to_float<scalar_t>(p, out);
+    return out;
+  }
+  static Vec load(const scalar_t* p, int64_t n) {
+    auto halves = at::vec::convert_to_float<scalar_t>(RVec::loadu(p, n));
+    return std::get<0>(halves);
+  }
+  static void store(scalar_t* p, const Vec& v) {
+    at::vec::convert_from_float<scalar_t>(v, v).store(p, static_cast<int>(kSize));
+  }
+  static void store(scalar_t* p, const Vec& v, int64_t n) {
+    at::vec::convert_from_float<scalar_t>(v, v).store(p, static_cast<int>(n));
+  }
+};
+
+// Keeps the first n lanes of v and zeroes the rest (for reductions over tails).
+template <typename acc_t>
+inline at::vec::Vectorized<acc_t> masked(const at::vec::Vectorized<acc_t>& v, int64_t n) {
+  return at::vec::Vectorized<acc_t>::set(at::vec::Vectorized<acc_t>(acc_t(0)), v, n);
+}
+
+template <typename acc_t>
+inline acc_t lane_sum(const at::vec::Vectorized<acc_t>& v) {
+  alignas(64) acc_t buf[at::vec::Vectorized<acc_t>::size()];
+  v.store(buf);
+  acc_t s = acc_t(0);
+  for (int64_t i = 0; i < at::vec::Vectorized<acc_t>::size(); ++i) s += buf[i];
+  return s;
+}
+
+// LeakyReLU and its derivative on vectors; the scalar forms live in bn_act_math.h.
+template <typename acc_t>
+inline at::vec::Vectorized<acc_t> leaky_vec(const at::vec::Vectorized<acc_t>& z,
+                                            const at::vec::Vectorized<acc_t>& slope) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  return Vec::blendv(z * slope, z, z > Vec(acc_t(0)));
+}
+
+template <typename acc_t>
+inline at::vec::Vectorized<acc_t> leaky_grad_vec(const at::vec::Vectorized<acc_t>& z,
+                                                 const at::vec::Vectorized<acc_t>& slope) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  return Vec::blendv(slope, Vec(acc_t(1)), z > Vec(acc_t(0)));
+}
+
+}  // namespace cpu
+}  // namespace fastgan

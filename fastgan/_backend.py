@@ -1,0 +1,125 @@
+"""Backend choice: reference, cpu, triton, cuda (see DESIGN.md, "Backends").
+
+`auto` (the default) picks the fastest backend that has a kernel for the op on the
+tensor's device. FASTGAN_BACKEND or `use_backend(name)` force one; forcing an unknown
+or unusable backend, or one that has no kernel for the op or device, is an error,
+never a silent fallback.
+
+Under torch.compile the choice is made when the graph is traced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from typing import Iterator
+
+import torch
+
+from fastgan import _ext
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+_ENV = "FASTGAN_BACKEND"
+_stack: list[str] = []  # use_backend() nesting; a plain list so torch.compile can read it
+
+
+def _check_name(name: str, source: str) -> str:
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(
+            f"{source}: unknown backend {name!r}; expected one of 'auto', "
+            + ", ".join(repr(b) for b in BACKENDS))
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force a backend inside a `with` block (``"auto"`` restores the default choice)."""
+    _check_name(name, "use_backend(name)")
+    reason = None if name == "auto" else backend_status()[name][1]
+    if reason is not None:
+        raise RuntimeError(f"use_backend: backend {name!r} is not usable here: {reason}")
+    _stack.append(name)
+    try:
+        yield
+    finally:
+        _stack.pop()
+
+
+@torch.compiler.assume_constant_result
+def requested_backend() -> str:
+    """The backend asked for: innermost use_backend(), else $FASTGAN_BACKEND, else auto."""
+    if _stack:
+        return _stack[-1]
+    return _check_name(os.environ.get(_ENV, "auto").strip() or "auto", f"${_ENV}")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_reason() -> str | None:
+    if not _triton_installed():
+        return "triton is not installed"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors)"
+    return None
+
+
+def backend_status() -> dict[str, tuple[bool, str | None]]:
+    """Each backend -> (usable here, why not)."""
+    ext_reason = None if _ext.ext_loaded() else f"fastgan._C is not loaded ({_ext.ext_error()})"
+    cuda_reason = ext_reason
+    if cuda_reason is None and not _ext.build_info().get("cuda"):
+        cuda_reason = "fastgan._C was built without CUDA kernels (rebuild with FASTGAN_CUDA=1)"
+    if cuda_reason is None and not torch.cuda.is_available():
+        cuda_reason = "no CUDA device"
+    status = {
+        "reference": None,
+        "cpu": ext_reason,
+        "triton": _triton_reason(),
+        "cuda": cuda_reason,
+    }
+    return {k: (v is None, v) for k, v in status.items()}
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine, in the order auto prefers them."""
+    st = backend_status()
+    return [b for b in ("cuda", "triton", "cpu", "reference") if st[b][0]]
+
+
+def _runs_on(backend: str, device: torch.device) -> bool:
+    if backend == "reference":
+        return True
+    if backend == "cpu":
+        return device.type == "cpu"
+    if backend == "cuda":
+        return device.type == "cuda"
+    # triton: CUDA tensors, or CPU tensors under the interpreter
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@torch.compiler.assume_constant_result
+def select(op: str, device: torch.device, kernels: tuple[str, ...]) -> str:
+    """The backend to run `op` on `device`; `kernels` lists the backends that have a kernel for it."""
+    name = requested_backend()
+    st = backend_status()
+    if name == "auto":
+        order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
+        for b in order:
+            if (b == "reference" or b in kernels) and st[b][0] and _runs_on(b, device):
+                return b
+        return "reference"
+    if not st[name][0]:
+        raise RuntimeError(f"fastgan.{op}: backend {name!r} was forced but is not usable: {st[name][1]}")
+    if name != "reference" and name not in kernels:
+        raise RuntimeError(f"fastgan.{op}: backend {name!r} has no kernel for this op yet "
+                           f"(kernels: {', '.join(kernels) or 'none'}; 'reference' always works)")
+    if not _runs_on(name, device):
+        raise RuntimeError(f"fastgan.{op}: backend {name!r} cannot run on {device.type} tensors")
+    return name

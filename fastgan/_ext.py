@@ -1,0 +1,45 @@
+"""Loads the compiled extension fastgan._C, once, without ever breaking `import fastgan`.
+
+A missing or broken build warns once (saying why) and leaves the `reference` and
+`triton` backends working; `ext_status()` says what happened for `fastgan info`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch  # noqa: F401  (loads libc10 / libtorch before the extension)
+
+
+class FastganWarning(UserWarning):
+    """Warnings about fastgan's build and backends."""
+
+
+_C: Any = None
+_error: str | None = None
+
+try:
+    from fastgan import _C as _C  # noqa: F811  (registers the fastgan:: ops)
+except Exception as e:  # ImportError, OSError (bad .so), undefined symbols, ISA check
+    _error = f"{type(e).__name__}: {e}"
+    warnings.warn(
+        f"fastgan: compiled extension fastgan._C is unavailable ({_error}); the 'cpu' and "
+        "'cuda' backends are off, 'reference' (and 'triton' on CUDA) still work. Rebuild "
+        "with `pip install --no-build-isolation -e .` (see README).",
+        FastganWarning,
+        stacklevel=2,
+    )
+
+
+def ext_loaded() -> bool:
+    return _C is not None
+
+
+def ext_error() -> str | None:
+    return _error
+
+
+def build_info() -> dict:
+    """What _C was built with ({} when it is not loaded)."""
+    return dict(_C.build_info()) if _C is not None else {}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets up a development environment: a virtualenv in .venv (unless one is already
+# active), torch==2.14.1, and fastgan installed editable with its compiled
+# extension and dev extras. Safe to run again: it only redoes what is missing or stale.
+# Sourced by scripts/run.sh and scripts/test.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+  if [[ ! -x .venv/bin/python ]]; then
+    echo "[setup] creating .venv"
+    python3 -m venv .venv
+  fi
+  # shellcheck disable=SC1091
+  source .venv/bin/activate
+fi
+PIP="python -m pip --disable-pip-version-check"
+if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.14.1') else 1)" 2>/dev/null; then
+  echo "[setup] installing torch==2.14.1"
+  $PIP install -q "torch==2.14.1"
+fi
+if ! python -c "import setuptools, ninja, pytest, pytest_benchmark, expecttest, numpy" 2>/dev/null; then
+  echo "[setup] installing build and test tools"
+  $PIP install -q "setuptools>=64" wheel ninja numpy "pytest>=8" "pytest-benchmark>=4" expecttest
+fi
+echo "[setup] building and installing fastgan (editable)"
+MAX_JOBS="${MAX_JOBS:-2}" $PIP install -q --no-build-isolation --no-deps -e ".[dev]"

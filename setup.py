@@ -1,0 +1,171 @@
+"""Builds fastgan._C with torch.utils.cpp_extension.
+
+C++ CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built. The CUDA kernels of
+csrc/cuda/*.cu are built when FASTGAN_CUDA=1, or when it is unset and a GPU is
+visible; FASTGAN_CUDA=0 skips them. Environment:
+
+  FASTGAN_CUDA          1 / 0 / unset (auto)
+  TORCH_CUDA_ARCH_LIST  CUDA archs (default "8.0;9.0")
+  FASTGAN_CPU_ISA       avx512 / avx2 / default (default: the best this machine has)
+  MAX_JOBS              parallel compile jobs (ninja)
+  CUDA_HOME             CUDA toolkit root (found from nvcc when unset)
+
+Metadata lives in pyproject.toml. Install with
+`pip install --no-build-isolation -e .` once torch is installed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import shutil
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _fail(msg: str) -> None:
+    sys.stderr.write(f"\n[fastgan build] ERROR: {msg}\n\n")
+    raise SystemExit(1)
+
+
+def _find_cuda_home() -> str | None:
+    """The toolkit root whose include/ holds cuda_runtime.h.
+
+    torch guesses CUDA_HOME from `which nvcc`, which lands on the wrong prefix when
+    nvcc is a wrapper script (e.g. /usr/local/bin/nvcc exec'ing the real one).
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        try:  # a wrapper script: read the path it execs
+            with open(nvcc, "r", errors="ignore") as f:
+                for tok in f.read().split():
+                    if tok.endswith("/bin/nvcc"):
+                        candidates.append(os.path.dirname(os.path.dirname(tok)))
+        except OSError:
+            pass
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for c in candidates:
+        if c and os.path.isfile(os.path.join(c, "include", "cuda_runtime.h")):
+            return c
+    return None
+
+
+def _cpu_isa() -> str:
+    isa = os.environ.get("FASTGAN_CPU_ISA", "").strip().lower()
+    if isa:
+        if isa not in ("avx512", "avx2", "default"):
+            _fail(f"FASTGAN_CPU_ISA must be avx512, avx2 or default, got {isa!r}")
+        return isa
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "default"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return "default"
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return "default"
+
+
+ISA_FLAGS = {
+    # at::vec picks its implementation from CPU_CAPABILITY_*; the flags must match.
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "default": ["-DCPU_CAPABILITY=DEFAULT"],
+}
+
+
+def _want_cuda(torch) -> bool:
+    flag = os.environ.get("FASTGAN_CUDA", "").strip()
+    if flag in ("0", "false", "False", "no"):
+        return False
+    if flag in ("1", "true", "True", "yes"):
+        return True
+    if flag:
+        _fail(f"FASTGAN_CUDA must be 1 or 0 (or unset for auto), got {flag!r}")
+    return bool(torch.cuda.is_available())
+
+
+def _extensions():
+    cuda_home = _find_cuda_home()
+    if cuda_home and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = cuda_home  # before cpp_extension reads it
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as e:
+        _fail(f"torch is needed to build fastgan._C ({e}). Install it first "
+              "(pip install torch==2.14.1), then pip install --no-build-isolation .")
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        _fail("no C++ compiler found (looked for $CXX or c++); install g++ to build fastgan._C")
+
+    with_cuda = _want_cuda(torch)
+    isa = _cpu_isa()
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or "8.0;9.0"
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    if with_cuda and not cuda_home:
+        _fail("FASTGAN_CUDA=1 but no CUDA toolkit found (no include/cuda_runtime.h under "
+              "CUDA_HOME, the nvcc on PATH, or /usr/local/cuda*). Set CUDA_HOME.")
+    if with_cuda and not cuda_sources:
+        print("[fastgan build] no CUDA sources in csrc/cuda yet; building CPU only")
+        with_cuda = False
+    cxx = ["-O3", "-fopenmp", "-DFASTGAN_CPU_ISA=\"" + isa + "\"",
+           f"-DFASTGAN_TORCH_VERSION=\"{torch.__version__}\""] + ISA_FLAGS[isa]
+    define_macros = []
+    extra = {"cxx": cxx}
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        cxx.append("-DFASTGAN_WITH_CUDA")
+        cxx.append(f"-DFASTGAN_CUDA_ARCHS=\"{archs}\"")
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo",
+                         "-DFASTGAN_WITH_CUDA", "-Xptxas", "-v,-warn-spills"]
+        ext = cpp_extension.CUDAExtension("fastgan._C", sources + cuda_sources,
+                                          extra_compile_args=extra, extra_link_args=["-fopenmp"],
+                                          define_macros=define_macros)
+    else:
+        ext = cpp_extension.CppExtension("fastgan._C", sources, extra_compile_args=extra,
+                                         extra_link_args=["-fopenmp"],
+                                         define_macros=define_macros)
+    print("[fastgan build] configuration:")
+    print(f"  torch {torch.__version__}   python {platform.python_version()}")
+    print(f"  CPU kernels: yes, ISA {isa}, OpenMP")
+    print(f"  CUDA kernels: {'yes, archs ' + archs if with_cuda else 'no'}"
+          f"   (FASTGAN_CUDA={os.environ.get('FASTGAN_CUDA', 'unset')}, CUDA_HOME={cuda_home})")
+    print(f"  MAX_JOBS={os.environ.get('MAX_JOBS', 'unset')}   ninja: "
+          f"{'yes' if cpp_extension.is_ninja_available() else 'no'}")
+    return [ext], cpp_extension.BuildExtension
+
+
+def _build_ext_class(base):
+    class BuildExt(base):
+        """BuildExtension that says what failed in plain words."""
+
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as e:  # compiler errors arrive as CompileError / RuntimeError
+                sys.stderr.write(
+                    "\n[fastgan build] ERROR: compiling fastgan._C failed: "
+                    f"{type(e).__name__}: {e}\n"
+                    "  The compiler output above names the file and line. Set "
+                    "FASTGAN_CUDA=0 to build without CUDA, FASTGAN_CPU_ISA=default to "
+                    "build without AVX.\n\n")
+                raise
+
+    return BuildExt
+
+
+exts, build_ext = _extensions()
+setup(ext_modules=exts,
+      cmdclass={"build_ext": _build_ext_class(build_ext.with_options(use_ninja=True))})
