@@ -3,11 +3,12 @@
 // Layouts: NCHW-contiguous and channels_last (NHWC) inputs are read in place;
 // anything else is made contiguous first.
 //
-// NCHW works channel by channel (parallel over channels): one channel's values
-// (N planes of H*W) are reduced and then, while they still sit in L2, normalised
-// and activated (forward) or turned into input gradients (backward). So the
-// forward reads the input from memory once and the backward reads (grad, input)
-// once; the second pass of each hits the cache.
+// NCHW streams through memory in order, plane by plane (parallel over the N*C
+// planes): pass 1 reduces each (n, c) plane, the planes of a channel are merged in
+// a fixed order, pass 2 normalises and activates (forward) or forms the input
+// gradient (backward). Walking one channel at a time instead (as eager does)
+// strides by C*H*W, which for power-of-two sizes maps every plane of a channel to
+// the same cache sets and defeats the hardware prefetcher.
 //
 // NHWC works on blocks of rows (parallel over blocks, vectorised over channels):
 // per-block partial statistics are merged per channel in a fixed order, so the
@@ -36,6 +37,9 @@ using bn_act::Moments;
 
 constexpr int64_t kChunk = 2048;          // values per two-pass run (8 KiB of fp32)
 constexpr int64_t kBlockElems = 16384;    // NHWC rows per block * channels
+
+// Planes per parallel task so that a task covers at least ~kBlockElems values.
+inline int64_t plane_grain(int64_t hw) { return std::max<int64_t>(1, kBlockElems / hw); }
 
 // ---------------------------------------------------------------------------
 // Runs of contiguous values (one plane, or a piece of one).
@@ -202,33 +206,47 @@ void forward_nchw(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
                   bool training, double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p) {
   using acc_t = acc_of_t<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t P = N * C;
+  const int64_t grain = plane_grain(HW);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   acc_t* mp = mean_t.mutable_data_ptr<acc_t>();
   acc_t* vp = var_t.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      if (training) {
+  if (training) {
+    // Pass 1, streaming through memory in order: moments of every (n, c) plane.
+    std::vector<double> pmean(P), pm2(P);
+    at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t q = p0; q < p1; ++q) {
         double m = 0, m2 = 0;
         int64_t cnt = 0;
-        for (int64_t n = 0; n < N; ++n) {
-          const scalar_t* plane = xp + (n * C + c) * HW;
-          for (int64_t off = 0; off < HW; off += kChunk) {
-            auto r = run_moments(plane + off, std::min(kChunk, HW - off));
-            merge_moments(m, m2, cnt, r.mean, r.m2, r.count);
-          }
+        for (int64_t off = 0; off < HW; off += kChunk) {
+          auto r = run_moments(xp + q * HW + off, std::min(kChunk, HW - off));
+          merge_moments(m, m2, cnt, r.mean, r.m2, r.count);
         }
-        mp[c] = static_cast<acc_t>(m);
-        vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
+        pmean[q] = m;
+        pm2[q] = m2;
       }
-      acc_t scale, shift;
-      bn_act::fold_affine<acc_t>(mp[c], bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps)),
-                                 p.weight[c], p.bias[c], scale, shift);
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t base = (n * C + c) * HW;
-        run_apply<scalar_t, acc_t>(xp + base, yp + base, HW, scale, shift,
-                                   static_cast<acc_t>(slope));
-      }
+    });
+    // Merge planes per channel in a fixed order (deterministic for any thread count).
+    for (int64_t c = 0; c < C; ++c) {
+      double m = 0, m2 = 0;
+      int64_t cnt = 0;
+      for (int64_t n = 0; n < N; ++n) merge_moments(m, m2, cnt, pmean[n * C + c], pm2[n * C + c], HW);
+      mp[c] = static_cast<acc_t>(m);
+      vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
+    }
+  }
+  std::vector<acc_t> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    bn_act::fold_affine<acc_t>(mp[c], bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps)),
+                               p.weight[c], p.bias[c], scale[c], shift[c]);
+  }
+  // Pass 2, streaming again (the input is likely still in the last-level cache).
+  at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t q = p0; q < p1; ++q) {
+      const int64_t c = q % C;
+      run_apply<scalar_t, acc_t>(xp + q * HW, yp + q * HW, HW, scale[c], shift[c],
+                                 static_cast<acc_t>(slope));
     }
   });
 }
@@ -355,37 +373,53 @@ void backward_nchw(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
                    const ChannelParams<acc_of_t<scalar_t>>& p, double* sum_dz, double* sum_dz_xc) {
   using acc_t = acc_of_t<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t P = N * C;
+  const int64_t grain = plane_grain(HW);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
   scalar_t* dxp = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
   const acc_t* mp = mean_t.const_data_ptr<acc_t>();
   const acc_t* vp = var_t.const_data_ptr<acc_t>();
   const acc_t aslope = static_cast<acc_t>(slope);
-  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const acc_t invstd = bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps));
-      acc_t scale, shift;
-      bn_act::fold_affine<acc_t>(mp[c], invstd, p.weight[c], p.bias[c], scale, shift);
-      double sdz = 0, sdzx = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t base = (n * C + c) * HW;
-        for (int64_t off = 0; off < HW; off += kChunk) {
-          run_grad_sums<scalar_t, acc_t>(dyp + base + off, xp + base + off,
-                                         std::min(kChunk, HW - off), scale, shift, aslope,
-                                         mp[c], sdz, sdzx);
-        }
+  std::vector<acc_t> invstd(C), scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    invstd[c] = bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps));
+    bn_act::fold_affine<acc_t>(mp[c], invstd[c], p.weight[c], p.bias[c], scale[c], shift[c]);
+  }
+  // Pass 1: per-plane sums of dz and dz * (x - mean), streaming.
+  std::vector<double> ps(P), psx(P);
+  at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t q = p0; q < p1; ++q) {
+      const int64_t c = q % C;
+      double s = 0, sx = 0;
+      for (int64_t off = 0; off < HW; off += kChunk) {
+        run_grad_sums<scalar_t, acc_t>(dyp + q * HW + off, xp + q * HW + off,
+                                       std::min(kChunk, HW - off), scale[c], shift[c], aslope,
+                                       mp[c], s, sx);
       }
-      sum_dz[c] = sdz;
-      sum_dz_xc[c] = sdzx;
-      if (!dxp) continue;
-      const auto g = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd,
-                                                static_cast<acc_t>(sdz),
-                                                static_cast<acc_t>(sdzx), N * HW);
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t base = (n * C + c) * HW;
-        run_grad_input<scalar_t, acc_t>(dyp + base, xp + base, dxp + base, HW, scale, shift,
-                                        aslope, mp[c], g);
-      }
+      ps[q] = s;
+      psx[q] = sx;
+    }
+  });
+  std::vector<bn_act::GradCoeffs<acc_t>> coeffs(C);
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0, sx = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      s += ps[n * C + c];
+      sx += psx[n * C + c];
+    }
+    sum_dz[c] = s;
+    sum_dz_xc[c] = sx;
+    coeffs[c] = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd[c], static_cast<acc_t>(s),
+                                           static_cast<acc_t>(sx), N * HW);
+  }
+  if (!dxp) return;
+  // Pass 2: dx, streaming.
+  at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t q = p0; q < p1; ++q) {
+      const int64_t c = q % C;
+      run_grad_input<scalar_t, acc_t>(dyp + q * HW, xp + q * HW, dxp + q * HW, HW, scale[c],
+                                      shift[c], aslope, mp[c], coeffs[c]);
     }
   });
 }
