@@ -3,12 +3,15 @@
 // Layouts: NCHW-contiguous and channels_last (NHWC) inputs are read in place;
 // anything else is made contiguous first.
 //
-// NCHW streams through memory in order, plane by plane (parallel over the N*C
-// planes): pass 1 reduces each (n, c) plane, the planes of a channel are merged in
-// a fixed order, pass 2 normalises and activates (forward) or forms the input
-// gradient (backward). Walking one channel at a time instead (as eager does)
-// strides by C*H*W, which for power-of-two sizes maps every plane of a channel to
-// the same cache sets and defeats the hardware prefetcher.
+// NCHW is cache-blocked by groups of adjacent channels (parallel over groups): a
+// group's planes (N runs of G*H*W contiguous values) are reduced, then normalised
+// and activated (forward) or turned into input gradients (backward) while they are
+// still in L2/L3, so memory sees each input once. Groups of several channels keep
+// the runs long; one channel at a time (as eager does) reads H*W-value runs at a
+// stride of C*H*W, which for power-of-two sizes piles every plane onto the same
+// cache sets. When one channel alone outgrows the cache, both passes stream over
+// all planes in memory order instead. Planes are merged per channel in the order
+// n = 0..N-1 either way.
 //
 // NHWC works on blocks of rows (parallel over blocks, vectorised over channels):
 // per-block partial statistics are merged per channel in a fixed order, so the
@@ -40,6 +43,24 @@ constexpr int64_t kBlockElems = 16384;    // NHWC rows per block * channels
 
 // Planes per parallel task so that a task covers at least ~kBlockElems values.
 inline int64_t plane_grain(int64_t hw) { return std::max<int64_t>(1, kBlockElems / hw); }
+
+// NCHW cache blocking: bytes of all streams (inputs and outputs) that one thread's
+// group of channels may occupy so that its second pass hits L2/L3 instead of memory.
+constexpr int64_t kGroupBytes = int64_t(4) << 20;
+
+// Outputs at least this large are written with non-temporal stores: they cannot
+// stay cached anyway, and streaming them keeps the inputs of the second pass cached.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// Channels per cache group (0 when a single channel outgrows kGroupBytes), capped
+// so every thread gets a group.
+inline int64_t cache_group(int64_t N, int64_t C, int64_t HW, int64_t bytes_per_value) {
+  const int64_t per_channel = N * HW * bytes_per_value;
+  if (per_channel > kGroupBytes) return 0;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t fair = (C + threads - 1) / threads;
+  return std::max<int64_t>(1, std::min(fair, kGroupBytes / per_channel));
+}
 
 // ---------------------------------------------------------------------------
 // Runs of contiguous values (one plane, or a piece of one).
@@ -80,15 +101,22 @@ Moments<double> run_moments(const scalar_t* p, int64_t n) {
   return {static_cast<double>(mean), static_cast<double>(lane_sum<acc_t>(q0 + q1)), n};
 }
 
-// y = leaky(x * scale + shift) over p[0..n).
+// y = leaky(x * scale + shift) over p[0..n). `stream`: non-temporal stores (fp32 only).
 template <typename scalar_t, typename acc_t>
 void run_apply(const scalar_t* x, scalar_t* y, int64_t n, acc_t scale, acc_t shift,
-               acc_t slope) {
+               acc_t slope, bool stream = false) {
   using IO = VecIo<scalar_t>;
   using Vec = typename IO::Vec;
   constexpr int64_t K = IO::kSize;
   const Vec vs(scale), vb(shift), vslope(slope);
   int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, float> && kCanStream) {
+    if (stream && aligned64(y)) {
+      for (; i + K <= n; i += K) {
+        stream_store(y + i, leaky_vec<acc_t>(at::vec::fmadd(IO::load(x + i), vs, vb), vslope));
+      }
+    }
+  }
   for (; i + K <= n; i += K) {
     IO::store(y + i, leaky_vec<acc_t>(at::vec::fmadd(IO::load(x + i), vs, vb), vslope));
   }
@@ -126,10 +154,11 @@ void run_grad_sums(const scalar_t* dy, const scalar_t* x, int64_t n, acc_t scale
   sum_dz_xc += static_cast<double>(lane_sum<acc_t>(b));
 }
 
-// dx = gain * (dz - proj * (x - mean) - mean_dz) over a run.
+// dx = gain * (dz - proj * (x - mean) - mean_dz) over a run. `stream` as in run_apply.
 template <typename scalar_t, typename acc_t>
 void run_grad_input(const scalar_t* dy, const scalar_t* x, scalar_t* dx, int64_t n, acc_t scale,
-                    acc_t shift, acc_t slope, acc_t mean, const bn_act::GradCoeffs<acc_t>& g) {
+                    acc_t shift, acc_t slope, acc_t mean, const bn_act::GradCoeffs<acc_t>& g,
+                    bool stream = false) {
   using IO = VecIo<scalar_t>;
   using Vec = typename IO::Vec;
   constexpr int64_t K = IO::kSize;
@@ -140,6 +169,11 @@ void run_grad_input(const scalar_t* dy, const scalar_t* x, scalar_t* dx, int64_t
     return vgain * (dz - at::vec::fmadd(vproj, xv - vmean, vmdz));
   };
   int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, float> && kCanStream) {
+    if (stream && aligned64(dx)) {
+      for (; i + K <= n; i += K) stream_store(dx + i, body(IO::load(x + i), IO::load(dy + i)));
+    }
+  }
   for (; i + K <= n; i += K) IO::store(dx + i, body(IO::load(x + i), IO::load(dy + i)));
   if (i < n) IO::store(dx + i, body(IO::load(x + i, n - i), IO::load(dy + i, n - i)), n - i);
 }
@@ -201,53 +235,96 @@ bool use_channels_last(const at::Tensor& t) {
 // ---------------------------------------------------------------------------
 // Forward.
 
+// Moments of one (n, c) plane of HW values, run by run.
+template <typename scalar_t>
+Moments<double> plane_moments(const scalar_t* plane, int64_t HW) {
+  double m = 0, m2 = 0;
+  int64_t cnt = 0;
+  for (int64_t off = 0; off < HW; off += kChunk) {
+    auto r = run_moments(plane + off, std::min(kChunk, HW - off));
+    merge_moments(m, m2, cnt, r.mean, r.m2, r.count);
+  }
+  return {m, m2, cnt};
+}
+
 template <typename scalar_t>
 void forward_nchw(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Tensor& var_t,
                   bool training, double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p) {
   using acc_t = acc_of_t<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const int64_t P = N * C;
-  const int64_t grain = plane_grain(HW);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   acc_t* mp = mean_t.mutable_data_ptr<acc_t>();
   acc_t* vp = var_t.mutable_data_ptr<acc_t>();
-  if (training) {
-    // Pass 1, streaming through memory in order: moments of every (n, c) plane.
-    std::vector<double> pmean(P), pm2(P);
-    at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
-      for (int64_t q = p0; q < p1; ++q) {
-        double m = 0, m2 = 0;
-        int64_t cnt = 0;
-        for (int64_t off = 0; off < HW; off += kChunk) {
-          auto r = run_moments(xp + q * HW + off, std::min(kChunk, HW - off));
-          merge_moments(m, m2, cnt, r.mean, r.m2, r.count);
-        }
-        pmean[q] = m;
-        pm2[q] = m2;
-      }
-    });
-    // Merge planes per channel in a fixed order (deterministic for any thread count).
-    for (int64_t c = 0; c < C; ++c) {
-      double m = 0, m2 = 0;
-      int64_t cnt = 0;
-      for (int64_t n = 0; n < N; ++n) merge_moments(m, m2, cnt, pmean[n * C + c], pm2[n * C + c], HW);
-      mp[c] = static_cast<acc_t>(m);
-      vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
-    }
-  }
+  const acc_t aslope = static_cast<acc_t>(slope);
   std::vector<acc_t> scale(C), shift(C);
-  for (int64_t c = 0; c < C; ++c) {
+  // Planes are merged per channel in order n = 0..N-1 on both paths, so the result
+  // is the same for any thread count and either path.
+  auto finish_channel = [&](int64_t c, const Moments<double>& mo) {
+    if (training) {
+      mp[c] = static_cast<acc_t>(mo.mean);
+      vp[c] = static_cast<acc_t>(mo.m2 / static_cast<double>(mo.count));
+    }
     bn_act::fold_affine<acc_t>(mp[c], bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps)),
                                p.weight[c], p.bias[c], scale[c], shift[c]);
+  };
+
+  const bool stream = x.nbytes() >= kStreamBytes;
+  const int64_t G = cache_group(N, C, HW, 2 * sizeof(scalar_t));
+  if (G > 0) {
+    // Cache-blocked: reduce a group of channels, then normalise it while it is cached.
+    at::parallel_for(0, C, G, [&](int64_t c0, int64_t c1) {
+      std::vector<Moments<double>> acc(G);
+      for (int64_t g0 = c0; g0 < c1; g0 += G) {
+        const int64_t g1 = std::min(c1, g0 + G);
+        if (training) {
+          std::fill(acc.begin(), acc.end(), Moments<double>{0, 0, 0});
+          for (int64_t n = 0; n < N; ++n) {
+            for (int64_t c = g0; c < g1; ++c) {
+              auto r = plane_moments(xp + (n * C + c) * HW, HW);
+              auto& a = acc[c - g0];
+              merge_moments(a.mean, a.m2, a.count, r.mean, r.m2, r.count);
+            }
+          }
+        }
+        for (int64_t c = g0; c < g1; ++c) finish_channel(c, acc[c - g0]);
+        for (int64_t n = 0; n < N; ++n) {
+          for (int64_t c = g0; c < g1; ++c) {
+            const int64_t base = (n * C + c) * HW;
+            run_apply<scalar_t, acc_t>(xp + base, yp + base, HW, scale[c], shift[c], aslope,
+                                       stream);
+          }
+        }
+      }
+      if (stream) stream_fence();
+    });
+    return;
   }
-  // Pass 2, streaming again (the input is likely still in the last-level cache).
+  // A channel alone outgrows the cache: two streaming passes over all planes.
+  const int64_t P = N * C;
+  const int64_t grain = plane_grain(HW);
+  std::vector<Moments<double>> planes(training ? P : 0);
+  if (training) {
+    at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t q = p0; q < p1; ++q) planes[q] = plane_moments(xp + q * HW, HW);
+    });
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    Moments<double> a{0, 0, 0};
+    if (training) {
+      for (int64_t n = 0; n < N; ++n) {
+        const auto& r = planes[n * C + c];
+        merge_moments(a.mean, a.m2, a.count, r.mean, r.m2, r.count);
+      }
+    }
+    finish_channel(c, a);
+  }
   at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t q = p0; q < p1; ++q) {
       const int64_t c = q % C;
-      run_apply<scalar_t, acc_t>(xp + q * HW, yp + q * HW, HW, scale[c], shift[c],
-                                 static_cast<acc_t>(slope));
+      run_apply<scalar_t, acc_t>(xp + q * HW, yp + q * HW, HW, scale[c], shift[c], aslope, stream);
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -373,8 +450,6 @@ void backward_nchw(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
                    const ChannelParams<acc_of_t<scalar_t>>& p, double* sum_dz, double* sum_dz_xc) {
   using acc_t = acc_of_t<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const int64_t P = N * C;
-  const int64_t grain = plane_grain(HW);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
   scalar_t* dxp = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
@@ -386,41 +461,70 @@ void backward_nchw(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
     invstd[c] = bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps));
     bn_act::fold_affine<acc_t>(mp[c], invstd[c], p.weight[c], p.bias[c], scale[c], shift[c]);
   }
-  // Pass 1: per-plane sums of dz and dz * (x - mean), streaming.
-  std::vector<double> ps(P), psx(P);
-  at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
-    for (int64_t q = p0; q < p1; ++q) {
-      const int64_t c = q % C;
-      double s = 0, sx = 0;
-      for (int64_t off = 0; off < HW; off += kChunk) {
-        run_grad_sums<scalar_t, acc_t>(dyp + q * HW + off, xp + q * HW + off,
-                                       std::min(kChunk, HW - off), scale[c], shift[c], aslope,
-                                       mp[c], s, sx);
-      }
-      ps[q] = s;
-      psx[q] = sx;
-    }
-  });
   std::vector<bn_act::GradCoeffs<acc_t>> coeffs(C);
+  const bool stream = x.nbytes() >= kStreamBytes;
+  // Sums of dz and dz * (x - mean) over one plane.
+  auto plane_sums = [&](int64_t n, int64_t c, double& s, double& sx) {
+    const int64_t base = (n * C + c) * HW;
+    double ps = 0, psx = 0;
+    for (int64_t off = 0; off < HW; off += kChunk) {
+      run_grad_sums<scalar_t, acc_t>(dyp + base + off, xp + base + off, std::min(kChunk, HW - off),
+                                     scale[c], shift[c], aslope, mp[c], ps, psx);
+    }
+    s += ps;
+    sx += psx;
+  };
+  auto finish_channel = [&](int64_t c, double s, double sx) {
+    sum_dz[c] = s;
+    sum_dz_xc[c] = sx;
+    coeffs[c] = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd[c], static_cast<acc_t>(s),
+                                           static_cast<acc_t>(sx), N * HW);
+  };
+  auto plane_dx = [&](int64_t n, int64_t c) {
+    const int64_t base = (n * C + c) * HW;
+    run_grad_input<scalar_t, acc_t>(dyp + base, xp + base, dxp + base, HW, scale[c], shift[c],
+                                    aslope, mp[c], coeffs[c], stream);
+  };
+
+  const int64_t G = cache_group(N, C, HW, (dxp ? 3 : 2) * sizeof(scalar_t));
+  if (G > 0) {
+    at::parallel_for(0, C, G, [&](int64_t c0, int64_t c1) {
+      std::vector<double> s(G), sx(G);
+      for (int64_t g0 = c0; g0 < c1; g0 += G) {
+        const int64_t g1 = std::min(c1, g0 + G);
+        std::fill(s.begin(), s.end(), 0.0);
+        std::fill(sx.begin(), sx.end(), 0.0);
+        for (int64_t n = 0; n < N; ++n) {
+          for (int64_t c = g0; c < g1; ++c) plane_sums(n, c, s[c - g0], sx[c - g0]);
+        }
+        for (int64_t c = g0; c < g1; ++c) finish_channel(c, s[c - g0], sx[c - g0]);
+        if (!dxp) continue;
+        for (int64_t n = 0; n < N; ++n) {
+          for (int64_t c = g0; c < g1; ++c) plane_dx(n, c);
+        }
+      }
+      if (stream) stream_fence();
+    });
+    return;
+  }
+  const int64_t P = N * C;
+  const int64_t grain = plane_grain(HW);
+  std::vector<double> ps(P, 0.0), psx(P, 0.0);
+  at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t q = p0; q < p1; ++q) plane_sums(q / C, q % C, ps[q], psx[q]);
+  });
   for (int64_t c = 0; c < C; ++c) {
     double s = 0, sx = 0;
     for (int64_t n = 0; n < N; ++n) {
       s += ps[n * C + c];
       sx += psx[n * C + c];
     }
-    sum_dz[c] = s;
-    sum_dz_xc[c] = sx;
-    coeffs[c] = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd[c], static_cast<acc_t>(s),
-                                           static_cast<acc_t>(sx), N * HW);
+    finish_channel(c, s, sx);
   }
   if (!dxp) return;
-  // Pass 2: dx, streaming.
   at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
-    for (int64_t q = p0; q < p1; ++q) {
-      const int64_t c = q % C;
-      run_grad_input<scalar_t, acc_t>(dyp + q * HW, xp + q * HW, dxp + q * HW, HW, scale[c],
-                                      shift[c], aslope, mp[c], coeffs[c]);
-    }
+    for (int64_t q = p0; q < p1; ++q) plane_dx(q / C, q % C);
+    if (stream) stream_fence();
   });
 }
 

@@ -64,6 +64,33 @@ struct VecIo<scalar_t, std::enable_if_t<at::vec::is_reduced_floating_point_v<sca
   }
 };
 
+// Non-temporal (streaming) stores for large float outputs: they skip the read-for-
+// ownership of each output line and do not evict the inputs the next pass still
+// needs. Used only where the output is far larger than the cache (see callers),
+// and only on 64-byte aligned addresses; callers fence with stream_fence().
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kCanStream = true;
+inline void stream_store(float* p, const at::vec::Vectorized<float>& v) {
+  _mm512_stream_ps(p, static_cast<__m512>(v));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr bool kCanStream = true;
+inline void stream_store(float* p, const at::vec::Vectorized<float>& v) {
+  _mm256_stream_ps(p, static_cast<__m256>(v));
+}
+#else
+constexpr bool kCanStream = false;
+inline void stream_store(float* p, const at::vec::Vectorized<float>& v) { v.store(p); }
+#endif
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+inline bool aligned64(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 63) == 0; }
+
 // Keeps the first n lanes of v and zeroes the rest (for reductions over tails).
 template <typename acc_t>
 inline at::vec::Vectorized<acc_t> masked(const at::vec::Vectorized<acc_t>& v, int64_t n) {
