@@ -54,7 +54,17 @@ constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
 // Channels per cache group (0 when a single channel outgrows kGroupBytes), capped
 // so every thread gets a group.
+// Below this many values a thread team costs more than it saves.
+constexpr int64_t kSerialElems = 32768;
+
+// The grain that keeps at::parallel_for over [0, range) on the calling thread for
+// small inputs, else `grain`.
+inline int64_t serial_if_small(int64_t numel, int64_t range, int64_t grain) {
+  return numel < kSerialElems ? range + 1 : grain;
+}
+
 inline int64_t cache_group(int64_t N, int64_t C, int64_t HW, int64_t bytes_per_value) {
+  if (N * C * HW < kSerialElems) return C;  // one group, run inline
   const int64_t per_channel = N * HW * bytes_per_value;
   if (per_channel > kGroupBytes) return 0;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
@@ -65,22 +75,25 @@ inline int64_t cache_group(int64_t N, int64_t C, int64_t HW, int64_t bytes_per_v
 // ---------------------------------------------------------------------------
 // Runs of contiguous values (one plane, or a piece of one).
 
-// Moments of p[0..n) by two passes over it.
+// Moments of p[0..n) by two passes over it. The first pass sums x - p[0] rather
+// than x, so the run's mean keeps full precision when |mean| >> std.
 template <typename scalar_t>
 Moments<double> run_moments(const scalar_t* p, int64_t n) {
   using IO = VecIo<scalar_t>;
   using acc_t = typename IO::acc_t;
   using Vec = typename IO::Vec;
   constexpr int64_t K = IO::kSize;
+  const acc_t pivot = static_cast<acc_t>(p[0]);
+  const Vec vpivot(pivot);
   Vec s0(acc_t(0)), s1(acc_t(0));
   int64_t i = 0;
   for (; i + 2 * K <= n; i += 2 * K) {
-    s0 += IO::load(p + i);
-    s1 += IO::load(p + i + K);
+    s0 += IO::load(p + i) - vpivot;
+    s1 += IO::load(p + i + K) - vpivot;
   }
-  for (; i + K <= n; i += K) s0 += IO::load(p + i);
-  if (i < n) s0 += IO::load(p + i, n - i);  // zero-filled tail
-  const acc_t mean = lane_sum<acc_t>(s0 + s1) / static_cast<acc_t>(n);
+  for (; i + K <= n; i += K) s0 += IO::load(p + i) - vpivot;
+  if (i < n) s0 += masked<acc_t>(IO::load(p + i, n - i) - vpivot, n - i);
+  const acc_t mean = pivot + lane_sum<acc_t>(s0 + s1) / static_cast<acc_t>(n);
   const Vec vmean(mean);
   Vec q0(acc_t(0)), q1(acc_t(0));
   i = 0;
@@ -346,7 +359,7 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
     const int64_t B = std::max<int64_t>(1, std::min(R, kBlockElems / C));
     const int64_t nblk = (R + B - 1) / B;
     std::vector<acc_t> bmean(nblk * C), bm2(nblk * C);
-    at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, nblk, serial_if_small(x.numel(), nblk, 1), [&](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t r0 = blk * B, r1 = std::min(R, r0 + B);
         const acc_t inv_rows = acc_t(1) / static_cast<acc_t>(r1 - r0);
@@ -354,9 +367,11 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
         acc_t* bq = bm2.data() + blk * C;
         for (int64_t c = 0; c < C; c += K) {
           const int64_t w = std::min(K, C - c);
+          // Shifted by the block's first row, as in run_moments.
+          const Vec pivot = IO::load(xp + r0 * C + c, w);
           Vec s(acc_t(0));
-          for (int64_t r = r0; r < r1; ++r) s += IO::load(xp + r * C + c, w);
-          (s * Vec(inv_rows)).store(bm + c, w);
+          for (int64_t r = r0; r < r1; ++r) s += IO::load(xp + r * C + c, w) - pivot;
+          at::vec::fmadd(s, Vec(inv_rows), pivot).store(bm + c, w);
           const Vec vm = Vec::loadu(bm + c, w);
           Vec q(acc_t(0));
           for (int64_t r = r0; r < r1; ++r) {
@@ -558,7 +573,7 @@ void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
   const int64_t B = std::max<int64_t>(1, std::min(R, kBlockElems / C));
   const int64_t nblk = (R + B - 1) / B;
   std::vector<acc_t> bsum(nblk * C), bsumx(nblk * C);
-  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, nblk, serial_if_small(x.numel(), nblk, 1), [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * B, r1 = std::min(R, r0 + B);
       for (int64_t c = 0; c < C; c += K) {

@@ -107,6 +107,10 @@ def reference_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
 def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
                          momentum: float, count: int) -> None:
     """nn.BatchNorm2d's update: biased var normalises, unbiased var is tracked."""
+    if HAVE_UPDATE_OP:
+        torch.ops.fastgan.bn_act_update_running_stats_(running_mean, running_var, mean, var,
+                                                       momentum, count)
+        return
     with torch.no_grad():
         unbiased = var * (count / (count - 1))
         running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
@@ -159,6 +163,10 @@ def _register_compiled() -> None:
         y = torch.empty_like(x, memory_format=_out_format(x))
         return y, x.new_empty((C,), dtype=_acc_dtype(x)), x.new_empty((C,), dtype=_acc_dtype(x))
 
+    @torch.library.register_fake("fastgan::bn_act_update_running_stats_")
+    def _(running_mean, running_var, mean, var, momentum, count):
+        return None
+
     @torch.library.register_fake("fastgan::bn_act_backward")
     def _(grad_out, x, weight, bias, mean, var, training, eps, negative_slope, output_mask):
         C = x.shape[1]
@@ -201,8 +209,10 @@ def _register_compiled() -> None:
 
 
 KERNELS: tuple[str, ...] = ()
+HAVE_UPDATE_OP = False
 if _ext.ext_loaded() and hasattr(torch.ops.fastgan, "bn_act_forward"):
     _register_compiled()
+    HAVE_UPDATE_OP = True
     KERNELS = ("cpu", "cuda") if _ext.build_info().get("cuda") else ("cpu",)
 
 

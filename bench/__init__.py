@@ -1,0 +1,1 @@
+"""fastgan benchmarks (pytest-benchmark suites and paired-ratio scripts)."""

@@ -1,0 +1,112 @@
+"""BatchNorm2d + LeakyReLU, forward + backward (training) and forward (eval):
+eager nn.BatchNorm2d + nn.LeakyReLU, torch.compile of the same two modules, and
+fastgan.nn.BatchNormAct2d on each usable backend.
+
+pytest-benchmark (one group per configuration, so --benchmark-compare lines up):
+    python -m pytest bench/bench_bn_act.py --benchmark-only
+Paired ratios (what BENCHMARKS.md quotes):
+    python -m bench.bench_bn_act [--rounds 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastgan
+
+from bench.common import format_table, paired_timings
+
+CONFIGS = {
+    # name: (shape, dtype, channels_last)
+    "fp32-nchw-64x64x32x32": ((64, 64, 32, 32), torch.float32, False),
+    "fp32-nhwc-64x64x32x32": ((64, 64, 32, 32), torch.float32, True),
+    "bf16-nchw-64x64x32x32": ((64, 64, 32, 32), torch.bfloat16, False),
+    "fp32-nchw-128x128x16x16": ((128, 128, 16, 16), torch.float32, False),
+}
+
+
+def _impls(C: int, dtype: torch.dtype, device: str) -> dict[str, tuple[nn.Module, str | None]]:
+    eager = nn.Sequential(nn.BatchNorm2d(C), nn.LeakyReLU(0.2)).to(device)
+    impls: dict[str, tuple[nn.Module, str | None]] = {
+        "eager": (eager, None),
+        "torch.compile": (torch.compile(copy.deepcopy(eager)), None),
+    }
+    for backend in fastgan.available_backends():
+        if backend == "reference" or (backend == "cpu") != (device == "cpu"):
+            continue
+        if backend == "triton" and device == "cpu":
+            continue
+        impls[f"fastgan[{backend}]"] = (fastgan.nn.BatchNormAct2d(C).to(device), backend)
+    return impls
+
+
+def make_cases(config: str, mode: str = "train", device: str = "cpu"):
+    """name -> zero-argument callable running one forward(+backward)."""
+    shape, dtype, channels_last = CONFIGS[config]
+    x = torch.randn(shape, device=device).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    cases = {}
+    for name, (mod, backend) in _impls(shape[1], dtype, device).items():
+        mod.train(mode == "train")
+
+        def run(mod=mod, backend=backend):
+            ctx = fastgan.use_backend(backend) if backend else fastgan.use_backend("auto")
+            with ctx:
+                if mode == "train":
+                    xi = x.detach().requires_grad_()
+                    mod(xi).backward(g)
+                else:
+                    with torch.no_grad():
+                        mod(x)
+
+        cases[name] = run
+    return cases
+
+
+def _case_ids():
+    out = []
+    for config in CONFIGS:
+        for mode in ("train", "eval"):
+            for impl in ("eager", "torch.compile", "fastgan[cpu]"):
+                out.append((config, mode, impl))
+    return out
+
+
+@pytest.mark.parametrize("config,mode,impl", _case_ids())
+def test_bn_act(benchmark, config, mode, impl):
+    cases = make_cases(config, mode)
+    if impl not in cases:
+        pytest.skip(f"{impl} not available here")
+    benchmark.group = f"bn_act {mode} {config}"
+    benchmark.extra_info.update(config=config, mode=mode, impl=impl)
+    fn = cases[impl]
+    for _ in range(3):
+        fn()
+    benchmark.pedantic(fn, rounds=20, iterations=1, warmup_rounds=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    p.add_argument("--modes", nargs="*", default=["train", "eval"])
+    args = p.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    for config in args.configs:
+        for mode in args.modes:
+            samples = paired_timings(make_cases(config, mode), rounds=args.rounds)
+            what = "forward+backward" if mode == "train" else "forward (eval, no_grad)"
+            print(format_table(f"bn_act {config} {what}", samples, ["eager", "torch.compile"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Timing helpers shared by the benchmarks.
+
+This machine (and most shared CI machines) drifts by tens of percent from one second
+to the next, so speedups are measured as *paired* ratios: every round times each
+implementation once, back to back, and the ratio baseline/candidate is taken within
+the round; the median over rounds is reported. Medians of per-implementation times
+are reported beside it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def paired_timings(cases: dict[str, Callable[[], object]], rounds: int = 30, warmup: int = 3,
+                   device: str = "cpu") -> dict[str, list[float]]:
+    """Seconds per call of each case, interleaved round by round."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def paired_ratio(samples: dict[str, list[float]], baseline: str, candidate: str) -> float:
+    """Median over rounds of baseline_time / candidate_time (> 1: candidate is faster)."""
+    return statistics.median(b / c for b, c in zip(samples[baseline], samples[candidate]))
+
+
+def spread(xs: list[float]) -> tuple[float, float]:
+    """Interquartile range (q1, q3)."""
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
+def format_table(title: str, samples: dict[str, list[float]], baselines: list[str]) -> str:
+    lines = [title, f"  {'impl':<22} {'median ms':>10} {'IQR ms':>16} " +
+             " ".join(f"{'vs ' + b:>12}" for b in baselines)]
+    for name, xs in samples.items():
+        q1, q3 = spread(xs) if len(xs) >= 2 else (xs[0], xs[0])
+        ratios = " ".join(f"{paired_ratio(samples, b, name):>11.2f}x" for b in baselines)
+        lines.append(f"  {name:<22} {median(xs) * 1e3:>10.3f} {q1 * 1e3:>7.3f}-{q3 * 1e3:<8.3f} "
+                     + ratios)
+    return "\n".join(lines)
+
+
+def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: tuple[torch.Tensor, ...] = ()) -> int:
+    """Bytes autograd saves for backward while running fn() (distinct storages, minus
+    those of `exclude`, e.g. parameters)."""
+    seen: dict[int, int] = {}
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
