@@ -25,35 +25,13 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from cuda_toolkit import find_cuda_home  # noqa: E402
 
 
 def _fail(msg: str) -> None:
     sys.stderr.write(f"\n[fastgan build] ERROR: {msg}\n\n")
     raise SystemExit(1)
-
-
-def _find_cuda_home() -> str | None:
-    """The toolkit root whose include/ holds cuda_runtime.h.
-
-    torch guesses CUDA_HOME from `which nvcc`, which lands on the wrong prefix when
-    nvcc is a wrapper script (e.g. /usr/local/bin/nvcc exec'ing the real one).
-    """
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-        try:  # a wrapper script: read the path it execs
-            with open(nvcc, "r", errors="ignore") as f:
-                for tok in f.read().split():
-                    if tok.endswith("/bin/nvcc"):
-                        candidates.append(os.path.dirname(os.path.dirname(tok)))
-        except OSError:
-            pass
-    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
-    for c in candidates:
-        if c and os.path.isfile(os.path.join(c, "include", "cuda_runtime.h")):
-            return c
-    return None
 
 
 def _cpu_isa() -> str:
@@ -97,7 +75,7 @@ def _want_cuda(torch) -> bool:
 
 
 def _extensions():
-    cuda_home = _find_cuda_home()
+    cuda_home = find_cuda_home()
     if cuda_home and not os.environ.get("CUDA_HOME"):
         os.environ["CUDA_HOME"] = cuda_home  # before cpp_extension reads it
     try:

@@ -23,5 +23,10 @@ if ! python -c "import setuptools, ninja, pytest, pytest_benchmark, expecttest, 
   echo "[setup] installing build and test tools"
   $PIP install -q "setuptools>=64" wheel ninja numpy "pytest>=8" "pytest-benchmark>=4" expecttest
 fi
-echo "[setup] building and installing fastgan (editable)"
+# Build the CUDA kernels whenever a CUDA toolkit is present, GPU or not, so every
+# change is compile-checked (FASTGAN_CUDA=0 skips them).
+if [[ -z "${FASTGAN_CUDA:-}" ]] && python scripts/cuda_toolkit.py >/dev/null 2>&1; then
+  export FASTGAN_CUDA=1
+fi
+echo "[setup] building and installing fastgan (editable; FASTGAN_CUDA=${FASTGAN_CUDA:-auto})"
 MAX_JOBS="${MAX_JOBS:-2}" $PIP install -q --no-build-isolation --no-deps -e ".[dev]"

@@ -1,0 +1,92 @@
+"""Compile every CUDA kernel in csrc/cuda for sm_80 and sm_90 with `-Xptxas -v` and fail
+on compile errors or register spills. Needs nvcc, not a GPU (CI runs it).
+
+    python scripts/check_cuda.py [--archs 80 90] [--keep-going]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", nargs="*", default=["80", "90"])
+    args = ap.parse_args()
+    from cuda_toolkit import find_cuda_home  # scripts/, beside this file
+
+    cuda_home = find_cuda_home()
+    if not cuda_home:
+        print("check_cuda: no CUDA toolkit found (nvcc / include/cuda_runtime.h); nothing checked")
+        return 1
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    from torch.utils import cpp_extension
+
+    incs = cpp_extension.include_paths(device_type="cuda") + [sysconfig.get_paths()["include"]]
+    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    if not sources:
+        print("check_cuda: no CUDA sources")
+        return 0
+    failed = False
+    print(f"check_cuda: nvcc {nvcc}")
+    print(f"{'kernel':<70} {'arch':>5} {'regs':>5} {'smem':>6} {'spill st':>9} {'spill ld':>9}")
+    for src in sources:
+        for arch in args.archs:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [nvcc, "-c", src, "-o", os.path.join(tmp, "k.o"), "-std=c++20", "-O3",
+                       f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v",
+                       "--expt-relaxed-constexpr", "-DFASTGAN_WITH_CUDA",
+                       "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                       "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                       "-Xcompiler", "-fPIC"] + [f"-I{i}" for i in incs]
+                r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                print(r.stdout[-4000:], r.stderr[-8000:])
+                print(f"check_cuda: FAILED to compile {os.path.relpath(src, ROOT)} for sm_{arch}")
+                failed = True
+                continue
+            fn = None
+            for line in r.stderr.splitlines():
+                m = re.search(r"Compiling entry function '(\w+)'", line)
+                if m:
+                    fn = m.group(1)
+                    spill = None
+                m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+                if m and fn:
+                    spill = (int(m.group(1)), int(m.group(2)))
+                m = re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?", line)
+                if m and fn:
+                    smem = re.search(r"(\d+) bytes smem", line)
+                    name = demangle(fn)
+                    st, ld = spill or (0, 0)
+                    print(f"{name[:70]:<70} {arch:>5} {m.group(1):>5} "
+                          f"{smem.group(1) if smem else '0':>6} {st:>9} {ld:>9}")
+                    if st or ld:
+                        failed = True
+                    fn = None
+    print("check_cuda:", "FAILED" if failed else "ok (compiled, no spills)")
+    return 1 if failed else 0
+
+
+def demangle(name: str) -> str:
+    try:
+        r = subprocess.run(["c++filt", name], capture_output=True, text=True)
+        out = r.stdout.strip() or name
+    except OSError:
+        out = name
+    out = out.replace("(anonymous namespace)::", "").replace("fastgan::cuda::", "")
+    out = out.replace("c10::", "").replace("void ", "")
+    return re.sub(r"\(.*", "", out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
