@@ -19,7 +19,7 @@ from torch import nn
 
 import fastgan
 
-from bench.common import format_table, paired_timings
+from .common import format_table, paired_timings, saved_tensor_bytes
 
 CONFIGS = {
     # name: (shape, dtype, channels_last)
@@ -90,6 +90,57 @@ def test_bn_act(benchmark, config, mode, impl):
     for _ in range(3):
         fn()
     benchmark.pedantic(fn, rounds=20, iterations=1, warmup_rounds=2)
+
+
+def rows(cfg):
+    """`fastgan bench` rows: the DCGAN generator's 32x32 BatchNorm+LeakyReLU layer
+    (batch, 64, 32, 32), training forward+backward and eval forward."""
+    from .suite import Row
+
+    C, S = 64, 32
+    x = cfg.input(cfg.batch, C, S, S)
+    g = torch.randn_like(x)
+    mods = {"eager": nn.Sequential(nn.BatchNorm2d(C), nn.LeakyReLU(0.2)).to(cfg.device)}
+    mods["torch.compile"] = torch.compile(copy.deepcopy(mods["eager"]))
+    for b in cfg.fastgan_impls():
+        mods[f"fastgan[{b}]"] = fastgan.nn.BatchNormAct2d(C).to(cfg.device)
+    def backend_of(name):
+        return name[len("fastgan["):-1] if name.startswith("fastgan[") else "auto"
+
+    def train_step(name):
+        m = mods[name].train()
+
+        def run():
+            with fastgan.use_backend(backend_of(name)):
+                xi = x.detach().requires_grad_()
+                m(xi).backward(g)
+        return run
+
+    def eval_fwd(name):
+        m = mods[name]
+
+        def run():
+            m.eval()
+            with fastgan.use_backend(backend_of(name)), torch.no_grad():
+                m(x)
+        return run
+
+    def saved(name):
+        m = mods[name].train()
+
+        def count():
+            with fastgan.use_backend(backend_of(name)):
+                xi = x.detach().requires_grad_()
+                return saved_tensor_bytes(lambda: m(xi), exclude=tuple(m.parameters()) + (xi,))
+        return count
+
+    shape = f"({cfg.batch},{C},{S},{S})"
+    return [
+        Row(f"BN+LeakyReLU fwd+bwd {shape}", "op", {k: train_step(k) for k in mods},
+            saved={k: saved(k) for k in mods if k != "torch.compile"},
+            note="saved MB excludes the input, which the previous layer keeps anyway"),
+        Row(f"BN+LeakyReLU eval fwd {shape}", "op", {k: eval_fwd(k) for k in mods}),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The `fastgan` command: `fastgan info`, `fastgan demo`."""
+"""The `fastgan` command: `fastgan info`, `fastgan bench`, `fastgan demo`."""
 
 from __future__ import annotations
 
@@ -88,8 +88,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own argument parser (fastgan.bench.suite)
+        from fastgan.bench.suite import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fastgan", description="Fused PyTorch kernels for GANs")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("bench", help="eager vs torch.compile vs fastgan; `fastgan bench -h`")
     p_info = sub.add_parser("info", help="versions, what was built, which backends are usable")
     p_info.set_defaults(func=_info)
     p_demo = sub.add_parser("demo", help="fused BatchNorm+LeakyReLU vs eager on the CPU")
