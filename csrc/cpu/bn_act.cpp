@@ -28,7 +28,9 @@
 #include <algorithm>
 #include <vector>
 
+#include "../bn_act_checks.h"
 #include "../bn_act_math.h"
+#include "../common.h"
 #include "vec_io.h"
 
 namespace fastgan {
@@ -217,34 +219,6 @@ ChannelParams<acc_t> channel_params(const c10::optional<at::Tensor>& weight,
   return p;
 }
 
-void check_inputs(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-                  const c10::optional<at::Tensor>& bias, const at::Tensor* mean,
-                  const at::Tensor* var, const char* mean_name, const char* var_name) {
-  TORCH_CHECK(input.dim() == 4, "fastgan::bn_act: input must be 4-D (N, C, H, W), got ",
-              input.dim(), "-D of shape ", input.sizes());
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
-              "fastgan::bn_act: input must be a floating-point tensor, got ",
-              input.scalar_type());
-  TORCH_CHECK(input.numel() > 0, "fastgan::bn_act: input is empty (shape ", input.sizes(), ")");
-  const int64_t C = input.size(1);
-  auto check_vec = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == C, "fastgan::bn_act: ", name,
-                " must have shape (", C, ",) to match input channels, got ", t.sizes());
-    TORCH_CHECK(t.device() == input.device(), "fastgan::bn_act: ", name, " is on ", t.device(),
-                " but input is on ", input.device());
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastgan::bn_act: ", name,
-                " must be floating-point, got ", t.scalar_type());
-  };
-  if (weight.has_value() && weight->defined()) check_vec(*weight, "weight");
-  if (bias.has_value() && bias->defined()) check_vec(*bias, "bias");
-  if (mean) check_vec(*mean, mean_name);
-  if (var) check_vec(*var, var_name);
-}
-
-bool use_channels_last(const at::Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 // ---------------------------------------------------------------------------
 // Forward.
 
@@ -421,19 +395,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward(
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, bool training, double eps,
     double negative_slope) {
-  const bool have_rm = running_mean.has_value() && running_mean->defined();
-  const bool have_rv = running_var.has_value() && running_var->defined();
-  check_inputs(input, weight, bias, have_rm ? &*running_mean : nullptr,
-               have_rv ? &*running_var : nullptr, "running_mean", "running_var");
-  TORCH_CHECK(training || (have_rm && have_rv),
-              "fastgan::bn_act_forward: eval mode (training=False) needs running_mean and "
-              "running_var");
-  TORCH_CHECK(!training || input.numel() / input.size(1) > 1,
-              "fastgan::bn_act_forward: expected more than 1 value per channel when training, "
-              "got input of shape ", input.sizes());
-  const bool cl = use_channels_last(input);
+  bn_act::check_forward(input, weight, bias, running_mean, running_var, training);
+  const bool cl = is_channels_last(input);
   const at::Tensor x = cl ? input : input.contiguous();
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = acc_scalar_type(x.scalar_type());
   const int64_t C = x.size(1);
   at::Tensor y = at::empty_like(x);
   at::Tensor mean_t, var_t;
@@ -627,17 +592,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward(
     const at::Tensor& grad_out, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var,
     bool training, double eps, double negative_slope, std::array<bool, 3> output_mask) {
-  check_inputs(input, weight, bias, &mean, &var, "mean", "var");
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), "fastgan::bn_act_backward: grad_out has shape ",
-              grad_out.sizes(), " but input has shape ", input.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
-              "fastgan::bn_act_backward: grad_out dtype ", grad_out.scalar_type(),
-              " differs from input dtype ", input.scalar_type());
-  const bool cl = use_channels_last(input);
+  bn_act::check_backward(grad_out, input, weight, bias, mean, var);
+  const bool cl = is_channels_last(input);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = input.contiguous(fmt);
   const at::Tensor dy = grad_out.contiguous(fmt);
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = acc_scalar_type(x.scalar_type());
   const int64_t C = x.size(1);
   const at::Tensor m = mean.to(acc_type).contiguous();
   const at::Tensor v = var.to(acc_type).contiguous();

@@ -14,19 +14,10 @@
 
 #include <type_traits>
 
+#include "../common.h"
+
 namespace fastgan {
 namespace cpu {
-
-template <typename scalar_t>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <typename scalar_t>
-using acc_of_t = typename AccOf<scalar_t>::type;
 
 template <typename scalar_t, typename Enable = void>
 struct VecIo {

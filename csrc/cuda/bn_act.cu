@@ -18,7 +18,9 @@
 
 #include <algorithm>
 
+#include "../bn_act_checks.h"
 #include "../bn_act_math.h"
+#include "../common.h"
 
 namespace fastgan {
 namespace cuda {
@@ -28,15 +30,6 @@ using bn_act::GradCoeffs;
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
 
 // ---------------------------------------------------------------------------
 // Welford per thread, Chan merge across threads.
@@ -412,10 +405,6 @@ int64_t elementwise_blocks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 32LL * num_sms()));
 }
 
-bool is_channels_last(const at::Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename acc_t>
@@ -427,45 +416,16 @@ at::Tensor as_acc(const c10::optional<at::Tensor>& t, at::ScalarType acc) {
   return t.has_value() && t->defined() ? t->to(acc).contiguous() : at::Tensor();
 }
 
-void check_common(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-                  const c10::optional<at::Tensor>& bias, const at::Tensor* a, const char* a_name,
-                  const at::Tensor* b, const char* b_name) {
-  TORCH_CHECK(input.dim() == 4, "fastgan::bn_act: input must be 4-D (N, C, H, W), got ",
-              input.dim(), "-D of shape ", input.sizes());
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
-              "fastgan::bn_act: input must be a floating-point tensor, got ", input.scalar_type());
-  TORCH_CHECK(input.numel() > 0, "fastgan::bn_act: input is empty (shape ", input.sizes(), ")");
-  const int64_t C = input.size(1);
-  auto check = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == C, "fastgan::bn_act: ", name, " must have shape (",
-                C, ",) to match input channels, got ", t.sizes());
-    TORCH_CHECK(t.device() == input.device(), "fastgan::bn_act: ", name, " is on ", t.device(),
-                " but input is on ", input.device());
-  };
-  if (weight.has_value() && weight->defined()) check(*weight, "weight");
-  if (bias.has_value() && bias->defined()) check(*bias, "bias");
-  if (a) check(*a, a_name);
-  if (b) check(*b, b_name);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_cuda(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, bool training, double eps,
     double negative_slope) {
-  const bool have_rm = running_mean.has_value() && running_mean->defined();
-  const bool have_rv = running_var.has_value() && running_var->defined();
-  check_common(input, weight, bias, have_rm ? &*running_mean : nullptr, "running_mean",
-               have_rv ? &*running_var : nullptr, "running_var");
-  TORCH_CHECK(training || (have_rm && have_rv),
-              "fastgan::bn_act_forward: eval mode (training=False) needs running_mean and running_var");
-  TORCH_CHECK(!training || input.numel() / input.size(1) > 1,
-              "fastgan::bn_act_forward: expected more than 1 value per channel when training, "
-              "got input of shape ", input.sizes());
+  bn_act::check_forward(input, weight, bias, running_mean, running_var, training);
   c10::cuda::CUDAGuard guard(input.device());
   const bool cl = is_channels_last(input);
   const at::Tensor x = cl ? input : input.contiguous();
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_scalar_type(x.scalar_type());
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), numel = x.numel();
   at::Tensor y = at::empty_like(x);
   const at::Tensor w = as_acc(weight, acc), b = as_acc(bias, acc);
@@ -474,7 +434,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_cuda(
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int cblocks = static_cast<int>((C + kThreads - 1) / kThreads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bn_act_forward_cuda", [&] {
-    using acc_t = typename AccOf<scalar_t>::type;
+    using acc_t = acc_of_t<scalar_t>;
     acc_t* scale = affine.mutable_data_ptr<acc_t>();
     acc_t* shift = scale + C;
     if (training) {
@@ -534,16 +494,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean_in, const at::Tensor& var_in,
     bool training, double eps, double negative_slope, std::array<bool, 3> output_mask) {
-  check_common(input, weight, bias, &mean_in, "mean", &var_in, "var");
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), "fastgan::bn_act_backward: grad_out has shape ",
-              grad_out.sizes(), " but input has shape ", input.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), "fastgan::bn_act_backward: grad_out dtype ",
-              grad_out.scalar_type(), " differs from input dtype ", input.scalar_type());
+  bn_act::check_backward(grad_out, input, weight, bias, mean_in, var_in);
   c10::cuda::CUDAGuard guard(input.device());
   const bool cl = is_channels_last(input);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = input.contiguous(fmt), dy = grad_out.contiguous(fmt);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_scalar_type(x.scalar_type());
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), numel = x.numel();
   const at::Tensor mean = mean_in.to(acc).contiguous(), var = var_in.to(acc).contiguous();
   const at::Tensor w = as_acc(weight, acc), b = as_acc(bias, acc);
@@ -552,7 +508,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cuda(
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int cblocks = static_cast<int>((C + kThreads - 1) / kThreads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bn_act_backward_cuda", [&] {
-    using acc_t = typename AccOf<scalar_t>::type;
+    using acc_t = acc_of_t<scalar_t>;
     acc_t* wp = work.mutable_data_ptr<acc_t>();
     acc_t *scale = wp, *shift = wp + C, *gain = wp + 2 * C, *proj = wp + 3 * C, *mdz = wp + 4 * C,
           *dw = wp + 5 * C, *db = wp + 6 * C;
