@@ -53,12 +53,20 @@ MAX_BLOCK_K_NHWC = 64
 
 # ---------------------------------------------------------------------------
 # Autotuning: configs differ in tile size (elements) and warps; BLOCK_K is fixed by the
-# shape, BLOCK_R = TILE // BLOCK_K. All configs compile spill-free for sm_80 and sm_90
-# (checked by `python -m fastgan.kernels.aot`); larger tiles did not fit.
+# shape, BLOCK_R = TILE // BLOCK_K. The reductions keep three (Welford) or two running
+# values per element, so they get 8 elements per thread; the elementwise passes up to 16.
+# Every config compiles spill-free for sm_80 and sm_90 (`python -m fastgan.kernels.aot`).
+# Pruned for spilling: 16 elements per thread in the Welford pass (sm_80, capped at 128
+# registers), and (TILE 2048, 4 warps) elementwise on unaligned channel counts (sm_90).
 
-CONFIGS = [
+REDUCE_CONFIGS = [
     triton.Config({"TILE": 1024}, num_warps=4),
-    triton.Config({"TILE": 2048}, num_warps=4),
+    triton.Config({"TILE": 2048}, num_warps=8),
+    triton.Config({"TILE": 4096}, num_warps=16),
+]
+ELEMENTWISE_CONFIGS = [
+    triton.Config({"TILE": 1024}, num_warps=4),
+    triton.Config({"TILE": 2048}, num_warps=8),
     triton.Config({"TILE": 4096}, num_warps=8),
 ]
 _KEY = ["C", "HW", "ROWS_PER_SPLIT", "BLOCK_K", "CHANNELS_LAST"]
@@ -76,9 +84,9 @@ def prune_configs(configs, named_args, **kwargs):
     return fit
 
 
-def _autotune(fn):
-    return triton.autotune(configs=CONFIGS, key=_KEY,
-                           prune_configs_by={"early_config_prune": prune_configs})(fn)
+def _autotune(configs):
+    return triton.autotune(configs=configs, key=_KEY,
+                           prune_configs_by={"early_config_prune": prune_configs})
 
 
 # ---------------------------------------------------------------------------
@@ -91,14 +99,11 @@ def _f64(hi, lo, acc_ty: tl.constexpr):
 
 
 @triton.jit
-def _inv_std(var, eps, acc_ty: tl.constexpr):
-    """1 / sqrt(var + eps) with a correctly rounded square root (tl.sqrt may be approximate
-    for fp32; sqrt_rn has no fp64 form, fp64 sqrt is always exact)."""
-    if acc_ty == tl.float64:
-        s = tl.sqrt(var + eps)
-    else:
-        s = tl.sqrt_rn(var + eps)
-    return 1.0 / s
+def _inv_std(var, eps):
+    """1 / sqrt(var + eps). rsqrt (MUFU.RSQ, ~2 ulp in fp32, as eager's CUDA kernels use;
+    libdevice's accurate rsqrt in fp64): sqrt.rn / div.rn expand to slow-path
+    subroutines whose register saves spill."""
+    return tl.rsqrt(var + eps)
 
 
 @triton.jit
@@ -151,7 +156,7 @@ def _channel_affine(mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, eps,
     """mean, invstd, weight and the folded z = x * scale + shift of this program's channels."""
     mean = _per_channel(mean_ptr, pid_c, k_lo, C, acc_ty, CHANNELS_LAST, BLOCK_K)
     var = _per_channel(var_ptr, pid_c, k_lo, C, acc_ty, CHANNELS_LAST, BLOCK_K)
-    invstd = _inv_std(var, eps, acc_ty)
+    invstd = _inv_std(var, eps)
     if HAS_WEIGHT:
         w = _per_channel(w_ptr, pid_c, k_lo, C, acc_ty, CHANNELS_LAST, BLOCK_K)
     else:
@@ -233,7 +238,7 @@ def _leaky_grad(z, slope):
 # ---------------------------------------------------------------------------
 # Kernels.
 
-@_autotune
+@_autotune(REDUCE_CONFIGS)
 @triton.jit
 def _stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, pcnt_ptr, C, HW, ROWS, ROWS_PER_SPLIT,
                           CHANNELS_LAST: tl.constexpr, INDEX_64: tl.constexpr,
@@ -290,7 +295,7 @@ def _stats_merge_kernel(pmean_ptr, pm2_ptr, pcnt_ptr, mean_ptr, var_ptr, C, S,
     tl.store(var_ptr + cols, m2 / tl.maximum(cnt, 1.0), mask=cmask)
 
 
-@_autotune
+@_autotune(ELEMENTWISE_CONFIGS)
 @triton.jit
 def _apply_kernel(x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, C, HW, ROWS, ROWS_PER_SPLIT,
                   eps_hi, eps_lo, slope_hi, slope_lo,
@@ -318,7 +323,7 @@ def _apply_kernel(x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, C, HW, ROWS, RO
             tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@_autotune
+@_autotune(REDUCE_CONFIGS)
 @triton.jit
 def _grad_partial_kernel(dy_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, psum_ptr, psumx_ptr,
                          C, HW, ROWS, ROWS_PER_SPLIT, eps_hi, eps_lo, slope_hi, slope_lo,
@@ -373,13 +378,13 @@ def _grad_merge_kernel(psum_ptr, psumx_ptr, var_ptr, sum_dz_ptr, sum_dzx_ptr, gw
     s_dz = tl.sum(s_dz, 0)
     s_dzx = tl.sum(s_dzx, 0)
     var = tl.load(var_ptr + cols, mask=cmask, other=0.0).to(acc_ty)
-    invstd = _inv_std(var, _f64(eps_hi, eps_lo, acc_ty), acc_ty)
+    invstd = _inv_std(var, _f64(eps_hi, eps_lo, acc_ty))
     tl.store(sum_dz_ptr + cols, s_dz, mask=cmask)
     tl.store(sum_dzx_ptr + cols, s_dzx, mask=cmask)
     tl.store(gw_ptr + cols, s_dzx * invstd, mask=cmask)
 
 
-@_autotune
+@_autotune(ELEMENTWISE_CONFIGS)
 @triton.jit
 def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, sum_dz_ptr,
                        sum_dzx_ptr, C, HW, ROWS, ROWS_PER_SPLIT, COUNT, eps_hi, eps_lo,
@@ -575,3 +580,33 @@ def backward(grad_out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor |
 # Every kernel of this file, for the ahead-of-time compile check (fastgan.kernels.aot).
 KERNELS = (_stats_partial_kernel, _stats_merge_kernel, _apply_kernel, _grad_partial_kernel,
            _grad_merge_kernel, _grad_input_kernel)
+
+
+def aot_cases(quick: bool = False) -> list:
+    """Representative calls of the launchers (on meta tensors) for fastgan.kernels.aot:
+    the smallest and the largest DCGAN generator BN layer and an odd shape (unaligned
+    channel and plane sizes), NCHW and channels_last, fp32 and bf16 (fp16 compiles like
+    bf16), fp64 once; train and eval, forward and backward. `quick` keeps five."""
+    dcgan, odd = [(128, 512, 4, 4), (128, 64, 32, 32)], (3, 33, 9, 11)
+    dtypes = [torch.float32, torch.bfloat16]
+    combos = [(s, dt, cl) for s in dcgan + [odd] for dt in dtypes for cl in (False, True)]
+    if quick:
+        combos = [(dcgan[1], torch.float32, False), (dcgan[1], torch.bfloat16, True),
+                  (odd, torch.float32, True), (odd, torch.bfloat16, False)]
+    combos.append((odd, torch.float64, False))
+
+    def case(shape, dtype, channels_last):
+        def run():
+            x = torch.empty(shape, dtype=dtype, device="meta")
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            C = shape[1]
+            w = torch.empty(C, dtype=dtype, device="meta")
+            stats = torch.empty(C, dtype=_acc_dtype(x), device="meta")
+            y, mean, var = forward(x, w, w, None, None, True, 1e-5, 0.2)
+            forward(x, w, w, stats, stats, False, 1e-5, 0.2)
+            backward(y, x, w, w, mean, var, True, 1e-5, 0.2, [True, True, True])
+            backward(y, x, w, w, mean, var, False, 1e-5, 0.2, [True, False, False])
+        return run
+
+    return [case(*c) for c in combos]

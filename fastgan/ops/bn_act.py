@@ -134,7 +134,7 @@ def _composite_backward(grad_out: Tensor, x: Tensor, weight: Tensor | None,
     z = xhat * w if w is not None else xhat
     if bias is not None:
         z = z + bias.to(acc)[:, None, None]
-    dz = grad_out.to(acc) * torch.where(z > 0, 1.0, negative_slope).to(acc)
+    dz = grad_out.to(acc) * torch.where(z > 0, z.new_ones(()), negative_slope)  # slope in acc
     sum_dz = dz.sum(_DIMS)
     sum_dz_xhat = (dz * xhat).sum(_DIMS)
     g = dz
