@@ -22,6 +22,10 @@ Passes (each reads the input once):
                       _grad_merge -> the sums, grad_weight; _grad_input -> dx.
                       x_hat and the activation mask are recomputed from the saved input.
 
+Traffic per element, in units of the element size: forward 3 in training (x twice, y
+once), 2 in eval; backward 5 (x and dy twice, dx once), 3 in eval or for dx alone, 2
+for grad_weight / grad_bias alone. Everything per channel is O(C * splits).
+
 Numerics: statistics and all arithmetic in fp32 for fp32/bf16/fp16 inputs, in fp64 for
 fp64 inputs (the accumulation type is the dtype of the statistics buffers, so each
 kernel reads it from a pointer). Triton passes Python floats as fp32, so eps and the
@@ -447,7 +451,8 @@ class _Geometry:
     def __init__(self, x: torch.Tensor, reduction: bool) -> None:
         N, C, H, W = x.shape
         self.C, self.HW = C, H * W
-        self.channels_last = _channels_last(x)
+        # With H = W = 1 both layouts are one (N, C) matrix: walk it along the channels.
+        self.channels_last = _channels_last(x) or self.HW == 1
         self.index_64 = x.numel() >= INDEX64_MIN_NUMEL
         if self.channels_last:
             self.rows = N * self.HW

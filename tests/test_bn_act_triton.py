@@ -395,6 +395,43 @@ def test_triton_listed_and_lazy():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="interpreted kernels run eagerly on fake tensors")
+def test_fake_tensors_match_the_compiled_op():
+    """Each triton_op is its own fake kernel (allocate, record launches): same output
+    shapes, dtypes and strides as fastgan::bn_act_* (their fake kernels), for both layouts,
+    every dtype, eval, masks and weight/bias None. No kernel runs, so no GPU is needed."""
+    pytest.importorskip("triton")
+    if not hasattr(torch.ops.fastgan, "bn_act_forward"):
+        pytest.skip("fastgan._C is not built")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastgan.ops import bn_act_triton  # noqa: F401  (registers the ops)
+    ops = torch.ops.fastgan
+
+    def meta(ts):
+        return [(tuple(t.shape), t.dtype, t.stride()) for t in ts]
+
+    with FakeTensorMode():
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            for cl in (False, True):
+                x = torch.empty(ODD, dtype=dtype)
+                if cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                w = torch.empty(ODD[1])
+                stats = torch.empty(ODD[1], dtype=B._acc_dtype(x))
+                for weight in (w, None):
+                    for training in (True, False):
+                        args = (x, weight, weight, stats, stats, training, 1e-5, 0.2)
+                        fwd = ops.triton_bn_act_forward(*args)
+                        assert meta(fwd) == meta(ops.bn_act_forward(*args))
+                        for mask in ([True, True, True], [False, True, False]):
+                            args = (fwd[0], x, weight, weight, fwd[1], fwd[2], training, 1e-5,
+                                    0.2, mask)
+                            assert meta(ops.triton_bn_act_backward(*args)) == \
+                                meta(ops.bn_act_backward(*args))
+
+
 @pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
                     reason="checks the error without a device or the interpreter")
 def test_forcing_triton_without_device_is_an_error():
