@@ -3,8 +3,10 @@
 Interpreter tests: with TRITON_INTERPRET=1 and the backend forced, the Triton kernels run
 on CPU tensors. The variable has to be set before triton is imported and must not leak
 into the rest of the suite, so all interpreter cases run in one subprocess (this file,
-`--worker`), and the tests here check its per-case results. The same checks run
-in-process on CUDA tensors in the `gpu` tests, which skip without a device.
+`--worker`), and the tests here check its per-case results. The worker makes the
+interpreter round fp32 -> bf16 to nearest even as GPUs do (Triton 3.8's interpreter
+truncates). The same checks run in-process on CUDA tensors in the `gpu` tests, which
+skip without a device.
 
 Tolerances (DESIGN.md, "Numerics"): fp32 ~1e-5 relative to the eager result, fp64 1e-10;
 bf16/fp16 no worse than twice eager's own error against an fp64 run of eager (plus a
