@@ -134,7 +134,7 @@ def _composite_backward(grad_out: Tensor, x: Tensor, weight: Tensor | None,
     z = xhat * w if w is not None else xhat
     if bias is not None:
         z = z + bias.to(acc)[:, None, None]
-    dz = grad_out.to(acc) * torch.where(z > 0, 1.0, negative_slope).to(acc)
+    dz = grad_out.to(acc) * torch.where(z > 0, z.new_ones(()), negative_slope)  # slope in acc
     sum_dz = dz.sum(_DIMS)
     sum_dz_xhat = (dz * xhat).sum(_DIMS)
     g = dz
@@ -214,6 +214,13 @@ if _ext.ext_loaded() and hasattr(torch.ops.fastgan, "bn_act_forward"):
     _register_compiled()
     HAVE_UPDATE_OP = True
     KERNELS = ("cpu", "cuda") if _ext.build_info().get("cuda") else ("cpu",)
+if _backend._triton_installed():  # registered on first use: fastgan/ops/bn_act_triton.py
+    KERNELS += ("triton",)
+
+
+def _triton_forward():
+    from fastgan.ops import bn_act_triton  # imports triton; registers the ops once
+    return bn_act_triton.triton_bn_act_forward
 
 
 # ---------------------------------------------------------------------------
@@ -232,6 +239,9 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
     rv = None if use_batch_stats else running_var
     if backend == "reference":
         y, mean, var = reference_forward(x, weight, bias, rm, rv, use_batch_stats, eps,
+                                         negative_slope)
+    elif backend == "triton":
+        y, mean, var = _triton_forward()(x, weight, bias, rm, rv, use_batch_stats, eps,
                                          negative_slope)
     else:
         y, mean, var = torch.ops.fastgan.bn_act_forward(x, weight, bias, rm, rv, use_batch_stats,
