@@ -156,6 +156,39 @@ def _out_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def make_autograd(backward_op):
+    """(setup_context, backward) for a bn_act forward op whose backward kernel is
+    `backward_op` (same schema as fastgan::bn_act_backward). Saves the input and the
+    statistics only; create_graph=True goes through the differentiable composite."""
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, _rm, _rv, training, eps, negative_slope = inputs
+        _y, mean, var = output
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        ctx.training, ctx.eps, ctx.negative_slope = training, eps, negative_slope
+        ctx.mark_non_differentiable(mean, var)
+
+    def backward(ctx, grad_out, _gmean, _gvar):
+        x, weight, bias, mean, var = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if grad_out is None:
+            return (None,) * 8
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
+            gx, gw, gb = _composite_backward(grad_out, x, weight, bias, mean, var,
+                                             ctx.training, ctx.eps, ctx.negative_slope)
+        else:
+            mask = [bool(need[0]), bool(need[1] and weight is not None),
+                    bool(need[2] and bias is not None)]
+            gx, gw, gb = backward_op(grad_out, x, weight, bias, mean, var, ctx.training,
+                                     ctx.eps, ctx.negative_slope, mask)
+        return (gx if need[0] else None,
+                gw if need[1] and weight is not None else None,
+                gb if need[2] and bias is not None else None,
+                None, None, None, None, None)
+
+    return setup_context, backward
+
+
 def _register_compiled() -> None:
     @torch.library.register_fake("fastgan::bn_act_forward")
     def _(x, weight, bias, running_mean, running_var, training, eps, negative_slope):
@@ -178,32 +211,7 @@ def _register_compiled() -> None:
         gb = x.new_empty((C if output_mask[2] and bias is not None else 0,), dtype=bdt)
         return gx, gw, gb
 
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, _rm, _rv, training, eps, negative_slope = inputs
-        _y, mean, var = output
-        ctx.save_for_backward(x, weight, bias, mean, var)
-        ctx.training, ctx.eps, ctx.negative_slope = training, eps, negative_slope
-        ctx.mark_non_differentiable(mean, var)
-
-    def backward(ctx, grad_out, _gmean, _gvar):
-        x, weight, bias, mean, var = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        if grad_out is None:
-            return (None,) * 8
-        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
-            gx, gw, gb = _composite_backward(grad_out, x, weight, bias, mean, var,
-                                             ctx.training, ctx.eps, ctx.negative_slope)
-        else:
-            mask = [bool(need[0]), bool(need[1] and weight is not None),
-                    bool(need[2] and bias is not None)]
-            gx, gw, gb = torch.ops.fastgan.bn_act_backward(
-                grad_out, x, weight, bias, mean, var, ctx.training, ctx.eps,
-                ctx.negative_slope, mask)
-        return (gx if need[0] else None,
-                gw if need[1] and weight is not None else None,
-                gb if need[2] and bias is not None else None,
-                None, None, None, None, None)
-
+    setup_context, backward = make_autograd(torch.ops.fastgan.bn_act_backward)
     torch.library.register_autograd("fastgan::bn_act_forward", backward,
                                     setup_context=setup_context)
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fastgan.kernels import bn_act as K
-from fastgan.ops.bn_act import _composite_backward, check_args
+from fastgan.ops.bn_act import check_args, make_autograd
 
 FORWARD = "fastgan::triton_bn_act_forward"
 BACKWARD = "fastgan::triton_bn_act_backward"
@@ -71,31 +71,5 @@ def triton_bn_act_backward(grad_out: Tensor, input: Tensor, weight: Tensor | Non
                       output_mask)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, _rm, _rv, training, eps, negative_slope = inputs
-    _y, mean, var = output
-    ctx.save_for_backward(x, weight, bias, mean, var)
-    ctx.training, ctx.eps, ctx.negative_slope = training, eps, negative_slope
-    ctx.mark_non_differentiable(mean, var)
-
-
-def _backward(ctx, grad_out, _gmean, _gvar):
-    x, weight, bias, mean, var = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    if grad_out is None:
-        return (None,) * 8
-    if torch.is_grad_enabled():  # create_graph=True: stay differentiable
-        gx, gw, gb = _composite_backward(grad_out, x, weight, bias, mean, var, ctx.training,
-                                         ctx.eps, ctx.negative_slope)
-    else:
-        mask = [bool(need[0]), bool(need[1] and weight is not None),
-                bool(need[2] and bias is not None)]
-        gx, gw, gb = triton_bn_act_backward(grad_out, x, weight, bias, mean, var, ctx.training,
-                                            ctx.eps, ctx.negative_slope, mask)
-    return (gx if need[0] else None,
-            gw if need[1] and weight is not None else None,
-            gb if need[2] and bias is not None else None,
-            None, None, None, None, None)
-
-
+_setup_context, _backward = make_autograd(triton_bn_act_backward)
 triton_bn_act_forward.register_autograd(_backward, setup_context=_setup_context)
