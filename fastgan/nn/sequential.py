@@ -1,0 +1,123 @@
+"""FusedSequential: an nn.Sequential that runs its Conv -> BatchNorm2d -> activation runs fused.
+
+fastgan.convert turns an nn.Sequential into this subclass in place of its class: the
+children, their names, parameters, buffers, hooks and state_dict keys stay exactly what
+they were (`seq[0]` is still the nn.ConvTranspose2d, `seq[1]` the nn.BatchNorm2d), only
+forward() changes. Runs are found again whenever the children change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from fastgan.nn import recompute
+from fastgan.nn.blocks import FoldCache, conv_bn_act
+
+
+@dataclass(frozen=True)
+class Run:
+    """children [start, start + length) of a Sequential form one fused block."""
+
+    start: int
+    length: int  # 2 (conv, bn) or 3 (conv, bn, act)
+    negative_slope: float  # 1.0 when there is no activation: BatchNorm alone
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def _is_conv(m: nn.Module) -> bool:
+    if type(m) in (nn.Conv2d, nn.ConvTranspose2d):
+        return True
+    # weight parametrizations (spectral_norm, weight_norm via torch.nn.utils.parametrizations)
+    # keep `.weight` a plain attribute, so the fused path sees the parametrized weight.
+    return parametrize.is_parametrized(m) and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+
+
+def _slope(m: nn.Module) -> float | None:
+    if type(m) is nn.ReLU:
+        return 0.0
+    if type(m) is nn.LeakyReLU and m.negative_slope >= 0:
+        return float(m.negative_slope)
+    return None
+
+
+def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
+    """Fusable runs in a list of children, and why near misses were not fused."""
+    runs: list[Run] = []
+    skipped: list[str] = []
+    i = 0
+    while i < len(modules):
+        conv = modules[i]
+        bn = modules[i + 1] if i + 1 < len(modules) else None
+        if not (_is_conv(conv) and type(bn) is nn.BatchNorm2d):
+            i += 1
+            continue
+        act = modules[i + 2] if i + 2 < len(modules) else None
+        slope = _slope(act) if act is not None else None
+        parts = [conv, bn] + ([act] if slope is not None else [])
+        why = None
+        if any(_hooked(m) for m in parts):
+            why = "a module in the run has forward/backward hooks"
+        elif conv.out_channels != bn.num_features:
+            why = (f"conv has {conv.out_channels} output channels, BatchNorm2d "
+                   f"{bn.num_features} features")
+        if why:
+            skipped.append(f"children {i}..{i + len(parts) - 1}: {why}")
+            i += 1
+            continue
+        runs.append(Run(i, len(parts), 1.0 if slope is None else slope))
+        i += len(parts)
+    return runs, skipped
+
+
+class FusedSequential(nn.Sequential):
+    """nn.Sequential whose Conv2d|ConvTranspose2d -> BatchNorm2d [-> ReLU|LeakyReLU] runs
+    execute as fastgan fused blocks (see fastgan.convert)."""
+
+    def _plan(self) -> tuple[list, dict[int, FoldCache]]:
+        mods = list(self._modules.values())
+        key = tuple(id(m) for m in mods)
+        cached = self.__dict__.get("_fastgan_plan")
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        runs, _ = find_runs(mods)
+        steps: list = []
+        by_start = {r.start: r for r in runs}
+        i = 0
+        while i < len(mods):
+            r = by_start.get(i)
+            if r is not None:
+                steps.append((mods[i], mods[i + 1], r.negative_slope, i))
+                i += r.length
+            else:
+                steps.append(mods[i])
+                i += 1
+        folds = {r.start: FoldCache() for r in runs}
+        self.__dict__["_fastgan_plan"] = (key, steps, folds)
+        return steps, folds
+
+    def _run(self, input: Tensor) -> Tensor:
+        steps, folds = self._plan()
+        for step in steps:
+            if isinstance(step, tuple):
+                conv, bn, slope, i = step
+                input = conv_bn_act(input, conv, bn, slope, folds[i])
+            else:
+                input = step(input)
+        return input
+
+    def forward(self, input: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return self._run(input)
+        with recompute.scope():
+            return self._run(input)
+
+
+__all__ = ["FusedSequential", "find_runs", "Run"]
