@@ -35,6 +35,12 @@ _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor,
                  bias: Tensor | None, output_size: list[int] | None = None) -> Tensor:
     """`conv(x)` with the given weight and bias (padding modes and output_size included)."""
+    if (x.device.type == "cpu" and weight.is_contiguous() and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not (torch.is_grad_enabled() and weight.requires_grad)):
+        # Inference: oneDNN would reorder an NCHW weight for a channels_last input on every
+        # call. (With autograd the copy would be saved: a weight-sized tensor per layer.)
+        weight = weight.contiguous(memory_format=torch.channels_last)
     if isinstance(conv, nn.ConvTranspose2d):
         output_padding = conv._output_padding(x, output_size, list(conv.stride),
                                               list(conv.padding), list(conv.kernel_size), 2,

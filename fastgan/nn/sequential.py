@@ -77,6 +77,24 @@ def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
     return runs, skipped
 
 
+# Modules that accept any memory format and keep it (so a channels_last run can go through).
+_LAYOUT_AGNOSTIC = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
+                    nn.Identity)
+
+
+def _wants_channels_last(x: Tensor, steps: list) -> bool:
+    """oneDNN convolutions on the CPU are much faster in channels_last, and NCHW ones copy
+    their output, so an NCHW input runs the conv runs in channels_last and the result comes
+    back contiguous: what the caller sees keeps its layout. Models already converted to
+    channels_last (or inputs in any other layout) are left as they are."""
+    if not (isinstance(x, Tensor) and x.dim() == 4 and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()):
+        return False
+    first = next((s[0] for s in steps if isinstance(s, tuple)), None)
+    w = first.weight if first is not None else None
+    return w is not None and w.dim() == 4 and w.is_contiguous()
+
+
 class FusedSequential(nn.Sequential):
     """nn.Sequential whose Conv2d|ConvTranspose2d -> BatchNorm2d [-> ReLU|LeakyReLU] runs
     execute as fastgan fused blocks (see fastgan.convert)."""
@@ -105,12 +123,21 @@ class FusedSequential(nn.Sequential):
 
     def _run(self, input: Tensor) -> Tensor:
         steps, folds = self._plan()
+        relayout = _wants_channels_last(input, steps)
         for step in steps:
+            if relayout:
+                # channels_last inside runs of convolutions and elementwise layers only;
+                # anything else gets the layout it was given
+                known = isinstance(step, tuple) or type(step) in _LAYOUT_AGNOSTIC
+                input = input.contiguous(memory_format=torch.channels_last if known
+                                         else torch.contiguous_format)
             if isinstance(step, tuple):
                 conv, bn, slope, i = step
                 input = conv_bn_act(input, conv, bn, slope, folds[i])
             else:
                 input = step(input)
+        if relayout and isinstance(input, Tensor):
+            input = input.contiguous()
         return input
 
     def forward(self, input: Tensor) -> Tensor:
