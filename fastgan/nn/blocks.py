@@ -33,7 +33,8 @@ _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
 def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor,
-                 bias: Tensor | None, output_size: list[int] | None = None) -> Tensor:
+                 bias: Tensor | None, output_size: list[int] | None = None,
+                 memory_format: torch.memory_format | None = None) -> Tensor:
     """`conv(x)` with the given weight and bias (padding modes and output_size included)."""
     if (x.device.type == "cpu" and weight.is_contiguous() and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)
@@ -45,9 +46,12 @@ def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor
         output_padding = conv._output_padding(x, output_size, list(conv.stride),
                                               list(conv.padding), list(conv.kernel_size), 2,
                                               list(conv.dilation))
-        return F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, output_padding,
-                                  conv.groups, conv.dilation)
-    return conv._conv_forward(x, weight, bias)
+        z = F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, output_padding,
+                               conv.groups, conv.dilation)
+    else:
+        z = conv._conv_forward(x, weight, bias)
+    # (N, C, 1, 1) inputs are NCHW and channels_last at once; ATen then picks NCHW.
+    return z if memory_format is None else z.contiguous(memory_format=memory_format)
 
 
 def _bn_factor(bn: nn.BatchNorm2d) -> float:
@@ -87,8 +91,8 @@ def _bn_act_with_stats(z: Tensor, bn: nn.BatchNorm2d,
 
 
 def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
-                   output_size: list[int] | None) -> Tensor:
-    z = conv_forward(conv, x, conv.weight, conv.bias, output_size)
+                   output_size: list[int] | None, memory_format) -> Tensor:
+    z = conv_forward(conv, x, conv.weight, conv.bias, output_size, memory_format)
     y, mean, var, backend = _bn_act_with_stats(z, bn, negative_slope)
     if y.requires_grad and not torch.compiler.is_compiling():
         recompute.register(y, z, mean, var, bn.weight, bn.bias, bn.eps, negative_slope, backend)
@@ -144,14 +148,17 @@ class FoldCache:
 
 
 def _eval_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
-                  fold: FoldCache | None, output_size: list[int] | None) -> Tensor:
+                  fold: FoldCache | None, output_size: list[int] | None,
+                  memory_format) -> Tensor:
     params = [p for p in (conv.weight, conv.bias, bn.weight, bn.bias) if p is not None]
     needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params)
     if needs_graph or fold is None or torch.compiler.is_compiling():
         w, b = fold_bn(conv, bn)
     else:
         w, b = fold.get(conv, bn)
-    y = conv_forward(conv, x, w, b, output_size)
+    y = conv_forward(conv, x, w, b, output_size, memory_format)
+    if negative_slope == 1.0:
+        return y
     if negative_slope == 0.0:
         return torch.relu_(y)
     return F.leaky_relu_(y, negative_slope)
@@ -159,14 +166,17 @@ def _eval_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope
 
 def conv_bn_act(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d,
                 negative_slope: float, fold: FoldCache | None = None,
-                output_size: list[int] | None = None) -> Tensor:
-    """`leaky_relu(bn(conv(x)), negative_slope)`, fused (see the module docstring)."""
+                output_size: list[int] | None = None,
+                memory_format: torch.memory_format | None = None) -> Tensor:
+    """`leaky_relu(bn(conv(x)), negative_slope)`, fused (see the module docstring).
+    `memory_format`, if given, is the layout of the result (and of the saved conv output)."""
+    args = (x, conv, bn, negative_slope)
     if _use_folding(bn):
-        return _eval_forward(x, conv, bn, negative_slope, fold, output_size)
+        return _eval_forward(*args, fold, output_size, memory_format)
     if torch.compiler.is_compiling():
-        return _train_forward(x, conv, bn, negative_slope, output_size)
+        return _train_forward(*args, output_size, memory_format)
     with recompute.scope():
-        return _train_forward(x, conv, bn, negative_slope, output_size)
+        return _train_forward(*args, output_size, memory_format)
 
 
 # ---------------------------------------------------------------------------

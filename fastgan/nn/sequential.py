@@ -133,7 +133,8 @@ class FusedSequential(nn.Sequential):
                                          else torch.contiguous_format)
             if isinstance(step, tuple):
                 conv, bn, slope, i = step
-                input = conv_bn_act(input, conv, bn, slope, folds[i])
+                input = conv_bn_act(input, conv, bn, slope, folds[i],
+                                    memory_format=torch.channels_last if relayout else None)
             else:
                 input = step(input)
         if relayout and isinstance(input, Tensor):
