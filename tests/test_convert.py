@@ -166,6 +166,13 @@ def test_channels_last_end_to_end():
     w = Gc.main[3].weight
     assert w.grad.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(img, G(z), rtol=1e-4, atol=1e-5)
+    # NCHW in, NCHW out (inference runs the convolutions in channels_last internally)
+    Gn = fastgan.convert(G).eval()
+    z = torch.randn(4, 100, 1, 1)
+    with torch.no_grad():
+        out = Gn(z)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, G.eval()(z), rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_autocast():

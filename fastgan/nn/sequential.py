@@ -4,6 +4,9 @@ fastgan.convert turns an nn.Sequential into this subclass in place of its class:
 children, their names, parameters, buffers, hooks and state_dict keys stay exactly what
 they were (`seq[0]` is still the nn.ConvTranspose2d, `seq[1]` the nn.BatchNorm2d), only
 forward() changes. Runs are found again whenever the children change.
+
+Under no_grad on the CPU an NCHW input is run in channels_last through the convolutions
+and elementwise layers of the Sequential (see _wants_channels_last) and returned NCHW.
 """
 
 from __future__ import annotations
@@ -83,12 +86,15 @@ _LAYOUT_AGNOSTIC = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Tan
 
 
 def _wants_channels_last(x: Tensor, steps: list) -> bool:
-    """oneDNN convolutions on the CPU are much faster in channels_last, and NCHW ones copy
-    their output, so an NCHW input runs the conv runs in channels_last and the result comes
-    back contiguous: what the caller sees keeps its layout. Models already converted to
-    channels_last (or inputs in any other layout) are left as they are."""
-    if not (isinstance(x, Tensor) and x.dim() == 4 and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()):
+    """Inference on the CPU: oneDNN convolutions are much faster in channels_last, and NCHW
+    ones copy their output, so an NCHW input runs the conv runs in channels_last and the
+    result comes back contiguous (what the caller sees keeps its layout). Not under
+    autograd: for a lone block the relayout of the input, output and their gradients
+    costs more than it saves (measured); convert the model to channels_last to train in
+    it. Models already in channels_last, or inputs in other layouts, are left as they are."""
+    if not (isinstance(x, Tensor) and not torch.is_grad_enabled() and x.dim() == 4
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and x.is_contiguous()):
         return False
     first = next((s[0] for s in steps if isinstance(s, tuple)), None)
     w = first.weight if first is not None else None
