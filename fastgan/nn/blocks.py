@@ -29,8 +29,6 @@ from fastgan import _backend
 from fastgan.nn import recompute
 from fastgan.ops import bn_act as _bn_act
 
-_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
-
 
 def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor,
                  bias: Tensor | None, output_size: list[int] | None = None,
