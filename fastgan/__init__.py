@@ -5,16 +5,18 @@
                                           eps=1e-5, negative_slope=0.2)
     block = fastgan.nn.BatchNormAct2d(64, negative_slope=0.2)
     with fastgan.use_backend("reference"): ...
+    netG = fastgan.convert(netG)        # fused Conv/ConvT -> BatchNorm2d -> (Leaky)ReLU runs
 
 See DESIGN.md and README.md.
 """
 
 from fastgan import _ext  # noqa: F401  (loads fastgan._C once, warns if it cannot)
-from fastgan import functional, nn, ops
+from fastgan import functional, models, nn, ops
 from fastgan._backend import available_backends, backend_status, use_backend
 from fastgan._ext import FastganWarning
+from fastgan.convert import ConversionReport, convert
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "ops", "use_backend", "available_backends", "backend_status",
-           "FastganWarning", "__version__"]
+__all__ = ["convert", "ConversionReport", "functional", "models", "nn", "ops", "use_backend",
+           "available_backends", "backend_status", "FastganWarning", "__version__"]

@@ -1,5 +1,9 @@
 """Drop-in modules built on fastgan's fused ops."""
 
+from fastgan.nn import recompute
+from fastgan.nn.blocks import Conv2dBNAct, ConvTranspose2dBNAct
 from fastgan.nn.bn_act import BatchNormAct2d
+from fastgan.nn.sequential import FusedSequential
 
-__all__ = ["BatchNormAct2d"]
+__all__ = ["BatchNormAct2d", "ConvTranspose2dBNAct", "Conv2dBNAct", "FusedSequential",
+           "recompute"]

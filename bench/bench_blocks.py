@@ -1,0 +1,199 @@
+"""Fused Conv/ConvT + BatchNorm2d + LeakyReLU blocks and converted DCGANs against eager
+PyTorch and torch.compile, on the CPU.
+
+Benchmarks (issue 3):
+  block   ConvTranspose2d(128->64, k4 s2 p1) + BatchNorm2d + LeakyReLU(0.2), forward +
+          backward on (64, 128, 16, 16)
+  sample  DCGAN generator sampling: eval, no_grad, batch 128, ngf 64
+  train   one DCGAN G+D training step (pytorch/examples: BCELoss, Adam(2e-4, (0.5, 0.999))),
+          batch 32, ngf = ndf = 32
+Each in fp32 NCHW against eager (and torch.compile for block and sample), with extra rows
+for channels_last and bf16 autocast where oneDNN convolutions gain from them.
+
+pytest-benchmark (one group per benchmark):
+    python -m pytest bench/bench_blocks.py --benchmark-only
+Paired ratios (what BENCHMARKS.md quotes):
+    python -m bench.bench_blocks [--rounds 20] [--benches block sample train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastgan
+from fastgan.models import Discriminator, Generator, weights_init
+
+from .common import format_table, paired_ratio, paired_timings
+
+BENCHES = ("block", "sample", "train")
+
+
+def _variants(mod: nn.Module, converted: nn.Module, compiled: bool):
+    """name -> (module, channels_last, autocast bf16)."""
+    out = {"eager": (mod, False, False)}
+    if compiled:
+        out["torch.compile"] = (torch.compile(copy.deepcopy(mod)), False, False)
+    out["fastgan"] = (converted, False, False)
+    out["eager channels_last"] = (copy.deepcopy(mod).to(memory_format=torch.channels_last),
+                                  True, False)
+    out["fastgan channels_last"] = (
+        copy.deepcopy(converted).to(memory_format=torch.channels_last), True, False)
+    out["eager bf16"] = (mod, False, True)
+    out["fastgan bf16"] = (converted, False, True)
+    return out
+
+
+def _ctx(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _fmt(x: torch.Tensor, cl: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cl else x
+
+
+def block_cases(extra: bool = True):
+    torch.manual_seed(0)
+    eager = nn.Sequential(nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64),
+                          nn.LeakyReLU(0.2))
+    x = torch.randn(64, 128, 16, 16)
+    g = torch.randn(64, 64, 32, 32)
+    cases = {}
+    for name, (mod, cl, bf16) in _variants(eager, fastgan.convert(eager), True).items():
+        if not extra and (cl or bf16):
+            continue
+
+        def run(mod=mod, cl=cl, bf16=bf16, x=_fmt(x, cl), g=_fmt(g, cl)):
+            xi = x.detach().requires_grad_()
+            with _ctx(bf16):
+                y = mod(xi)
+            y.backward(g.to(y.dtype))
+
+        cases[name] = run
+    return cases
+
+
+def sample_cases(extra: bool = True):
+    torch.manual_seed(0)
+    G = Generator(100, 64).apply(weights_init).eval()
+    z = torch.randn(128, 100, 1, 1)
+    cases = {}
+    for name, (mod, cl, bf16) in _variants(G, fastgan.convert(G), True).items():
+        if not extra and (cl or bf16):
+            continue
+        mod.eval()
+
+        def run(mod=mod, bf16=bf16, z=_fmt(z, cl)):
+            with torch.no_grad(), _ctx(bf16):
+                mod(z)
+
+        cases[name] = run
+    return cases
+
+
+def _train_step(G, D, optG, optD, real, noise, bf16):
+    crit = nn.BCELoss()
+    with _ctx(bf16):
+        D.zero_grad()
+        out = D(real).float()
+        err_real = crit(out, torch.ones_like(out))
+    err_real.backward()
+    with _ctx(bf16):
+        fake = G(noise)
+        out = D(fake.detach()).float()
+        err_fake = crit(out, torch.zeros_like(out))
+    err_fake.backward()
+    optD.step()
+    with _ctx(bf16):
+        G.zero_grad()
+        out = D(fake).float()
+        err_g = crit(out, torch.ones_like(out))
+    err_g.backward()
+    optG.step()
+
+
+def train_cases(extra: bool = True):
+    torch.manual_seed(0)
+    G0, D0 = Generator(100, 32).apply(weights_init), Discriminator(32).apply(weights_init)
+    real = torch.randn(32, 3, 64, 64).tanh()
+    noise = torch.randn(32, 100, 1, 1)
+    rows = {"eager": (False, False, False), "fastgan": (True, False, False)}
+    if extra:
+        rows.update({"eager channels_last": (False, True, False),
+                     "fastgan channels_last": (True, True, False),
+                     "eager bf16": (False, False, True), "fastgan bf16": (True, False, True)})
+    cases = {}
+    for name, (fused, cl, bf16) in rows.items():
+        G, D = copy.deepcopy(G0), copy.deepcopy(D0)
+        if fused:
+            G, D = fastgan.convert(G), fastgan.convert(D)
+        if cl:
+            G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+        optG = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+        def run(G=G, D=D, optG=optG, optD=optD, bf16=bf16, r=_fmt(real, cl), n=_fmt(noise, cl)):
+            _train_step(G, D, optG, optD, r, n, bf16)
+
+        cases[name] = run
+    return cases
+
+
+MAKERS = {"block": block_cases, "sample": sample_cases, "train": train_cases}
+TITLES = {
+    "block": "ConvT(128->64, k4 s2 p1) + BN + LeakyReLU, fwd+bwd, (64,128,16,16)",
+    "sample": "DCGAN generator sampling, eval, batch 128, ngf 64",
+    "train": "DCGAN G+D training step, batch 32, ngf=ndf=32",
+}
+
+_IMPLS = ["eager", "torch.compile", "fastgan", "eager channels_last", "fastgan channels_last",
+          "eager bf16", "fastgan bf16"]
+
+
+@pytest.fixture(scope="module")
+def _cases():
+    return {}
+
+
+@pytest.mark.parametrize("bench,impl", [(b, i) for b in BENCHES for i in _IMPLS])
+def test_blocks(benchmark, _cases, bench, impl):
+    if bench not in _cases:
+        _cases[bench] = MAKERS[bench]()
+    cases = _cases[bench]
+    if impl not in cases:
+        pytest.skip(f"{impl} is not a row of {bench}")
+    benchmark.group = f"blocks {bench}"
+    benchmark.extra_info.update(bench=bench, impl=impl)
+    fn = cases[impl]
+    for _ in range(2):
+        fn()
+    benchmark.pedantic(fn, rounds=10, iterations=1, warmup_rounds=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--benches", nargs="*", default=list(BENCHES), choices=BENCHES)
+    p.add_argument("--no-extra", action="store_true", help="skip channels_last / bf16 rows")
+    args = p.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    for bench in args.benches:
+        cases = MAKERS[bench](extra=not args.no_extra)
+        samples = paired_timings(cases, rounds=args.rounds)
+        base = ["eager"] + (["torch.compile"] if "torch.compile" in cases else [])
+        print(format_table(TITLES[bench], samples, base))
+        for prefix in ("channels_last", "bf16"):
+            e, f = f"eager {prefix}", f"fastgan {prefix}"
+            if e in samples:
+                print(f"  {f} vs {e}: {paired_ratio(samples, e, f):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

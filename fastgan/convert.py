@@ -1,0 +1,94 @@
+"""fastgan.convert: make an existing model use the fused blocks, one call, same state_dict.
+
+What is converted: inside every nn.Sequential (at any depth, the model itself included),
+each run of children
+
+    nn.Conv2d | nn.ConvTranspose2d  ->  nn.BatchNorm2d  ->  nn.ReLU | nn.LeakyReLU (slope >= 0)
+
+(in-place activations included; a Conv -> BatchNorm2d run without an activation is fused
+too, as slope 1). The Sequential's class becomes fastgan.nn.FusedSequential, a subclass
+whose forward runs those children as fused blocks; the children themselves are untouched,
+so module names, parameters, buffers, state_dict keys and values, and class-name based
+init functions (the classic DCGAN `weights_init`, which looks for 'Conv' and 'BatchNorm')
+are exactly as before. Checkpoints load both ways. The converted model's forward opens a
+recompute scope (fastgan.nn.recompute), so any layer that saves a block output for
+backward keeps the block's conv output instead.
+
+Not converted (reported): runs where a module has forward/backward hooks (the old
+hook-based spectral_norm, say; torch.nn.utils.parametrizations are fine), subclasses of
+Conv2d/BatchNorm2d/ReLU/LeakyReLU (SyncBatchNorm, custom layers), Sequential subclasses
+that override forward, Conv -> LeakyReLU without BatchNorm (no fused op for it yet), and
+layers called from a custom module's forward() rather than held in an nn.Sequential
+(build those with fastgan.nn.ConvTranspose2dBNAct / Conv2dBNAct, or put the run in an
+nn.Sequential).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from fastgan.nn import recompute
+from fastgan.nn.sequential import FusedSequential, find_runs
+
+log = logging.getLogger("fastgan")
+
+
+@dataclass
+class ConversionReport:
+    """What fastgan.convert fused (`fused`) and which near misses it left alone (`skipped`)."""
+
+    fused: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"fastgan.convert: {len(self.fused)} block(s) fused"]
+        lines += [f"  fused   {s}" for s in self.fused]
+        lines += [f"  skipped {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def _describe(seq: nn.Sequential, start: int, length: int) -> str:
+    names = list(seq._modules)[start:start + length]
+    kinds = [type(seq._modules[n]).__name__ for n in names]
+    return f"[{', '.join(names)}] " + " -> ".join(kinds)
+
+
+def convert(module: nn.Module, inplace: bool = False, *, report: bool = False):
+    """Fuse every Conv2d|ConvTranspose2d -> BatchNorm2d -> ReLU|LeakyReLU run in `module`'s
+    nn.Sequentials (see the module docstring for what is and is not converted).
+
+    Returns the converted module (a deep copy unless `inplace=True`), or
+    `(module, ConversionReport)` with `report=True`. The report is also logged at INFO
+    level on the "fastgan" logger.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"fastgan.convert: module must be a torch.nn.Module, got "
+                        f"{type(module).__name__}")
+    if not inplace:
+        module = copy.deepcopy(module)
+    rep = ConversionReport()
+    for name, m in module.named_modules():
+        if not isinstance(m, nn.Sequential):
+            continue
+        where = name or "<root>"
+        runs, skipped = find_runs(list(m._modules.values()))
+        rep.skipped += [f"{where} {s}" for s in skipped]
+        if not runs:
+            continue
+        if type(m) not in (nn.Sequential, FusedSequential):
+            rep.skipped.append(f"{where}: {type(m).__name__} is a Sequential subclass with its "
+                               f"own forward()")
+            continue
+        m.__class__ = FusedSequential
+        rep.fused += [f"{where} {_describe(m, r.start, r.length)}" for r in runs]
+    if rep.fused:
+        recompute.install_scope_hooks(module)
+    log.info("%s", rep)
+    return (module, rep) if report else module
+
+
+__all__ = ["convert", "ConversionReport"]

@@ -1,0 +1,273 @@
+"""Fused ConvTranspose2d/Conv2d -> BatchNorm2d -> LeakyReLU blocks.
+
+`conv_bn_act(x, conv, bn, negative_slope, fold)` is the whole computation; the modules
+ConvTranspose2dBNAct / Conv2dBNAct and fastgan.convert's FusedSequential both call it.
+
+Training (or BatchNorm without running statistics): the convolution runs in ATen
+(oneDNN/cuDNN, backward through autograd) and everything after it in the fused
+BatchNorm+activation op, which keeps only the conv output z and per-channel statistics.
+The block output y is registered with fastgan.nn.recompute, so whoever saves y for
+backward (the next convolution) keeps z + statistics instead and recomputes y: one
+output-sized tensor per block is saved, the floor.
+
+Eval: BatchNorm is folded into the convolution (weight * gamma/sigma along the output
+channels, bias beta - mu * gamma/sigma [+ conv bias * gamma/sigma]) and the activation
+runs in place on the conv output: one conv and one elementwise pass. The folded
+weights are cached and rebuilt only when a version counter (or the storage) of a
+parameter or buffer changes; when autograd needs gradients of the parameters (grad
+mode on and any of them requires grad), or under torch.compile, the fold is computed
+in the graph instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastgan import _backend
+from fastgan.nn import recompute
+from fastgan.ops import bn_act as _bn_act
+
+
+def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor,
+                 bias: Tensor | None, output_size: list[int] | None = None,
+                 memory_format: torch.memory_format | None = None) -> Tensor:
+    """`conv(x)` with the given weight and bias (padding modes and output_size included)."""
+    if (x.device.type == "cpu" and weight.is_contiguous() and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not (torch.is_grad_enabled() and weight.requires_grad)):
+        # Inference: oneDNN would reorder an NCHW weight for a channels_last input on every
+        # call. (With autograd the copy would be saved: a weight-sized tensor per layer.)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    if isinstance(conv, nn.ConvTranspose2d):
+        output_padding = conv._output_padding(x, output_size, list(conv.stride),
+                                              list(conv.padding), list(conv.kernel_size), 2,
+                                              list(conv.dilation))
+        z = F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, output_padding,
+                               conv.groups, conv.dilation)
+    else:
+        z = conv._conv_forward(x, weight, bias)
+    # (N, C, 1, 1) inputs are NCHW and channels_last at once; ATen then picks NCHW.
+    return z if memory_format is None else z.contiguous(memory_format=memory_format)
+
+
+def _bn_factor(bn: nn.BatchNorm2d) -> float:
+    """nn.BatchNorm2d.forward's momentum bookkeeping (num_batches_tracked included)."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return factor
+
+
+def _use_folding(bn: nn.BatchNorm2d) -> bool:
+    return not bn.training and bn.running_mean is not None and bn.running_var is not None
+
+
+# ---------------------------------------------------------------------------
+# Training: ATen conv, fused BN+act, output registered for recomputation.
+
+def _bn_act_with_stats(z: Tensor, bn: nn.BatchNorm2d,
+                       negative_slope: float) -> tuple[Tensor, Tensor, Tensor, str]:
+    factor = _bn_factor(bn)
+    track = not bn.training or bn.track_running_stats
+    rm = bn.running_mean if track else None
+    rv = bn.running_var if track else None
+    _bn_act.check_args(z, rm, rv, bn.weight, bn.bias, True, factor, bn.eps, negative_slope)
+    backend = _backend.select(_bn_act.OP, z.device, _bn_act.KERNELS)
+    if backend == "reference":
+        y, mean, var = _bn_act.reference_forward(z, bn.weight, bn.bias, None, None, True,
+                                                 bn.eps, negative_slope)
+    else:
+        y, mean, var = torch.ops.fastgan.bn_act_forward(z, bn.weight, bn.bias, None, None, True,
+                                                        bn.eps, negative_slope)
+    if bn.training and rm is not None:
+        _bn_act.update_running_stats(rm, rv, mean.detach(), var.detach(), factor,
+                                     z.numel() // z.shape[1])
+    return y, mean, var, backend
+
+
+def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
+                   output_size: list[int] | None, memory_format) -> Tensor:
+    z = conv_forward(conv, x, conv.weight, conv.bias, output_size, memory_format)
+    y, mean, var, backend = _bn_act_with_stats(z, bn, negative_slope)
+    if y.requires_grad and not torch.compiler.is_compiling():
+        recompute.register(y, z, mean, var, bn.weight, bn.bias, bn.eps, negative_slope, backend)
+    return y
+
+
+# ---------------------------------------------------------------------------
+# Eval: BatchNorm folded into the convolution.
+
+def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of one convolution equal to conv followed by bn in eval mode."""
+    w = conv.weight
+    acc = torch.float64 if w.dtype == torch.float64 else torch.float32
+    scale = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(acc)
+    shift = -bn.running_mean.to(acc) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(acc)
+    if conv.bias is not None:
+        shift = shift + conv.bias.to(acc) * scale
+    if isinstance(conv, nn.ConvTranspose2d):
+        # weight (in, out/groups, kh, kw): output channel g*(out/groups)+j is [g-th block, j]
+        g = conv.groups
+        wg = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
+        folded = (wg.to(acc) * scale.reshape(g, 1, -1, 1, 1)).reshape(w.shape)
+    else:
+        folded = w.to(acc) * scale.reshape(-1, 1, 1, 1)
+    return folded.to(w.dtype), shift.to(w.dtype)
+
+
+class FoldCache:
+    """The folded (weight, bias) of one conv+bn pair, keyed by version counters."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: tuple[Tensor, Tensor] | None = None
+
+    def get(self, conv: nn.Module, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+        ts = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None
+                    for t in ts) + (bn.eps,)
+        if key != self.key:
+            with torch.no_grad():
+                self.value = fold_bn(conv, bn)
+            self.key = key
+        return self.value
+
+    def __reduce__(self):  # a cache: copies and pickles start empty
+        return (FoldCache, ())
+
+
+def _eval_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
+                  fold: FoldCache | None, output_size: list[int] | None,
+                  memory_format) -> Tensor:
+    params = [p for p in (conv.weight, conv.bias, bn.weight, bn.bias) if p is not None]
+    needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+    if needs_graph or fold is None or torch.compiler.is_compiling():
+        w, b = fold_bn(conv, bn)
+    else:
+        w, b = fold.get(conv, bn)
+    y = conv_forward(conv, x, w, b, output_size, memory_format)
+    if negative_slope == 1.0:
+        return y
+    if negative_slope == 0.0:
+        return torch.relu_(y)
+    return F.leaky_relu_(y, negative_slope)
+
+
+def conv_bn_act(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d,
+                negative_slope: float, fold: FoldCache | None = None,
+                output_size: list[int] | None = None,
+                memory_format: torch.memory_format | None = None) -> Tensor:
+    """`leaky_relu(bn(conv(x)), negative_slope)`, fused (see the module docstring).
+    `memory_format`, if given, is the layout of the result (and of the saved conv output)."""
+    args = (x, conv, bn, negative_slope)
+    if _use_folding(bn):
+        return _eval_forward(*args, fold, output_size, memory_format)
+    if torch.compiler.is_compiling():
+        return _train_forward(*args, output_size, memory_format)
+    with recompute.scope():
+        return _train_forward(*args, output_size, memory_format)
+
+
+# ---------------------------------------------------------------------------
+# Modules
+
+def _check_slope(cls: str, negative_slope: float) -> float:
+    if negative_slope < 0:
+        raise ValueError(f"{cls}: negative_slope must be >= 0 (0 is ReLU), got {negative_slope}")
+    return float(negative_slope)
+
+
+class _ConvBNAct(nn.Module):
+    conv: nn.Conv2d | nn.ConvTranspose2d
+    bn: nn.BatchNorm2d
+
+    def __init__(self, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float) -> None:
+        super().__init__()
+        if conv.out_channels != bn.num_features:
+            raise ValueError(f"{type(self).__name__}: the convolution has {conv.out_channels} "
+                             f"output channels but the BatchNorm2d has {bn.num_features} "
+                             f"features")
+        self.conv = conv
+        self.bn = bn
+        self.negative_slope = _check_slope(type(self).__name__, negative_slope)
+        self._fold = FoldCache()
+
+    @classmethod
+    def from_modules(cls, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float = 0.2):
+        """Wrap existing modules (shared, not copied) in a fused block."""
+        expected = nn.ConvTranspose2d if cls is ConvTranspose2dBNAct else nn.Conv2d
+        if not isinstance(conv, expected) or not isinstance(bn, nn.BatchNorm2d):
+            raise TypeError(f"{cls.__name__}.from_modules: expected ({expected.__name__}, "
+                            f"BatchNorm2d), got ({type(conv).__name__}, {type(bn).__name__})")
+        self = cls.__new__(cls)
+        _ConvBNAct.__init__(self, conv, bn, negative_slope)
+        return self
+
+    @property
+    def weight(self) -> Tensor:
+        """The convolution's weight: class-name based init functions (the classic DCGAN
+        `weights_init` matches 'Conv') find a `.weight` here as on nn.Conv2d."""
+        return self.conv.weight
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class ConvTranspose2dBNAct(_ConvBNAct):
+    """`nn.ConvTranspose2d` -> `nn.BatchNorm2d` -> `nn.LeakyReLU(negative_slope)`, fused.
+
+    Children `.conv` and `.bn` are the plain torch modules (state_dict keys conv.weight,
+    bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked).
+    `negative_slope=0` is ReLU. `dilation`, `groups` and `padding_mode` are those of
+    nn.ConvTranspose2d. forward(x, output_size=None) as nn.ConvTranspose2d.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, bias: bool = False, *, dilation=1, groups: int = 1,
+                 eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, negative_slope: float = 0.2,
+                 device=None, dtype=None) -> None:
+        kw = dict(device=device, dtype=dtype)
+        conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding,
+                                  output_padding, groups, bias, dilation, **kw)
+        bn = nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **kw)
+        super().__init__(conv, bn, negative_slope)
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        return conv_bn_act(input, self.conv, self.bn, self.negative_slope, self._fold,
+                           output_size)
+
+
+class Conv2dBNAct(_ConvBNAct):
+    """`nn.Conv2d` -> `nn.BatchNorm2d` -> `nn.LeakyReLU(negative_slope)`, fused.
+
+    Same children and state_dict keys as ConvTranspose2dBNAct; `dilation`, `groups` and
+    `padding_mode` are those of nn.Conv2d.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = False, *, dilation=1, groups: int = 1,
+                 padding_mode: str = "zeros", eps: float = 1e-5,
+                 momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, negative_slope: float = 0.2,
+                 device=None, dtype=None) -> None:
+        kw = dict(device=device, dtype=dtype)
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, **kw)
+        bn = nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **kw)
+        super().__init__(conv, bn, negative_slope)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return conv_bn_act(input, self.conv, self.bn, self.negative_slope, self._fold)
+
+
+__all__ = ["ConvTranspose2dBNAct", "Conv2dBNAct", "conv_bn_act", "fold_bn", "FoldCache"]

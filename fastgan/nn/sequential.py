@@ -1,0 +1,157 @@
+"""FusedSequential: an nn.Sequential that runs its Conv -> BatchNorm2d -> activation runs fused.
+
+fastgan.convert turns an nn.Sequential into this subclass in place of its class: the
+children, their names, parameters, buffers, hooks and state_dict keys stay exactly what
+they were (`seq[0]` is still the nn.ConvTranspose2d, `seq[1]` the nn.BatchNorm2d), only
+forward() changes. Runs are found again whenever the children change.
+
+Under no_grad on the CPU an NCHW input is run in channels_last through the convolutions
+and elementwise layers of the Sequential (see _wants_channels_last) and returned NCHW.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from fastgan.nn import recompute
+from fastgan.nn.blocks import FoldCache, conv_bn_act
+
+
+@dataclass(frozen=True)
+class Run:
+    """children [start, start + length) of a Sequential form one fused block."""
+
+    start: int
+    length: int  # 2 (conv, bn) or 3 (conv, bn, act)
+    negative_slope: float  # 1.0 when there is no activation: BatchNorm alone
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def _is_conv(m: nn.Module) -> bool:
+    if type(m) in (nn.Conv2d, nn.ConvTranspose2d):
+        return True
+    # weight parametrizations (spectral_norm, weight_norm via torch.nn.utils.parametrizations)
+    # keep `.weight` a plain attribute, so the fused path sees the parametrized weight.
+    return parametrize.is_parametrized(m) and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+
+
+def _slope(m: nn.Module) -> float | None:
+    if type(m) is nn.ReLU:
+        return 0.0
+    if type(m) is nn.LeakyReLU and m.negative_slope >= 0:
+        return float(m.negative_slope)
+    return None
+
+
+def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
+    """Fusable runs in a list of children, and why near misses were not fused."""
+    runs: list[Run] = []
+    skipped: list[str] = []
+    i = 0
+    while i < len(modules):
+        conv = modules[i]
+        bn = modules[i + 1] if i + 1 < len(modules) else None
+        if not (_is_conv(conv) and type(bn) is nn.BatchNorm2d):
+            i += 1
+            continue
+        act = modules[i + 2] if i + 2 < len(modules) else None
+        slope = _slope(act) if act is not None else None
+        parts = [conv, bn] + ([act] if slope is not None else [])
+        why = None
+        if any(_hooked(m) for m in parts):
+            why = "a module in the run has forward/backward hooks"
+        elif conv.out_channels != bn.num_features:
+            why = (f"conv has {conv.out_channels} output channels, BatchNorm2d "
+                   f"{bn.num_features} features")
+        if why:
+            skipped.append(f"children {i}..{i + len(parts) - 1}: {why}")
+            i += 1
+            continue
+        runs.append(Run(i, len(parts), 1.0 if slope is None else slope))
+        i += len(parts)
+    return runs, skipped
+
+
+# Modules that accept any memory format and keep it (so a channels_last run can go through).
+_LAYOUT_AGNOSTIC = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
+                    nn.Identity)
+
+
+def _wants_channels_last(x: Tensor, steps: list) -> bool:
+    """Inference on the CPU: oneDNN convolutions are much faster in channels_last, and NCHW
+    ones copy their output, so an NCHW input runs the conv runs in channels_last and the
+    result comes back contiguous (what the caller sees keeps its layout). Not under
+    autograd: for a lone block the relayout of the input, output and their gradients
+    costs more than it saves (measured); convert the model to channels_last to train in
+    it. Models already in channels_last, or inputs in other layouts, are left as they are."""
+    if not (isinstance(x, Tensor) and not torch.is_grad_enabled() and x.dim() == 4
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and x.is_contiguous()):
+        return False
+    first = next((s[0] for s in steps if isinstance(s, tuple)), None)
+    w = first.weight if first is not None else None
+    return w is not None and w.dim() == 4 and w.is_contiguous()
+
+
+class FusedSequential(nn.Sequential):
+    """nn.Sequential whose Conv2d|ConvTranspose2d -> BatchNorm2d [-> ReLU|LeakyReLU] runs
+    execute as fastgan fused blocks (see fastgan.convert)."""
+
+    def _plan(self) -> tuple[list, dict[int, FoldCache]]:
+        mods = list(self._modules.values())
+        key = tuple(id(m) for m in mods)
+        cached = self.__dict__.get("_fastgan_plan")
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        runs, _ = find_runs(mods)
+        steps: list = []
+        by_start = {r.start: r for r in runs}
+        i = 0
+        while i < len(mods):
+            r = by_start.get(i)
+            if r is not None:
+                steps.append((mods[i], mods[i + 1], r.negative_slope, i))
+                i += r.length
+            else:
+                steps.append(mods[i])
+                i += 1
+        folds = {r.start: FoldCache() for r in runs}
+        self.__dict__["_fastgan_plan"] = (key, steps, folds)
+        return steps, folds
+
+    def _run(self, input: Tensor) -> Tensor:
+        steps, folds = self._plan()
+        relayout = _wants_channels_last(input, steps)
+        for step in steps:
+            if relayout:
+                # channels_last inside runs of convolutions and elementwise layers only;
+                # anything else gets the layout it was given
+                known = isinstance(step, tuple) or type(step) in _LAYOUT_AGNOSTIC
+                input = input.contiguous(memory_format=torch.channels_last if known
+                                         else torch.contiguous_format)
+            if isinstance(step, tuple):
+                conv, bn, slope, i = step
+                input = conv_bn_act(input, conv, bn, slope, folds[i],
+                                    memory_format=torch.channels_last if relayout else None)
+            else:
+                input = step(input)
+        if relayout and isinstance(input, Tensor):
+            input = input.contiguous()
+        return input
+
+    def forward(self, input: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return self._run(input)
+        with recompute.scope():
+            return self._run(input)
+
+
+__all__ = ["FusedSequential", "find_runs", "Run"]
