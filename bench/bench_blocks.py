@@ -29,7 +29,7 @@ from torch import nn
 import fastgan
 from fastgan.models import Discriminator, Generator, weights_init
 
-from .common import format_table, paired_ratio, paired_timings
+from .common import format_table, paired_ratio, paired_timings, saved_tensor_bytes
 
 BENCHES = ("block", "sample", "train")
 
@@ -49,8 +49,8 @@ def _variants(mod: nn.Module, converted: nn.Module, compiled: bool):
     return out
 
 
-def _ctx(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def _ctx(bf16: bool, device: str = "cpu"):
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def _fmt(x: torch.Tensor, cl: bool) -> torch.Tensor:
@@ -98,18 +98,19 @@ def sample_cases(extra: bool = True):
 
 def _train_step(G, D, optG, optD, real, noise, bf16):
     crit = nn.BCELoss()
-    with _ctx(bf16):
+    dev = real.device.type
+    with _ctx(bf16, dev):
         D.zero_grad()
         out = D(real).float()
         err_real = crit(out, torch.ones_like(out))
     err_real.backward()
-    with _ctx(bf16):
+    with _ctx(bf16, dev):
         fake = G(noise)
         out = D(fake.detach()).float()
         err_fake = crit(out, torch.zeros_like(out))
     err_fake.backward()
     optD.step()
-    with _ctx(bf16):
+    with _ctx(bf16, dev):
         G.zero_grad()
         out = D(fake).float()
         err_g = crit(out, torch.ones_like(out))
@@ -173,6 +174,103 @@ def test_blocks(benchmark, _cases, bench, impl):
     for _ in range(2):
         fn()
     benchmark.pedantic(fn, rounds=10, iterations=1, warmup_rounds=1)
+
+
+def rows(cfg):
+    """`fastgan bench` rows on its default, the DCGAN 64x64 pair at cfg.batch: a ConvT
+    block, generator sampling, and the G+D training step (with saved MB of G)."""
+    from .suite import Row
+
+    bf16 = cfg.dtype == torch.bfloat16
+    dev = cfg.device
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fg = {f"fastgan[{b}]": b for b in cfg.fastgan_impls()}
+
+    def amp():
+        return _ctx(bf16, dev)
+
+    def use(name):
+        return fastgan.use_backend(fg.get(name, "auto"))
+
+    def prep(m):
+        return m.to(dev).to(memory_format=fmt)
+
+    def inp(*shape):
+        return torch.randn(*shape, device=dev).contiguous(memory_format=fmt) if len(shape) == 4 \
+            else torch.randn(*shape, device=dev)
+
+    torch.manual_seed(0)
+    out = []
+
+    # ConvT(128->64) + BN + LeakyReLU, the generator's 16x16 -> 32x32 block at ngf 64.
+    blk = prep(nn.Sequential(nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False),
+                             nn.BatchNorm2d(64), nn.LeakyReLU(0.2)))
+    bmods = {"eager": blk, "torch.compile": torch.compile(copy.deepcopy(blk))}
+    bmods.update({k: fastgan.convert(blk) for k in fg})
+    x = inp(cfg.batch, 128, 16, 16)
+    g = inp(cfg.batch, 64, 32, 32)
+
+    def block(name):
+        def run():
+            with use(name):
+                xi = x.detach().requires_grad_()
+                with amp():
+                    y = bmods[name](xi)
+                y.backward(g.to(y.dtype))
+        return run
+
+    out.append(Row(f"ConvT+BN+LeakyReLU fwd+bwd ({cfg.batch},128,16,16)", "block",
+                   {k: block(k) for k in bmods}))
+
+    # Sampling: the generator (ngf 64) in eval mode.
+    G0 = prep(Generator(100, 64).apply(weights_init))
+    D0 = prep(Discriminator(64).apply(weights_init))
+    z = inp(cfg.batch, 100, 1, 1)
+    gmods = {"eager": G0, "torch.compile": torch.compile(copy.deepcopy(G0))}
+    gmods.update({k: fastgan.convert(G0) for k in fg})
+
+    def sample(name):
+        m = gmods[name]
+
+        def run():
+            m.eval()
+            with use(name), torch.no_grad(), amp():
+                m(z)
+        return run
+
+    out.append(Row(f"DCGAN G sampling, eval, batch {cfg.batch}", "sampling",
+                   {k: sample(k) for k in gmods}))
+
+    # Training step of the pair: BCELoss, Adam(2e-4, (0.5, 0.999)), as pytorch/examples.
+    real = torch.randn(cfg.batch, 3, 64, 64, device=dev).tanh().contiguous(memory_format=fmt)
+    noise = inp(cfg.batch, 100, 1, 1)
+    pairs = {"eager": (copy.deepcopy(G0).train(), copy.deepcopy(D0))}
+    pairs["torch.compile"] = tuple(torch.compile(copy.deepcopy(m)) for m in (G0.train(), D0))
+    pairs.update({k: (fastgan.convert(G0.train()), fastgan.convert(D0)) for k in fg})
+    opts = {k: tuple(torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)) for m in gd)
+            for k, gd in pairs.items()}
+
+    def train(name):
+        (G, D), (optG, optD) = pairs[name], opts[name]
+
+        def run():
+            with use(name):
+                _train_step(G, D, optG, optD, real, noise, bf16)
+        return run
+
+    def saved(name):
+        G = pairs[name][0]
+
+        def count():
+            with use(name), amp():
+                return saved_tensor_bytes(lambda: G(noise), exclude=tuple(G.parameters()))
+        return count
+
+    out.append(Row(f"DCGAN G+D train step, batch {cfg.batch}", "train step",
+                   {k: train(k) for k in pairs},
+                   saved={k: saved(k) for k in pairs if k != "torch.compile"},
+                   note="saved MB: what the generator's forward keeps for backward"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

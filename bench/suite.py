@@ -59,9 +59,9 @@ class Row:
 
 
 def _providers():
-    from . import bench_bn_act
+    from . import bench_blocks, bench_bn_act
 
-    return [bench_bn_act.rows]
+    return [bench_bn_act.rows, bench_blocks.rows]
 
 
 def _default_device() -> str:
@@ -112,9 +112,24 @@ def make_config(args: argparse.Namespace) -> Config:
                   device=device, backends=backends, quick=args.quick, rounds=rounds)
 
 
+def _first_calls(impls: dict[str, Callable[[], object]]) -> tuple[dict, dict[str, str]]:
+    """Runs each implementation once (compiling where it compiles); one that raises is
+    reported, not timed, and the others go on."""
+    ok, failed = {}, {}
+    for name, fn in impls.items():
+        try:
+            fn()
+            ok[name] = fn
+        except Exception as e:  # e.g. an inductor error in torch.compile's column
+            msg = (str(e).strip().splitlines() or [""])[-1][:160]
+            failed[name] = f"{type(e).__name__}: {msg}"
+    return ok, failed
+
+
 def run_row(row: Row, cfg: Config) -> dict:
-    samples = paired_timings(row.impls, rounds=cfg.rounds, warmup=2, device=cfg.device)
-    res = {"name": row.name, "kind": row.kind, "note": row.note, "impls": {}}
+    impls, failed = _first_calls(row.impls)
+    samples = paired_timings(impls, rounds=cfg.rounds, warmup=1, device=cfg.device)
+    res = {"name": row.name, "kind": row.kind, "note": row.note, "impls": {}, "failed": failed}
     for impl, xs in samples.items():
         q1, q3 = spread(xs) if len(xs) >= 2 else (xs[0], xs[0])
         entry = {"median_ms": median(xs) * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3}
@@ -124,7 +139,8 @@ def run_row(row: Row, cfg: Config) -> dict:
             entry["vs_compile"] = paired_ratio(samples, "torch.compile", impl)
         res["impls"][impl] = entry
     for impl, fn in row.saved.items():
-        res["impls"].setdefault(impl, {})["saved_mb"] = fn() / 2**20
+        if impl in impls:
+            res["impls"].setdefault(impl, {})["saved_mb"] = fn() / 2**20
     return res
 
 
@@ -140,7 +156,8 @@ def format_results(results: list[dict], cfg: Config) -> str:
         line = f"{r['name'][:44]:<44}"
         for c in cols:
             m = r["impls"].get(c, {}).get("median_ms")
-            line += f"{m:>18.3f}" if m is not None else f"{'-':>18}"
+            text = f"{m:.3f}" if m is not None else ("failed" if c in r["failed"] else "-")
+            line += f"{text:>18}"
         for c in fg:
             e = r["impls"].get(c, {})
             line += (f"{e['vs_eager']:>15.2f}x" if "vs_eager" in e else f"{'-':>16}")
@@ -149,6 +166,9 @@ def format_results(results: list[dict], cfg: Config) -> str:
         sf = r["impls"].get(fg[0], {}).get("saved_mb") if fg else None
         line += f"{(f'{se:.1f}/{sf:.1f}' if se is not None and sf is not None else '-'):>20}"
         lines.append(line)
+    for r in results:
+        for impl, why in r["failed"].items():
+            lines.append(f"  note: {impl} failed on '{r['name']}': {why}")
     return "\n".join(lines)
 
 
