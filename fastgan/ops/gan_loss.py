@@ -101,7 +101,9 @@ def reference_forward(real_logits: Tensor, fake_logits: Tensor, kind: str, reduc
     if kind in LOGISTIC_KINDS:
         d_r = _softplus(-r) + (1.0 - real_label) * r
         d_f = _softplus(f)
-        g_f = -d_f if kind == "minimax" else _softplus(-f)
+        # g's terms are their own expressions (not -d_f), so that d_loss and g_loss
+        # share no graph and each can be backpropagated on its own, as with the C++ op
+        g_f = -_softplus(f) if kind == "minimax" else _softplus(-f)
     elif kind == "lsgan":
         d_r, d_f, g_f = 0.5 * (r - 1.0) ** 2, 0.5 * f ** 2, 0.5 * (f - 1.0) ** 2
     elif kind == "hinge":
