@@ -8,6 +8,11 @@ each followed by (d + g).backward() and clearing the two .grad fields (what
 optimizer.zero_grad() does by default). At GAN batch sizes (64, 512 logits) the cost
 is the per-call overhead: Python, dispatcher, allocations, autograd nodes.
 
+test_ns_fwd_bwd is the step exactly as above (the fused op also returns D(x) and
+D(G(z)), which eager does not compute there); test_ns_stats_fwd_bwd has eager and
+compile compute them too (sigmoid(logits).mean() without grad, as training loops
+log them), so that all three produce the same four numbers.
+
     pytest bench/bench_gan_loss.py                      # table, grouped by N
     pytest bench/bench_gan_loss.py --benchmark-autosave  # then --benchmark-compare
     python bench/bench_gan_loss.py                      # the same, then median ratios
@@ -37,31 +42,48 @@ def eager_ns(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torc
     return d_loss, g_loss
 
 
-def fastgan_ns(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    out = fastgan.functional.gan_loss(real, fake, "ns")
-    return out.d_loss, out.g_loss
+def eager_ns_stats(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    d_loss, g_loss = eager_ns(real, fake)
+    with torch.no_grad():
+        d_real, d_fake = torch.sigmoid(real).mean(), torch.sigmoid(fake).mean()
+    return d_loss, g_loss, d_real, d_fake
 
 
-def _impl(name: str):
+def fastgan_ns(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return fastgan.functional.gan_loss(real, fake, "ns")  # (d_loss, g_loss, d_real, d_fake)
+
+
+def _impl(name: str, stats: bool):
+    fn = eager_ns_stats if stats else eager_ns
     if name == "eager":
-        return eager_ns
+        return fn
     if name == "compile":
-        return torch.compile(eager_ns, dynamic=False)
+        return torch.compile(fn, dynamic=False)
     return fastgan_ns
 
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_ns_fwd_bwd(benchmark, impl: str, n: int) -> None:
-    benchmark.group = f"gan_loss ns fwd+bwd N={n}"
+    _run(benchmark, impl, n, stats=False)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ns_stats_fwd_bwd(benchmark, impl: str, n: int) -> None:
+    _run(benchmark, impl, n, stats=True)
+
+
+def _run(benchmark, impl: str, n: int, stats: bool) -> None:
+    benchmark.group = f"gan_loss ns{'+stats' if stats else ''} fwd+bwd N={n}"
     torch.manual_seed(0)
     real = torch.randn(n, requires_grad=True)
     fake = torch.randn(n, requires_grad=True)
-    fn = _impl(impl)
+    fn = _impl(impl, stats)
 
     def step() -> None:
-        d_loss, g_loss = fn(real, fake)
-        (d_loss + g_loss).backward()
+        out = fn(real, fake)
+        (out[0] + out[1]).backward()
         real.grad = None
         fake.grad = None
 
@@ -73,12 +95,16 @@ def test_ns_fwd_bwd(benchmark, impl: str, n: int) -> None:
 def _ratios(path: str) -> None:
     with open(path) as f:
         data = json.load(f)["benchmarks"]
-    med = {(b["params"]["impl"], b["params"]["n"]): b["stats"]["median"] for b in data}
-    print(f"\n{'N':>5} {'eager us':>9} {'compile us':>11} {'fastgan us':>11} "
+    med = {(b["name"].split("[")[0], b["params"]["impl"], b["params"]["n"]): b["stats"]["median"]
+           for b in data}
+    print(f"\n{'test':>22} {'N':>5} {'eager us':>9} {'compile us':>11} {'fastgan us':>11} "
           f"{'eager/fastgan':>14} {'compile/fastgan':>16}")
-    for n in SIZES:
-        e, c, g = (med[(i, n)] * 1e6 for i in IMPLS)
-        print(f"{n:>5} {e:9.2f} {c:11.2f} {g:11.2f} {e / g:13.2f}x {c / g:15.2f}x")
+    for test in sorted({k[0] for k in med}):
+        for n in SIZES:
+            if (test, "fastgan", n) not in med:
+                continue
+            e, c, g = (med[(test, i, n)] * 1e6 for i in IMPLS)
+            print(f"{test:>22} {n:>5} {e:9.2f} {c:11.2f} {g:11.2f} {e / g:13.2f}x {c / g:15.2f}x")
 
 
 if __name__ == "__main__":

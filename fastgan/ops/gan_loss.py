@@ -70,9 +70,14 @@ def check_kind(kind: str, reduction: str, real_label: float) -> None:
 
 def check_args(real_logits: Tensor, fake_logits: Tensor, kind: str, reduction: str,
                real_label: float) -> None:
-    check_kind(kind, reduction, real_label)
-    _check_tensor("real_logits", real_logits)
-    _check_tensor("fake_logits", fake_logits)
+    # The common case is tested in one expression; the helpers above say what is wrong.
+    if kind not in _KIND_SET or reduction not in _REDUCTION_SET or real_label != 1.0:
+        check_kind(kind, reduction, real_label)
+    if not (isinstance(real_logits, Tensor) and isinstance(fake_logits, Tensor)
+            and real_logits.is_floating_point() and fake_logits.is_floating_point()
+            and real_logits.numel() != 0 and fake_logits.numel() != 0):
+        _check_tensor("real_logits", real_logits)
+        _check_tensor("fake_logits", fake_logits)
     if real_logits.device != fake_logits.device:
         raise ValueError(f"gan_loss: real_logits is on {real_logits.device} but fake_logits is "
                          f"on {fake_logits.device}; both must be on the same device")
