@@ -81,11 +81,13 @@ struct GanLossBackward final : public torch::autograd::Node {
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    const std::array<bool, 2> mask{task_should_compute_output(0), task_should_compute_output(1)};
-    variable_list out(2);
     const at::Tensor& gd = grads[0];
     const at::Tensor& gg = grads[1];
-    if (!(mask[0] || mask[1]) || !(gd.defined() || gg.defined())) return out;
+    // real_logits only reach d_loss: no gradient for them when only g_loss flows.
+    const std::array<bool, 2> mask{task_should_compute_output(0) && gd.defined(),
+                                   task_should_compute_output(1) && (gd.defined() || gg.defined())};
+    variable_list out(2);
+    if (!(mask[0] || mask[1])) return out;
     const at::Tensor zero = gd.defined() && gg.defined()
                                 ? at::Tensor()
                                 : at::zeros({}, (gd.defined() ? gd : gg).options());
@@ -128,8 +130,13 @@ Outputs gan_loss_autograd(const at::Tensor& real, const at::Tensor& fake, c10::s
     node->reduction = std::string(reduction);
     node->real_label = real_label;
     // d_loss and g_loss are the node's inputs 0 and 1; d_real / d_fake get no history.
+    // g_loss depends on fake_logits only: as in eager, it requires grad only if they do.
     torch::autograd::set_history(std::get<0>(out), node);
-    torch::autograd::set_history(std::get<1>(out), node);
+    if (fake.requires_grad()) {
+      torch::autograd::set_history(std::get<1>(out), node);
+    } else {
+      node->add_input_metadata(torch::autograd::Node::undefined_input());
+    }
     torch::autograd::fire_node_creation_hooks(node);
   }
   return out;

@@ -73,7 +73,8 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
     binary_cross_entropy_with_logits and mse_loss return under autocast. Logits of
     different dtypes are promoted first. Works under torch.autocast and torch.compile.
     """
-    return GANLosses(*_gan_loss.gan_loss(real_logits, fake_logits, kind, reduction, real_label))
+    out = _gan_loss.gan_loss(real_logits, fake_logits, kind, reduction, real_label)
+    return GANLosses._make(out)
 
 
 __all__ += ["gan_loss", "GANLosses"]

@@ -69,6 +69,18 @@ void dispatch_kind(int kind, F&& f) {
   }
 }
 
+// at::parallel_for over [0, n) in pieces of at least `grain`; below one grain, a plain
+// call (at::parallel_for's inline path still sets thread-locals, which shows at the
+// microsecond scale of a GAN batch).
+template <typename F>
+inline void parallel_or_inline(int64_t n, int64_t grain, const F& f) {
+  if (n <= grain) {
+    f(0, n);
+  } else {
+    at::parallel_for(0, n, grain, f);
+  }
+}
+
 // Calls body(i, width) over [0, n) in full vectors, then once for the tail.
 template <int64_t K, typename Body>
 inline void for_vectors(int64_t n, Body&& body) {
@@ -86,7 +98,7 @@ void run_sums(const scalar_t* p, int64_t n, double* out, Terms&& terms) {
   using Vec = typename IO::Vec;
   constexpr int64_t K = IO::kSize;
   const int64_t nrun = (n + kChunk - 1) / kChunk;
-  at::parallel_for(0, nrun, kGrainChunks, [&](int64_t r0, int64_t r1) {
+  parallel_or_inline(nrun, kGrainChunks, [&](int64_t r0, int64_t r1) {
     for (int64_t run = r0; run < r1; ++run) {
       const int64_t base = run * kChunk, len = std::min(kChunk, n - base);
       std::array<Vec, kSums> acc;
@@ -185,7 +197,7 @@ template <typename scalar_t, typename Body>
 void map_elements(const scalar_t* x, scalar_t* out, int64_t n, Body&& body) {
   using IO = VecIo<scalar_t>;
   constexpr int64_t K = IO::kSize;
-  at::parallel_for(0, n, kGrainChunks * kChunk, [&](int64_t i0, int64_t i1) {
+  parallel_or_inline(n, kGrainChunks * kChunk, [&](int64_t i0, int64_t i1) {
     for_vectors<K>(i1 - i0, [&](int64_t i, int64_t w) {
       if (w == K) {
         IO::store(out + i0 + i, body(IO::load(x + i0 + i)));
