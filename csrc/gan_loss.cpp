@@ -84,8 +84,9 @@ struct GanLossBackward final : public torch::autograd::Node {
     const at::Tensor& gd = grads[0];
     const at::Tensor& gg = grads[1];
     // real_logits only reach d_loss: no gradient for them when only g_loss flows.
+    const bool any = gd.defined() || gg.defined();
     const std::array<bool, 2> mask{task_should_compute_output(0) && gd.defined(),
-                                   task_should_compute_output(1) && (gd.defined() || gg.defined())};
+                                   task_should_compute_output(1) && any};
     variable_list out(2);
     if (!(mask[0] || mask[1])) return out;
     const at::Tensor zero = gd.defined() && gg.defined()

@@ -62,10 +62,13 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
     means of sigmoid(logits) (pytorch/examples' D(x) and D(G(z))), without gradient.
 
     Gradients flow from d_loss, g_loss or both, into whichever of the logits require
-    grad; pass `fake_logits.detach()` for the discriminator step as usual. Backward
-    recomputes the per-element derivatives from the logits, so nothing but the logits
-    is kept for it. Double backward (create_graph=True through this op) is not
-    supported and raises.
+    grad, as they would through the eager expressions: g_loss reaches only the fake
+    logits (and does not require grad when they do not), and d_loss and g_loss may be
+    backpropagated together or one after the other. Pass `fake_logits.detach()` for the
+    discriminator step as usual. Backward recomputes the per-element derivatives from
+    the logits, so nothing but the logits is kept for it. Double backward
+    (create_graph=True through this op, e.g. a gradient penalty on the loss) is not
+    supported: differentiating the gradients raises.
 
     Numerics: stable softplus / sigmoid forms (finite for logits of +-1e4 in every
     dtype); bf16 / fp16 logits are read as they are and everything is computed and
