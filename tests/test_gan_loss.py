@@ -23,6 +23,15 @@ needs_ext = pytest.mark.skipif("cpu" not in gl_ops.KERNELS,
 BACKENDS = [pytest.param("cpu", marks=needs_ext), "reference"]
 
 
+@pytest.fixture
+def compiled_op():
+    """Runs the test on the compiled op (whatever FASTGAN_BACKEND says)."""
+    if "cpu" not in gl_ops.KERNELS:
+        pytest.skip("fastgan._C (cpu backend) is not built")
+    with fastgan.use_backend("cpu"):
+        yield
+
+
 def eager(real: torch.Tensor, fake: torch.Tensor, kind: str, reduction: str = "mean",
           real_label: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_loss, g_loss) as a user writes them in eager PyTorch."""
@@ -122,10 +131,9 @@ def test_any_shape_and_layout(backend):
     torch.testing.assert_close(gf, rf, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("compiled_op")
 @pytest.mark.parametrize("kind", KINDS)
 def test_cpu_matches_reference_fp32(kind):
-    if "cpu" not in gl_ops.KERNELS:
-        pytest.skip("fastgan._C is not built")
     real, fake = logits(4099, torch.float32, seed=6), logits(1000, torch.float32, seed=7)
     out = gan_loss(real, fake, kind)
     with fastgan.use_backend("reference"):
@@ -152,7 +160,7 @@ def test_gradcheck(kind, reduction, backend):
         assert torch.autograd.gradcheck(fn, (real, fake), eps=1e-6, atol=1e-8)
 
 
-@needs_ext
+@pytest.mark.usefixtures("compiled_op")
 @pytest.mark.parametrize("which", ("d", "g", "both"))
 @pytest.mark.parametrize("kind", KINDS)
 def test_backward_from_either_loss(kind, which):
@@ -171,7 +179,7 @@ def test_backward_from_either_loss(kind, which):
     torch.testing.assert_close(ours[1], fake.grad, rtol=1e-10, atol=1e-12)
 
 
-@needs_ext
+@pytest.mark.usefixtures("compiled_op")
 def test_detached_fake_and_frozen_real():
     real, fake = logits(9, seed=12), logits(9, seed=13)
     out = gan_loss(real, fake.detach())  # the discriminator step
@@ -208,7 +216,7 @@ def test_losses_backpropagate_separately(backend):
     torch.testing.assert_close(fake.grad, gf, rtol=1e-10, atol=1e-12)
 
 
-@needs_ext
+@pytest.mark.usefixtures("compiled_op")
 def test_double_backward_raises():
     real, fake = logits(5, seed=14), logits(5, seed=15)
     out = gan_loss(real, fake)
@@ -217,7 +225,7 @@ def test_double_backward_raises():
         gr.sum().backward()
 
 
-@needs_ext
+@pytest.mark.usefixtures("compiled_op")
 def test_inplace_change_of_saved_logits_is_detected():
     real, fake = logits(5, seed=16), logits(5, seed=17)
     r = real * 1.0
@@ -274,7 +282,7 @@ def test_low_precision_error_within_eager(kind, dtype):
         assert err <= 2 * eager_err + 1e-6, (err, eager_err)
 
 
-@needs_ext
+@pytest.mark.usefixtures("compiled_op")
 def test_autocast_bf16():
     torch.manual_seed(0)
     disc = torch.nn.Linear(16, 1)
@@ -302,7 +310,7 @@ def test_mixed_dtypes_promote():
     assert real.grad.dtype == torch.float32 and fake.grad.dtype == torch.float64
 
 
-@needs_ext
+@pytest.mark.usefixtures("compiled_op")
 def test_thread_count_does_not_change_result():
     real, fake = logits(300_001, torch.float32, seed=22), logits(200_003, torch.float32, seed=23)
     n = torch.get_num_threads()
@@ -339,7 +347,7 @@ def test_opcheck(kind, dtype):
                               (g, g, real.detach(), fake.detach(), kind, "mean", 1.0, mask))
 
 
-@needs_ext
+@pytest.mark.usefixtures("compiled_op")
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
 
