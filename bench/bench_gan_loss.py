@@ -16,6 +16,10 @@ log them), so that all three produce the same four numbers.
     pytest bench/bench_gan_loss.py                      # table, grouped by N
     pytest bench/bench_gan_loss.py --benchmark-autosave  # then --benchmark-compare
     python bench/bench_gan_loss.py                      # the same, then median ratios
+
+On a shared machine add --benchmark-timer=time.thread_time: CPU time of the calling
+thread leaves out the time the benchmark is descheduled (which otherwise lands on
+whichever implementation happens to run while another process is busy).
 """
 
 from __future__ import annotations
