@@ -60,8 +60,9 @@ class Row:
 
 def _providers():
     from . import bench_bn_act
+    from . import bench_gan_loss
 
-    return [bench_bn_act.rows]
+    return [bench_bn_act.rows, bench_gan_loss.rows]
 
 
 def _default_device() -> str:
