@@ -59,9 +59,9 @@ class Row:
 
 
 def _providers():
-    from . import bench_blocks, bench_bn_act
+    from . import bench_blocks, bench_bn_act, bench_gan_loss
 
-    return [bench_bn_act.rows, bench_blocks.rows]
+    return [bench_bn_act.rows, bench_gan_loss.rows, bench_blocks.rows]
 
 
 def _default_device() -> str:

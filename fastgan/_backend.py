@@ -52,7 +52,10 @@ def requested_backend() -> str:
     """The backend asked for: innermost use_backend(), else $FASTGAN_BACKEND, else auto."""
     if _stack:
         return _stack[-1]
-    return _check_name(os.environ.get(_ENV, "auto").strip() or "auto", f"${_ENV}")
+    env = os.environ.get(_ENV)
+    if not env:
+        return "auto"
+    return _check_name(env.strip() or "auto", f"${_ENV}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,10 +113,27 @@ def _runs_on(backend: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
+# select() results. What select() reads that can change while the process runs is in
+# the key: the requested backend, and TRITON_INTERPRET where the op has a Triton kernel
+# (without one the choice does not depend on it); the rest (whether fastgan._C loaded
+# and with what, CUDA present, triton installed) is fixed once torch is up. Uncached, a
+# call costs ~5 us, as much as a small fused op itself.
+_selected: dict[tuple, str] = {}
+
+
 @torch.compiler.assume_constant_result
 def select(op: str, device: torch.device, kernels: tuple[str, ...]) -> str:
     """The backend to run `op` on `device`; `kernels` lists the backends that have a kernel for it."""
     name = requested_backend()
+    interpret = os.environ.get("TRITON_INTERPRET") if "triton" in kernels else None
+    key = (op, device, kernels, name, interpret)
+    backend = _selected.get(key)
+    if backend is None:
+        backend = _selected[key] = _select(op, device, kernels, name)
+    return backend
+
+
+def _select(op: str, device: torch.device, kernels: tuple[str, ...], name: str) -> str:
     st = backend_status()
     if name == "auto":
         order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")

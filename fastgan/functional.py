@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from torch import Tensor
 
 from fastgan.ops import bn_act as _bn_act
+from fastgan.ops import gan_loss as _gan_loss
 
 
 def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -24,3 +27,57 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
 
 __all__ = ["batch_norm_act"]
+
+
+class GANLosses(NamedTuple):
+    """What fastgan.functional.gan_loss returns: four 0-dim tensors, fp32 (fp64 for fp64
+    logits) whatever the logits' dtype."""
+
+    d_loss: Tensor  # discriminator loss (differentiable)
+    g_loss: Tensor  # generator loss (differentiable)
+    d_real: Tensor  # mean of sigmoid(real_logits): "D(x)" (no gradient)
+    d_fake: Tensor  # mean of sigmoid(fake_logits): "D(G(z))" (no gradient)
+
+
+def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
+             reduction: str = "mean", *, real_label: float = 1.0) -> GANLosses:
+    """Discriminator and generator losses of one GAN step, fused into one op.
+
+    `real_logits` and `fake_logits` are the discriminator's outputs on real and generated
+    samples (logits for the logistic kinds, raw scores for the others), of any shape
+    (they are flattened) and of different batch sizes if need be. `kind` is one of
+
+        kind      d_loss                           g_loss
+        minimax   softplus(-r) + softplus(f)       -softplus(f)
+        ns        softplus(-r) + softplus(f)       softplus(-f)     (non-saturating)
+        lsgan     (r - 1)^2 / 2 + f^2 / 2          (f - 1)^2 / 2
+        hinge     relu(1 - r) + relu(1 + f)        -f
+        wgan      f - r                            -f
+
+    where each term is reduced over its own batch: `reduction="mean"` (default) or
+    `"sum"`. `real_label < 1` is one-sided label smoothing for minimax / ns: the real
+    term becomes binary_cross_entropy_with_logits(r, real_label).
+
+    Returns GANLosses(d_loss, g_loss, d_real, d_fake); d_real and d_fake are the batch
+    means of sigmoid(logits) (pytorch/examples' D(x) and D(G(z))), without gradient.
+
+    Gradients flow from d_loss, g_loss or both, into whichever of the logits require
+    grad, as they would through the eager expressions: g_loss reaches only the fake
+    logits (and does not require grad when they do not), and d_loss and g_loss may be
+    backpropagated together or one after the other. Pass `fake_logits.detach()` for the
+    discriminator step as usual. Backward recomputes the per-element derivatives from
+    the logits, so nothing but the logits is kept for it. Double backward
+    (create_graph=True through this op, e.g. a gradient penalty on the loss) is not
+    supported: differentiating the gradients raises.
+
+    Numerics: stable softplus / sigmoid forms (finite for logits of +-1e4 in every
+    dtype); bf16 / fp16 logits are read as they are and everything is computed and
+    accumulated in fp32, and the four results are fp32 (fp64 for fp64 logits), as eager
+    binary_cross_entropy_with_logits and mse_loss return under autocast. Logits of
+    different dtypes are promoted first. Works under torch.autocast and torch.compile.
+    """
+    out = _gan_loss.gan_loss(real_logits, fake_logits, kind, reduction, real_label)
+    return GANLosses._make(out)
+
+
+__all__ += ["gan_loss", "GANLosses"]

@@ -3,7 +3,9 @@
 from fastgan.nn import recompute
 from fastgan.nn.blocks import Conv2dBNAct, ConvTranspose2dBNAct
 from fastgan.nn.bn_act import BatchNormAct2d
+from fastgan.nn.gan_loss import GANLoss
 from fastgan.nn.sequential import FusedSequential
 
 __all__ = ["BatchNormAct2d", "ConvTranspose2dBNAct", "Conv2dBNAct", "FusedSequential",
            "recompute"]
+__all__ += ["GANLoss"]

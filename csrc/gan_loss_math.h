@@ -1,0 +1,182 @@
+// Per-element math of the combined GAN loss op: loss terms, D(x) and derivatives.
+//
+// Shared by the C++ CPU kernels (csrc/cpu/gan_loss.cpp) and the CUDA kernels
+// (csrc/cuda/gan_loss.cu), so the formulas tested on the CPU are the ones the GPU
+// runs. Each formula is written once, templated on the value type T and on an `Ops`
+// policy that supplies the few primitives it needs (exp, log1p, abs, max(x, 0), a
+// comparison and a select): ScalarOps below for float / double, and a twin over
+// at::vec::Vectorized in the CPU kernels. Every kind is a compile-time parameter so
+// the per-element loops carry no branch on it.
+//
+// Stability: everything logistic starts from e = exp(-|x|), which is in (0, 1], so
+//   softplus(x)  = max(x, 0) + log1p(e)
+//   sigmoid(x)   = 1 / (1 + e)      for x >= 0,   e / (1 + e)  otherwise
+// never overflow, and logits of +-1e4 give finite losses and gradients in any dtype.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+
+#ifndef FASTGAN_HD
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FASTGAN_HD __host__ __device__ __forceinline__
+#else
+#define FASTGAN_HD inline
+#endif
+#endif
+
+namespace fastgan {
+namespace gan_loss {
+
+// The loss kinds of DESIGN.md ("Loss kinds"). minimax and ns are logistic: their
+// inputs are logits and the real term may use a smoothed target `label`.
+enum Kind : int { kMinimax = 0, kNs = 1, kLsgan = 2, kHinge = 3, kWgan = 4 };
+
+constexpr bool is_logistic(Kind k) { return k == kMinimax || k == kNs; }
+
+// Host-side parsing of the op's string arguments; -1 when unknown (the caller raises,
+// naming the argument).
+inline int kind_from_name(std::string_view name) {
+  if (name == "ns") return kNs;
+  if (name == "minimax") return kMinimax;
+  if (name == "lsgan") return kLsgan;
+  if (name == "hinge") return kHinge;
+  if (name == "wgan") return kWgan;
+  return -1;
+}
+
+// reduction "mean" -> 1, "sum" -> 0, anything else -> -1.
+inline int reduction_is_mean(std::string_view name) {
+  if (name == "mean") return 1;
+  if (name == "sum") return 0;
+  return -1;
+}
+
+template <typename T>
+struct ScalarOps {
+  using Mask = bool;
+  static FASTGAN_HD T exp(T x) { return std::exp(x); }
+  static FASTGAN_HD T log1p(T x) { return std::log1p(x); }
+  static FASTGAN_HD T abs(T x) { return std::abs(x); }
+  static FASTGAN_HD T relu(T x) { return x > T(0) ? x : T(0); }
+  static FASTGAN_HD Mask gt(T a, T b) { return a > b; }
+  static FASTGAN_HD T where(Mask m, T a, T b) { return m ? a : b; }
+};
+
+// sigmoid(x) and sigmoid(-x) from e = exp(-|x|); q = 1 / (1 + e).
+template <class Ops, class T>
+FASTGAN_HD T sigmoid_pos(T x, T e, T q) {
+  return Ops::where(Ops::gt(T(0), x), e * q, q);
+}
+template <class Ops, class T>
+FASTGAN_HD T sigmoid_neg(T x, T e, T q) {
+  return Ops::where(Ops::gt(T(0), x), q, e * q);
+}
+
+// ---------------------------------------------------------------------------
+// Forward terms, before the reduction.
+
+template <class T>
+struct RealTerms {
+  T d_loss;   // the real half of d_loss
+  T sigmoid;  // sigmoid(r), averaged into d_real
+};
+
+template <class T>
+struct FakeTerms {
+  T d_loss;   // the fake half of d_loss
+  T g_loss;
+  T sigmoid;  // sigmoid(f), averaged into d_fake
+};
+
+// `label` is the real target of the logistic kinds (1, or e.g. 0.9 when smoothed):
+// label * softplus(-r) + (1 - label) * softplus(r) == softplus(-r) + (1 - label) * r,
+// which is how binary_cross_entropy_with_logits evaluates it too.
+template <Kind K, class Ops, class T>
+FASTGAN_HD RealTerms<T> real_terms(T r, T label) {
+  const T e = Ops::exp(-Ops::abs(r));
+  const T q = T(1) / (T(1) + e);
+  const T s = sigmoid_pos<Ops>(r, e, q);
+  if constexpr (is_logistic(K)) {
+    return {Ops::relu(-r) + Ops::log1p(e) + (T(1) - label) * r, s};
+  } else if constexpr (K == kLsgan) {
+    const T d = r - T(1);
+    return {T(0.5) * d * d, s};
+  } else if constexpr (K == kHinge) {
+    return {Ops::relu(T(1) - r), s};
+  } else {  // wgan
+    return {-r, s};
+  }
+}
+
+template <Kind K, class Ops, class T>
+FASTGAN_HD FakeTerms<T> fake_terms(T f) {
+  const T e = Ops::exp(-Ops::abs(f));
+  const T q = T(1) / (T(1) + e);
+  const T s = sigmoid_pos<Ops>(f, e, q);
+  if constexpr (K == kMinimax) {
+    const T sp = Ops::relu(f) + Ops::log1p(e);
+    return {sp, -sp, s};
+  } else if constexpr (K == kNs) {
+    const T lp = Ops::log1p(e);
+    return {Ops::relu(f) + lp, Ops::relu(-f) + lp, s};
+  } else if constexpr (K == kLsgan) {
+    const T d = f - T(1);
+    return {T(0.5) * f * f, T(0.5) * d * d, s};
+  } else if constexpr (K == kHinge) {
+    return {Ops::relu(T(1) + f), -f, s};
+  } else {  // wgan
+    return {f, -f, s};
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Derivatives of the per-element terms (before the 1/N of "mean").
+
+// d(real term of d_loss)/dr. Logistic: sigmoid(r) - label, evaluated as
+// (1 - label) - sigmoid(-r) so that label == 1 has no cancellation for large r.
+// Hinge: relu'(1 - r) with relu'(0) = 0, as torch's threshold_backward.
+template <Kind K, class Ops, class T>
+FASTGAN_HD T real_grad(T r, T label) {
+  if constexpr (is_logistic(K)) {
+    const T e = Ops::exp(-Ops::abs(r));
+    const T q = T(1) / (T(1) + e);
+    return (T(1) - label) - sigmoid_neg<Ops>(r, e, q);
+  } else if constexpr (K == kLsgan) {
+    return r - T(1);
+  } else if constexpr (K == kHinge) {
+    return Ops::where(Ops::gt(T(1) - r, T(0)), T(-1), T(0));
+  } else {  // wgan
+    return T(-1);
+  }
+}
+
+template <class T>
+struct FakeGrads {
+  T d;  // d(fake term of d_loss)/df
+  T g;  // d(g_loss term)/df
+};
+
+template <Kind K, class Ops, class T>
+FASTGAN_HD FakeGrads<T> fake_grads(T f) {
+  if constexpr (is_logistic(K)) {
+    const T e = Ops::exp(-Ops::abs(f));
+    const T q = T(1) / (T(1) + e);
+    const T s = sigmoid_pos<Ops>(f, e, q);
+    if constexpr (K == kMinimax) {
+      return {s, -s};
+    } else {  // ns: d softplus(-f)/df = -sigmoid(-f), without the cancellation of s - 1
+      return {s, -sigmoid_neg<Ops>(f, e, q)};
+    }
+  } else if constexpr (K == kLsgan) {
+    return {f, f - T(1)};
+  } else if constexpr (K == kHinge) {
+    return {Ops::where(Ops::gt(T(1) + f, T(0)), T(1), T(0)), T(-1)};
+  } else {  // wgan
+    return {T(1), T(-1)};
+  }
+}
+
+}  // namespace gan_loss
+}  // namespace fastgan
