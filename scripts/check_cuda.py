@@ -84,8 +84,13 @@ def demangle(name: str) -> str:
     except OSError:
         out = name
     out = out.replace("(anonymous namespace)::", "").replace("fastgan::cuda::", "")
-    out = out.replace("c10::", "").replace("void ", "")
-    return re.sub(r"\(.*", "", out)
+    out = out.replace("c10::", "").replace("void ", "").replace("fastgan::", "")
+    depth = 0  # drop the trailing "(argument list)", whose types may hold parentheses
+    for i in range(len(out) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(out[i], 0)
+        if depth == 0 and out[i] == "(":
+            return out[:i]
+    return out
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../gan_loss_checks.h"
 #include "../gan_loss_math.h"
 #include "vec_io.h"
 
@@ -122,21 +123,6 @@ std::array<double, kSums> total(const c10::SmallVectorImpl<double>& runs) {
   return s;
 }
 
-void check_inputs(const char* op, const at::Tensor& real, const at::Tensor& fake, int kind,
-                  int mean, c10::string_view kind_name, c10::string_view reduction) {
-  TORCH_CHECK(kind >= 0, op, ": unknown kind '", kind_name,
-              "'; expected one of 'minimax', 'ns', 'lsgan', 'hinge', 'wgan'");
-  TORCH_CHECK(mean >= 0, op, ": unknown reduction '", reduction, "'; expected 'mean' or 'sum'");
-  TORCH_CHECK(at::isFloatingType(real.scalar_type()), op,
-              ": real_logits must be a floating-point tensor, got ", real.scalar_type());
-  TORCH_CHECK(real.scalar_type() == fake.scalar_type(), op, ": fake_logits has dtype ",
-              fake.scalar_type(), " but real_logits has dtype ", real.scalar_type());
-  TORCH_CHECK(real.numel() > 0, op, ": real_logits is empty (shape ", real.sizes(), ")");
-  TORCH_CHECK(fake.numel() > 0, op, ": fake_logits is empty (shape ", fake.sizes(), ")");
-  TORCH_CHECK(real.device() == fake.device(), op, ": real_logits is on ", real.device(),
-              " but fake_logits is on ", fake.device());
-}
-
 // ---------------------------------------------------------------------------
 // Forward: (d_loss, g_loss, d_real, d_fake), 0-dim, fp32 (fp64 for fp64 input).
 
@@ -145,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward(
     c10::string_view reduction, double real_label) {
   const int kind = gan_loss::kind_from_name(kind_name);
   const int mean = gan_loss::reduction_is_mean(reduction);
-  check_inputs("fastgan::gan_loss_forward", real_logits, fake_logits, kind, mean, kind_name,
+  gan_loss::check_inputs("fastgan::gan_loss_forward", real_logits, fake_logits, kind, mean, kind_name,
                reduction);
   const at::Tensor real = real_logits.contiguous();
   const at::Tensor fake = fake_logits.contiguous();
@@ -223,7 +209,7 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward(
     double real_label, std::array<bool, 2> output_mask) {
   const int kind = gan_loss::kind_from_name(kind_name);
   const int mean = gan_loss::reduction_is_mean(reduction);
-  check_inputs("fastgan::gan_loss_backward", real_logits, fake_logits, kind, mean, kind_name,
+  gan_loss::check_inputs("fastgan::gan_loss_backward", real_logits, fake_logits, kind, mean, kind_name,
                reduction);
   const at::Tensor real = real_logits.contiguous();
   const at::Tensor fake = fake_logits.contiguous();

@@ -142,7 +142,7 @@ def _register_compiled() -> None:
 KERNELS: tuple[str, ...] = ()
 if _ext.ext_loaded() and hasattr(torch.ops.fastgan, "gan_loss_forward"):
     _register_compiled()
-    KERNELS = ("cpu",)
+    KERNELS = ("cpu", "cuda") if _ext.build_info().get("cuda") else ("cpu",)
     _forward = torch.ops.fastgan.gan_loss_forward.default
 
 

@@ -1,0 +1,25 @@
+// Argument checks of the gan_loss op, shared by its CPU and CUDA kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace fastgan {
+namespace gan_loss {
+
+inline void check_inputs(const char* op, const at::Tensor& real, const at::Tensor& fake, int kind,
+                  int mean, c10::string_view kind_name, c10::string_view reduction) {
+  TORCH_CHECK(kind >= 0, op, ": unknown kind '", kind_name,
+              "'; expected one of 'minimax', 'ns', 'lsgan', 'hinge', 'wgan'");
+  TORCH_CHECK(mean >= 0, op, ": unknown reduction '", reduction, "'; expected 'mean' or 'sum'");
+  TORCH_CHECK(at::isFloatingType(real.scalar_type()), op,
+              ": real_logits must be a floating-point tensor, got ", real.scalar_type());
+  TORCH_CHECK(real.scalar_type() == fake.scalar_type(), op, ": fake_logits has dtype ",
+              fake.scalar_type(), " but real_logits has dtype ", real.scalar_type());
+  TORCH_CHECK(real.numel() > 0, op, ": real_logits is empty (shape ", real.sizes(), ")");
+  TORCH_CHECK(fake.numel() > 0, op, ": fake_logits is empty (shape ", fake.sizes(), ")");
+  TORCH_CHECK(real.device() == fake.device(), op, ": real_logits is on ", real.device(),
+              " but fake_logits is on ", fake.device());
+}
+
+}  // namespace gan_loss
+}  // namespace fastgan
