@@ -19,7 +19,7 @@ from torch import nn
 
 import fastgan
 
-from .common import format_table, paired_timings, saved_tensor_bytes
+from .common import format_table, paired_timings, saved_tensor_bytes, tune_malloc
 
 CONFIGS = {
     # name: (shape, dtype, channels_last)
@@ -148,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--configs", nargs="*", default=list(CONFIGS))
     p.add_argument("--modes", nargs="*", default=["train", "eval"])
+    p.add_argument("--malloc", choices=["default", "tuned"], default="default",
+                   help="see bench.common.tune_malloc")
     args = p.parse_args(argv)
+    if args.malloc == "tuned" and not tune_malloc():
+        raise SystemExit("--malloc tuned needs glibc")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, malloc {args.malloc}")
     for config in args.configs:
         for mode in args.modes:
             samples = paired_timings(make_cases(config, mode), rounds=args.rounds)

@@ -23,7 +23,7 @@ import torch
 
 import fastgan
 
-from .common import median, paired_ratio, paired_timings, spread
+from .common import median, paired_ratio, paired_timings, spread, tune_malloc
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per row")
     p.add_argument("--out", default="bench_out", help="folder for results.json and chart.png")
     p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--malloc", choices=["default", "tuned"], default="default",
+                   help="'tuned' keeps freed large blocks in glibc's heap (no page faults "
+                        "on every fresh activation); applies to all implementations")
     return p.parse_args(argv)
 
 
@@ -229,11 +232,14 @@ def machine_info(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = make_config(args)
+    if args.malloc == "tuned" and not tune_malloc():
+        raise SystemExit("fastgan bench: --malloc tuned needs glibc (mallopt)")
     torch.manual_seed(0)
     dt = [k for k, v in DTYPES.items() if v == cfg.dtype][0]
     print(f"fastgan bench: device {cfg.device}, batch {cfg.batch}, {dt}, "
           f"{'channels_last' if cfg.channels_last else 'contiguous'}, backends "
-          f"{', '.join(cfg.fastgan_impls()) or 'none'}, {cfg.rounds} rounds per row")
+          f"{', '.join(cfg.fastgan_impls()) or 'none'}, {cfg.rounds} rounds per row, "
+          f"malloc {args.malloc}")
     rows = [r for provider in _providers() for r in provider(cfg)]
     results = []
     t_start = time.perf_counter()
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     out = {"config": {"batch": cfg.batch, "dtype": dt, "channels_last": cfg.channels_last,
                       "device": cfg.device, "backends": cfg.backends, "rounds": cfg.rounds,
-                      "quick": cfg.quick},
+                      "quick": cfg.quick, "malloc": args.malloc},
            "machine": machine_info(cfg), "rows": results}
     jpath = os.path.join(args.out, "results.json")
     with open(jpath, "w") as f:

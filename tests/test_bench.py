@@ -18,7 +18,9 @@ def test_fastgan_bench_quick(tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["rows"], data
     for row in data["rows"]:
-        assert "eager" in row["impls"] and "torch.compile" in row["impls"]
+        # torch.compile's column may fail (an inductor error is reported, not fatal)
+        assert "eager" in row["impls"]
+        assert "torch.compile" in row["impls"] or "torch.compile" in row["failed"]
         assert any(k.startswith("fastgan[") for k in row["impls"])
         for impl in row["impls"].values():
             assert impl.get("median_ms", 1.0) > 0
