@@ -38,7 +38,7 @@ def _variants(mod: nn.Module, converted: nn.Module, compiled: bool):
     """name -> (module, channels_last, autocast bf16)."""
     out = {"eager": (mod, False, False)}
     if compiled:
-        out["torch.compile"] = (torch.compile(copy.deepcopy(mod)), False, False)
+        out["torch.compile"] = (torch.compile(copy.deepcopy(mod), dynamic=False), False, False)
     out["fastgan"] = (converted, False, False)
     out["eager channels_last"] = (copy.deepcopy(mod).to(memory_format=torch.channels_last),
                                   True, False)
@@ -205,7 +205,7 @@ def rows(cfg):
     # ConvT(128->64) + BN + LeakyReLU, the generator's 16x16 -> 32x32 block at ngf 64.
     blk = prep(nn.Sequential(nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False),
                              nn.BatchNorm2d(64), nn.LeakyReLU(0.2)))
-    bmods = {"eager": blk, "torch.compile": torch.compile(copy.deepcopy(blk))}
+    bmods = {"eager": blk, "torch.compile": torch.compile(copy.deepcopy(blk), dynamic=False)}
     bmods.update({k: fastgan.convert(blk) for k in fg})
     x = inp(cfg.batch, 128, 16, 16)
     g = inp(cfg.batch, 64, 32, 32)
@@ -226,7 +226,7 @@ def rows(cfg):
     G0 = prep(Generator(100, 64).apply(weights_init))
     D0 = prep(Discriminator(64).apply(weights_init))
     z = inp(cfg.batch, 100, 1, 1)
-    gmods = {"eager": G0, "torch.compile": torch.compile(copy.deepcopy(G0))}
+    gmods = {"eager": G0, "torch.compile": torch.compile(copy.deepcopy(G0), dynamic=False)}
     gmods.update({k: fastgan.convert(G0) for k in fg})
 
     def sample(name):
@@ -245,7 +245,7 @@ def rows(cfg):
     real = torch.randn(cfg.batch, 3, 64, 64, device=dev).tanh().contiguous(memory_format=fmt)
     noise = inp(cfg.batch, 100, 1, 1)
     pairs = {"eager": (copy.deepcopy(G0).train(), copy.deepcopy(D0))}
-    pairs["torch.compile"] = tuple(torch.compile(copy.deepcopy(m)) for m in (G0.train(), D0))
+    pairs["torch.compile"] = tuple(torch.compile(copy.deepcopy(m), dynamic=False) for m in (G0.train(), D0))
     pairs.update({k: (fastgan.convert(G0.train()), fastgan.convert(D0)) for k in fg})
     opts = {k: tuple(torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)) for m in gd)
             for k, gd in pairs.items()}

@@ -34,7 +34,7 @@ def _impls(C: int, dtype: torch.dtype, device: str) -> dict[str, tuple[nn.Module
     eager = nn.Sequential(nn.BatchNorm2d(C), nn.LeakyReLU(0.2)).to(device)
     impls: dict[str, tuple[nn.Module, str | None]] = {
         "eager": (eager, None),
-        "torch.compile": (torch.compile(copy.deepcopy(eager)), None),
+        "torch.compile": (torch.compile(copy.deepcopy(eager), dynamic=False), None),
     }
     for backend in fastgan.available_backends():
         if backend == "reference" or (backend == "cpu") != (device == "cpu"):
@@ -101,7 +101,7 @@ def rows(cfg):
     x = cfg.input(cfg.batch, C, S, S)
     g = torch.randn_like(x)
     mods = {"eager": nn.Sequential(nn.BatchNorm2d(C), nn.LeakyReLU(0.2)).to(cfg.device)}
-    mods["torch.compile"] = torch.compile(copy.deepcopy(mods["eager"]))
+    mods["torch.compile"] = torch.compile(copy.deepcopy(mods["eager"]), dynamic=False)
     for b in cfg.fastgan_impls():
         mods[f"fastgan[{b}]"] = fastgan.nn.BatchNormAct2d(C).to(cfg.device)
     def backend_of(name):

@@ -30,7 +30,7 @@ def _modules(C: int):
     fused.load_state_dict(eager[0].state_dict())
     # fp32 parameters with fp32 or bf16 activations (as under autocast).
     compiled = torch.compile(torch.nn.Sequential(torch.nn.BatchNorm2d(C),
-                                                 torch.nn.LeakyReLU(0.2)).cuda())
+                                                 torch.nn.LeakyReLU(0.2)).cuda(), dynamic=False)
     return {"eager": eager, "torch.compile": compiled, "fastgan-triton": fused}
 
 

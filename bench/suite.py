@@ -4,7 +4,9 @@ Each bench module contributes rows through a `rows(cfg)` function; a row is one
 workload (an op, a block, a training step, sampling) with a callable per
 implementation. Every row is timed with interleaved rounds (bench.common.paired_timings)
 and reported as medians with the median of paired ratios against eager and against
-torch.compile. Training rows also report the bytes autograd saves for backward.
+torch.compile (static shapes: `dynamic=False`, as for a fixed batch size; otherwise
+dynamo's automatic dynamic shapes kick in when one process compiles the same module class
+at several shapes). Training rows also report the bytes autograd saves for backward.
 Results go to stdout, to JSON and to a PNG bar chart.
 """
 
@@ -110,7 +112,7 @@ def make_config(args: argparse.Namespace) -> Config:
             raise SystemExit(f"fastgan bench: backend {b!r} is not usable on {device} here "
                              f"(usable: {', '.join(usable)}); see `fastgan info`")
     batch = min(args.batch, 16) if args.quick else args.batch
-    rounds = args.rounds or (5 if args.quick else 15)
+    rounds = args.rounds or (5 if args.quick else 25)
     return Config(batch=batch, dtype=DTYPES[args.dtype], channels_last=args.channels_last,
                   device=device, backends=backends, quick=args.quick, rounds=rounds)
 
