@@ -146,6 +146,14 @@ def run_row(row: Row, cfg: Config) -> dict:
     for impl, fn in row.saved.items():
         if impl in impls:
             res["impls"].setdefault(impl, {})["saved_mb"] = fn() / 2**20
+    if cfg.device == "cuda":  # peak device memory of one call, each implementation alone
+        for impl, fn in impls.items():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            res["impls"][impl]["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     return res
 
 
@@ -156,6 +164,9 @@ def format_results(results: list[dict], cfg: Config) -> str:
     for c in fg:
         head += f"{c[8:-1] + ' vs eager':>16}{c[8:-1] + ' vs comp.':>16}"
     head += f"{'saved MB eager/fg':>20}"
+    cuda = any("peak_mb" in e for r in results for e in r["impls"].values())
+    if cuda:
+        head += f"{'peak MB eager/fg':>20}"
     lines = [head, "-" * len(head)]
     for r in results:
         line = f"{r['name'][:44]:<44}"
@@ -170,6 +181,10 @@ def format_results(results: list[dict], cfg: Config) -> str:
         se = r["impls"].get("eager", {}).get("saved_mb")
         sf = r["impls"].get(fg[0], {}).get("saved_mb") if fg else None
         line += f"{(f'{se:.1f}/{sf:.1f}' if se is not None and sf is not None else '-'):>20}"
+        if cuda:
+            pe = r["impls"].get("eager", {}).get("peak_mb")
+            pf = r["impls"].get(fg[0], {}).get("peak_mb") if fg else None
+            line += f"{(f'{pe:.1f}/{pf:.1f}' if pe is not None and pf is not None else '-'):>20}"
         lines.append(line)
     for r in results:
         for impl, why in r["failed"].items():
@@ -254,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_results(results, cfg))
     print(f"\n(total {time.perf_counter() - t_start:.0f} s; ratios are medians of paired "
           "per-round ratios, > 1 means fastgan is faster; saved MB = bytes autograd keeps "
-          "for backward, weights excluded)")
+          "for backward, weights excluded; on CUDA, peak MB = torch.cuda.max_memory_allocated "
+          "above the baseline during one call)")
     os.makedirs(args.out, exist_ok=True)
     out = {"config": {"batch": cfg.batch, "dtype": dt, "channels_last": cfg.channels_last,
                       "device": cfg.device, "backends": cfg.backends, "rounds": cfg.rounds,
