@@ -1,7 +1,12 @@
-// Argument checks of the gan_loss op, shared by its CPU and CUDA kernels.
+// Host-side helpers of the gan_loss op shared by its CPU and CUDA kernels: argument
+// checks, and the switch from the runtime kind to a compile-time one.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <type_traits>
+
+#include "gan_loss_math.h"
 
 namespace fastgan {
 namespace gan_loss {
@@ -19,6 +24,19 @@ inline void check_inputs(const char* op, const at::Tensor& real, const at::Tenso
   TORCH_CHECK(fake.numel() > 0, op, ": fake_logits is empty (shape ", fake.sizes(), ")");
   TORCH_CHECK(real.device() == fake.device(), op, ": real_logits is on ", real.device(),
               " but fake_logits is on ", fake.device());
+}
+
+// Calls f(std::integral_constant<Kind, K>{}) for the runtime `kind`, so kernels are
+// instantiated per kind with no branch on it in their loops.
+template <typename F>
+void dispatch_kind(int kind, F&& f) {
+  switch (kind) {
+    case kMinimax: f(std::integral_constant<Kind, kMinimax>{}); break;
+    case kNs: f(std::integral_constant<Kind, kNs>{}); break;
+    case kLsgan: f(std::integral_constant<Kind, kLsgan>{}); break;
+    case kHinge: f(std::integral_constant<Kind, kHinge>{}); break;
+    default: f(std::integral_constant<Kind, kWgan>{}); break;
+  }
 }
 
 }  // namespace gan_loss

@@ -59,17 +59,6 @@ struct VecOps {
   static T where(const Mask& m, const T& a, const T& b) { return T::blendv(b, a, m); }
 };
 
-template <typename F>
-void dispatch_kind(int kind, F&& f) {
-  switch (kind) {
-    case gan_loss::kMinimax: f(std::integral_constant<Kind, gan_loss::kMinimax>{}); break;
-    case gan_loss::kNs: f(std::integral_constant<Kind, gan_loss::kNs>{}); break;
-    case gan_loss::kLsgan: f(std::integral_constant<Kind, gan_loss::kLsgan>{}); break;
-    case gan_loss::kHinge: f(std::integral_constant<Kind, gan_loss::kHinge>{}); break;
-    default: f(std::integral_constant<Kind, gan_loss::kWgan>{}); break;
-  }
-}
-
 // at::parallel_for over [0, n) in pieces of at least `grain`; below one grain, a plain
 // call (at::parallel_for's inline path still sets thread-locals, which shows at the
 // microsecond scale of a GAN batch).
@@ -151,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward(
     using Vec = at::vec::Vectorized<acc_t>;
     using Ops = VecOps<acc_t>;
     const Vec label(static_cast<acc_t>(real_label));
-    dispatch_kind(kind, [&](auto k) {
+    gan_loss::dispatch_kind(kind, [&](auto k) {
       constexpr Kind K = decltype(k)::value;
       run_sums<2>(real.const_data_ptr<scalar_t>(), nr, rsums.data(), [&](const Vec& r) {
         const auto t = gan_loss::real_terms<K, Ops>(r, label);
@@ -228,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward(
     const acc_t sr = mean ? acc_t(1) / static_cast<acc_t>(nr) : acc_t(1);
     const acc_t sf = mean ? acc_t(1) / static_cast<acc_t>(nf) : acc_t(1);
     const Vec label(static_cast<acc_t>(real_label));
-    dispatch_kind(kind, [&](auto k) {
+    gan_loss::dispatch_kind(kind, [&](auto k) {
       constexpr Kind K = decltype(k)::value;
       if (output_mask[0]) {
         const Vec c(gd * sr);

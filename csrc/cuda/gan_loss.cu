@@ -30,17 +30,6 @@ constexpr int kThreads = 256;
 constexpr int kSums = 5;  // real d_loss, real sigmoid, fake d_loss, g_loss, fake sigmoid
 constexpr int kMaxBlocks = 512;
 
-template <typename F>
-void dispatch_kind(int kind, F&& f) {
-  switch (kind) {
-    case gan_loss::kMinimax: f(std::integral_constant<Kind, gan_loss::kMinimax>{}); break;
-    case gan_loss::kNs: f(std::integral_constant<Kind, gan_loss::kNs>{}); break;
-    case gan_loss::kLsgan: f(std::integral_constant<Kind, gan_loss::kLsgan>{}); break;
-    case gan_loss::kHinge: f(std::integral_constant<Kind, gan_loss::kHinge>{}); break;
-    default: f(std::integral_constant<Kind, gan_loss::kWgan>{}); break;
-  }
-}
-
 template <typename T>
 __device__ __forceinline__ T block_sum(T v, T* shared) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
@@ -152,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_cuda
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, real.scalar_type(), "gan_loss_forward_cuda", [&] {
     using acc_t = acc_of_t<scalar_t>;
-    dispatch_kind(kind, [&](auto k) {
+    gan_loss::dispatch_kind(kind, [&](auto k) {
       constexpr Kind K = decltype(k)::value;
       forward_partials_kernel<K, scalar_t, acc_t><<<nblocks, kThreads, 0, stream>>>(
           real.const_data_ptr<scalar_t>(), nr, fake.const_data_ptr<scalar_t>(), nf,
@@ -192,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward_cuda(
     using acc_t = acc_of_t<scalar_t>;
     const acc_t sr = mean ? acc_t(1) / static_cast<acc_t>(nr) : acc_t(1);
     const acc_t sf = mean ? acc_t(1) / static_cast<acc_t>(nf) : acc_t(1);
-    dispatch_kind(kind, [&](auto k) {
+    gan_loss::dispatch_kind(kind, [&](auto k) {
       constexpr Kind K = decltype(k)::value;
       if (output_mask[0]) {
         grad_real_kernel<K, scalar_t, acc_t><<<blocks_for(nr), kThreads, 0, stream>>>(
