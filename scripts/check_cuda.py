@@ -11,7 +11,6 @@ import glob
 import os
 import re
 import subprocess
-import sys
 import sysconfig
 import tempfile
 

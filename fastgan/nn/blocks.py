@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastgan import _backend
 from fastgan.nn import recompute
 from fastgan.ops import bn_act as _bn_act
 
@@ -52,15 +51,6 @@ def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor
     return z if memory_format is None else z.contiguous(memory_format=memory_format)
 
 
-def _bn_factor(bn: nn.BatchNorm2d) -> float:
-    """nn.BatchNorm2d.forward's momentum bookkeeping (num_batches_tracked included)."""
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    return factor
-
-
 def _use_folding(bn: nn.BatchNorm2d) -> bool:
     return not bn.training and bn.running_mean is not None and bn.running_var is not None
 
@@ -68,30 +58,12 @@ def _use_folding(bn: nn.BatchNorm2d) -> bool:
 # ---------------------------------------------------------------------------
 # Training: ATen conv, fused BN+act, output registered for recomputation.
 
-def _bn_act_with_stats(z: Tensor, bn: nn.BatchNorm2d,
-                       negative_slope: float) -> tuple[Tensor, Tensor, Tensor, str]:
-    factor = _bn_factor(bn)
-    track = not bn.training or bn.track_running_stats
-    rm = bn.running_mean if track else None
-    rv = bn.running_var if track else None
-    _bn_act.check_args(z, rm, rv, bn.weight, bn.bias, True, factor, bn.eps, negative_slope)
-    backend = _backend.select(_bn_act.OP, z.device, _bn_act.KERNELS)
-    if backend == "reference":
-        y, mean, var = _bn_act.reference_forward(z, bn.weight, bn.bias, None, None, True,
-                                                 bn.eps, negative_slope)
-    else:
-        y, mean, var = torch.ops.fastgan.bn_act_forward(z, bn.weight, bn.bias, None, None, True,
-                                                        bn.eps, negative_slope)
-    if bn.training and rm is not None:
-        _bn_act.update_running_stats(rm, rv, mean.detach(), var.detach(), factor,
-                                     z.numel() // z.shape[1])
-    return y, mean, var, backend
-
-
 def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
                    output_size: list[int] | None, memory_format) -> Tensor:
     z = conv_forward(conv, x, conv.weight, conv.bias, output_size, memory_format)
-    y, mean, var, backend = _bn_act_with_stats(z, bn, negative_slope)
+    rm, rv, bn_training, factor = _bn_act.module_args(bn)
+    y, mean, var, backend = _bn_act.forward_with_stats(z, rm, rv, bn.weight, bn.bias, bn_training,
+                                                       factor, bn.eps, negative_slope)
     if y.requires_grad and not torch.compiler.is_compiling():
         recompute.register(y, z, mean, var, bn.weight, bn.bias, bn.eps, negative_slope, backend)
     return y

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from fastgan.ops import bn_act as _bn_act
@@ -27,21 +26,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        # Same bookkeeping as nn.modules.batchnorm._BatchNorm.forward.
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-            else:
-                factor = self.momentum
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        track = not self.training or self.track_running_stats
-        return _bn_act.batch_norm_act(
-            input,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            self.weight, self.bias, bn_training, factor, self.eps, self.negative_slope)
+        rm, rv, bn_training, factor = _bn_act.module_args(self)
+        return _bn_act.batch_norm_act(input, rm, rv, self.weight, self.bias, bn_training, factor,
+                                      self.eps, self.negative_slope)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", negative_slope={self.negative_slope}"

@@ -234,11 +234,26 @@ def _triton_forward():
 # ---------------------------------------------------------------------------
 # The op as the rest of fastgan calls it.
 
-def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                   weight: Tensor | None = None, bias: Tensor | None = None,
-                   training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
-                   negative_slope: float = 0.2) -> Tensor:
-    """Fused `leaky_relu(batch_norm(x, ...), negative_slope)` (see fastgan.functional)."""
+def module_args(bn: torch.nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None, bool, float]:
+    """nn.BatchNorm2d.forward's bookkeeping for a module `bn`: (running_mean, running_var,
+    use batch statistics, momentum factor). In training it increments
+    num_batches_tracked, and momentum=None gives the cumulative average 1/n."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    bn_training = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return (bn.running_mean if track else None, bn.running_var if track else None, bn_training,
+            factor)
+
+
+def forward_with_stats(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                       weight: Tensor | None, bias: Tensor | None, training: bool,
+                       momentum: float, eps: float,
+                       negative_slope: float) -> tuple[Tensor, Tensor, Tensor, str]:
+    """batch_norm_act, also returning the statistics used (mean, biased var; fp32, or
+    fp64 for fp64 input) and the backend that ran (blocks recompute with the same one)."""
     check_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
                negative_slope)
     use_batch_stats = training or running_mean is None
@@ -257,4 +272,13 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if training and running_mean is not None:
         update_running_stats(running_mean, running_var, mean.detach(), var.detach(), momentum,
                              x.numel() // x.shape[1])
-    return y
+    return y, mean, var, backend
+
+
+def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                   weight: Tensor | None = None, bias: Tensor | None = None,
+                   training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+                   negative_slope: float = 0.2) -> Tensor:
+    """Fused `leaky_relu(batch_norm(x, ...), negative_slope)` (see fastgan.functional)."""
+    return forward_with_stats(x, running_mean, running_var, weight, bias, training, momentum,
+                              eps, negative_slope)[0]
