@@ -74,13 +74,7 @@ def _triton_reason() -> str | None:
 
 
 def backend_status() -> dict[str, tuple[bool, str | None]]:
-    """Each backend -> (usable here, why not)."""
-    return dict(_backend_status(os.environ.get("TRITON_INTERPRET")))
-
-
-@functools.lru_cache(maxsize=4)
-def _backend_status(_triton_interpret: str | None) -> tuple[tuple[str, tuple[bool, str | None]], ...]:
-    # Cached per value of TRITON_INTERPRET, the one input that may change at run time.
+    """Each backend -> (usable here, why not). Not on the hot path: select() caches."""
     ext_reason = None if _ext.ext_loaded() else f"fastgan._C is not loaded ({_ext.ext_error()})"
     cuda_reason = ext_reason
     if cuda_reason is None and not _ext.build_info().get("cuda"):
@@ -93,7 +87,7 @@ def _backend_status(_triton_interpret: str | None) -> tuple[tuple[str, tuple[boo
         "triton": _triton_reason(),
         "cuda": cuda_reason,
     }
-    return tuple((k, (v is None, v)) for k, v in status.items())
+    return {k: (v is None, v) for k, v in status.items()}
 
 
 def available_backends() -> list[str]:

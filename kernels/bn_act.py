@@ -111,15 +111,20 @@ def _inv_std(var, eps):
 
 
 @triton.jit
-def _col_range(pid_c, HW, CHANNELS_LAST: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Columns this program walks: its channel block (NHWC) or the whole plane (NCHW)."""
+def _extent(HW, ROWS, ROWS_PER_SPLIT, CHANNELS_LAST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """What this program walks, from its ids (channel block, row split): (pid_c, rows
+    [r_lo, r_hi), columns [k_lo, k_hi)) -- its channel block (NHWC) or the whole plane
+    (NCHW)."""
+    pid_c = tl.program_id(0)
+    r_lo = tl.program_id(1) * ROWS_PER_SPLIT
+    r_hi = tl.minimum(r_lo + ROWS_PER_SPLIT, ROWS)
     if CHANNELS_LAST:
         k_lo = pid_c * BLOCK_K
         k_hi = k_lo + BLOCK_K
     else:
         k_lo = 0
         k_hi = HW
-    return k_lo, k_hi
+    return pid_c, r_lo, r_hi, k_lo, k_hi
 
 
 @triton.jit
@@ -252,11 +257,7 @@ def _stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, pcnt_ptr, C, HW, ROWS, ROWS
     lanes. Never sum / sum-of-squares."""
     BLOCK_R: tl.constexpr = TILE // BLOCK_K
     acc_ty: tl.constexpr = pmean_ptr.dtype.element_ty
-    pid_c = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    r_lo = pid_s * ROWS_PER_SPLIT
-    r_hi = tl.minimum(r_lo + ROWS_PER_SPLIT, ROWS)
-    k_lo, k_hi = _col_range(pid_c, HW, CHANNELS_LAST, BLOCK_K)
+    pid_c, r_lo, r_hi, k_lo, k_hi = _extent(HW, ROWS, ROWS_PER_SPLIT, CHANNELS_LAST, BLOCK_K)
     mean = tl.zeros([BLOCK_R, BLOCK_K], acc_ty)
     m2 = tl.zeros([BLOCK_R, BLOCK_K], acc_ty)
     cnt = tl.zeros([BLOCK_R, BLOCK_K], acc_ty)
@@ -270,9 +271,12 @@ def _stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, pcnt_ptr, C, HW, ROWS, ROWS
             mean += tl.where(mask, delta / tl.maximum(cnt, 1.0), 0.0)
             m2 += tl.where(mask, delta * (x - mean), 0.0)
     mean, m2, cnt = _reduce_moments(mean, m2, cnt, CHANNELS_LAST)
-    _store_per_channel(pmean_ptr, pid_s, mean, pid_c, k_lo, C, CHANNELS_LAST, BLOCK_K)
-    _store_per_channel(pm2_ptr, pid_s, m2, pid_c, k_lo, C, CHANNELS_LAST, BLOCK_K)
-    _store_per_channel(pcnt_ptr, pid_s, cnt, pid_c, k_lo, C, CHANNELS_LAST, BLOCK_K)
+    _store_per_channel(pmean_ptr, tl.program_id(1), mean, pid_c, k_lo, C, CHANNELS_LAST,
+                       BLOCK_K)
+    _store_per_channel(pm2_ptr, tl.program_id(1), m2, pid_c, k_lo, C, CHANNELS_LAST,
+                       BLOCK_K)
+    _store_per_channel(pcnt_ptr, tl.program_id(1), cnt, pid_c, k_lo, C, CHANNELS_LAST,
+                       BLOCK_K)
 
 
 @triton.jit
@@ -309,11 +313,7 @@ def _apply_kernel(x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, C, HW, ROWS, RO
     """y = leaky(x * scale + shift), scale = w * invstd, shift = b - mean * scale."""
     BLOCK_R: tl.constexpr = TILE // BLOCK_K
     acc_ty: tl.constexpr = mean_ptr.dtype.element_ty
-    pid_c = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    r_lo = pid_s * ROWS_PER_SPLIT
-    r_hi = tl.minimum(r_lo + ROWS_PER_SPLIT, ROWS)
-    k_lo, k_hi = _col_range(pid_c, HW, CHANNELS_LAST, BLOCK_K)
+    pid_c, r_lo, r_hi, k_lo, k_hi = _extent(HW, ROWS, ROWS_PER_SPLIT, CHANNELS_LAST, BLOCK_K)
     slope = _f64(slope_hi, slope_lo, acc_ty)
     _mean, _invstd, _w, scale, shift = _channel_affine(
         mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, _f64(eps_hi, eps_lo, acc_ty), acc_ty,
@@ -338,11 +338,7 @@ def _grad_partial_kernel(dy_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, psum_pt
     dz = dy * leaky'(z) with z recomputed from x."""
     BLOCK_R: tl.constexpr = TILE // BLOCK_K
     acc_ty: tl.constexpr = mean_ptr.dtype.element_ty
-    pid_c = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    r_lo = pid_s * ROWS_PER_SPLIT
-    r_hi = tl.minimum(r_lo + ROWS_PER_SPLIT, ROWS)
-    k_lo, k_hi = _col_range(pid_c, HW, CHANNELS_LAST, BLOCK_K)
+    pid_c, r_lo, r_hi, k_lo, k_hi = _extent(HW, ROWS, ROWS_PER_SPLIT, CHANNELS_LAST, BLOCK_K)
     slope = _f64(slope_hi, slope_lo, acc_ty)
     mean, _invstd, _w, scale, shift = _channel_affine(
         mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, _f64(eps_hi, eps_lo, acc_ty), acc_ty,
@@ -358,9 +354,10 @@ def _grad_partial_kernel(dy_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, psum_pt
             dz = dy * _leaky_grad(x * scale + shift, slope)  # 0 on masked lanes (dy = 0)
             s_dz += dz
             s_dzx += dz * (x - mean)
-    _store_per_channel(psum_ptr, pid_s, _sum_per_channel(s_dz, CHANNELS_LAST), pid_c, k_lo, C,
+    split = tl.program_id(1)
+    _store_per_channel(psum_ptr, split, _sum_per_channel(s_dz, CHANNELS_LAST), pid_c, k_lo, C,
                        CHANNELS_LAST, BLOCK_K)
-    _store_per_channel(psumx_ptr, pid_s, _sum_per_channel(s_dzx, CHANNELS_LAST), pid_c, k_lo,
+    _store_per_channel(psumx_ptr, split, _sum_per_channel(s_dzx, CHANNELS_LAST), pid_c, k_lo,
                        C, CHANNELS_LAST, BLOCK_K)
 
 
@@ -401,11 +398,7 @@ def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, s
     mean_dz = sum(dz) / M, in eval both are 0 (the statistics are constants)."""
     BLOCK_R: tl.constexpr = TILE // BLOCK_K
     acc_ty: tl.constexpr = mean_ptr.dtype.element_ty
-    pid_c = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    r_lo = pid_s * ROWS_PER_SPLIT
-    r_hi = tl.minimum(r_lo + ROWS_PER_SPLIT, ROWS)
-    k_lo, k_hi = _col_range(pid_c, HW, CHANNELS_LAST, BLOCK_K)
+    pid_c, r_lo, r_hi, k_lo, k_hi = _extent(HW, ROWS, ROWS_PER_SPLIT, CHANNELS_LAST, BLOCK_K)
     slope = _f64(slope_hi, slope_lo, acc_ty)
     mean, invstd, w, scale, shift = _channel_affine(
         mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, _f64(eps_hi, eps_lo, acc_ty), acc_ty,

@@ -401,6 +401,24 @@ int64_t splits(int64_t channel_blocks, int64_t per_channel, int64_t threads_per_
   return std::min<int64_t>({want, useful, 1024});
 }
 
+// Launch shape of the per-channel reductions and the number S of partials per channel:
+// NCHW, blocks (C, S) of kThreads; NHWC, blocks (ceil(C / kTileC), S) of kTileC x kTileR.
+struct ReduceGrid {
+  dim3 grid, block;
+  int64_t splits;
+};
+
+ReduceGrid reduce_grid(bool channels_last, int64_t C, int64_t numel) {
+  const int64_t per_channel = numel / C;
+  if (channels_last) {
+    const int64_t ctiles = (C + kTileC - 1) / kTileC;
+    const int64_t S = splits(ctiles, per_channel, kTileR);
+    return {dim3(ctiles, S), dim3(kTileC, kTileR), S};
+  }
+  const int64_t S = splits(C, per_channel, kThreads);
+  return {dim3(C, S), dim3(kThreads), S};
+}
+
 int64_t elementwise_blocks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 32LL * num_sms()));
 }
@@ -440,22 +458,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_cuda(
     if (training) {
       mean = at::empty({C}, x.options().dtype(acc));
       var = at::empty({C}, x.options().dtype(acc));
-      int64_t S;
-      at::Tensor part;
+      const ReduceGrid rg = reduce_grid(cl, C, numel);
+      const int64_t S = rg.splits;
+      at::Tensor part = at::empty({3, C, S}, x.options().dtype(acc));
+      acc_t* pw = part.mutable_data_ptr<acc_t>();
       if (cl) {
-        const int64_t R = numel / C;
-        const int64_t ctiles = (C + kTileC - 1) / kTileC;
-        S = splits(ctiles, R, kTileR);
-        part = at::empty({3, C, S}, x.options().dtype(acc));
-        acc_t* pp = part.mutable_data_ptr<acc_t>();
-        stats_nhwc_kernel<scalar_t, acc_t><<<dim3(ctiles, S), dim3(kTileC, kTileR), 0, stream>>>(
-            x.const_data_ptr<scalar_t>(), C, R, pp, pp + C * S, pp + 2 * C * S);
+        stats_nhwc_kernel<scalar_t, acc_t><<<rg.grid, rg.block, 0, stream>>>(
+            x.const_data_ptr<scalar_t>(), C, numel / C, pw, pw + C * S, pw + 2 * C * S);
       } else {
-        S = splits(C, N * HW, kThreads);
-        part = at::empty({3, C, S}, x.options().dtype(acc));
-        acc_t* pp = part.mutable_data_ptr<acc_t>();
-        stats_nchw_kernel<scalar_t, acc_t><<<dim3(C, S), kThreads, 0, stream>>>(
-            x.const_data_ptr<scalar_t>(), C, HW, N * HW, pp, pp + C * S, pp + 2 * C * S);
+        stats_nchw_kernel<scalar_t, acc_t><<<rg.grid, rg.block, 0, stream>>>(
+            x.const_data_ptr<scalar_t>(), C, HW, N * HW, pw, pw + C * S, pw + 2 * C * S);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const acc_t* pp = part.const_data_ptr<acc_t>();
@@ -517,24 +529,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cuda(
         mean.const_data_ptr<acc_t>(), var.const_data_ptr<acc_t>(), C, opt_ptr<acc_t>(w),
         opt_ptr<acc_t>(b), aeps, scale, shift);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    int64_t S;
-    at::Tensor part;
+    const ReduceGrid rg = reduce_grid(cl, C, numel);
+    const int64_t S = rg.splits;
+    at::Tensor part = at::empty({2, C, S}, x.options().dtype(acc));
+    acc_t* pw = part.mutable_data_ptr<acc_t>();
     if (cl) {
-      const int64_t R = numel / C;
-      const int64_t ctiles = (C + kTileC - 1) / kTileC;
-      S = splits(ctiles, R, kTileR);
-      part = at::empty({2, C, S}, x.options().dtype(acc));
-      acc_t* pp = part.mutable_data_ptr<acc_t>();
-      grad_sums_nhwc_kernel<scalar_t, acc_t><<<dim3(ctiles, S), dim3(kTileC, kTileR), 0, stream>>>(
-          dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), C, R, scale, shift,
-          mean.const_data_ptr<acc_t>(), slope, pp, pp + C * S);
+      grad_sums_nhwc_kernel<scalar_t, acc_t><<<rg.grid, rg.block, 0, stream>>>(
+          dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), C, numel / C, scale, shift,
+          mean.const_data_ptr<acc_t>(), slope, pw, pw + C * S);
     } else {
-      S = splits(C, N * HW, kThreads);
-      part = at::empty({2, C, S}, x.options().dtype(acc));
-      acc_t* pp = part.mutable_data_ptr<acc_t>();
-      grad_sums_nchw_kernel<scalar_t, acc_t><<<dim3(C, S), kThreads, 0, stream>>>(
+      grad_sums_nchw_kernel<scalar_t, acc_t><<<rg.grid, rg.block, 0, stream>>>(
           dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), C, HW, N * HW, scale, shift,
-          mean.const_data_ptr<acc_t>(), slope, pp, pp + C * S);
+          mean.const_data_ptr<acc_t>(), slope, pw, pw + C * S);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const acc_t* pp = part.const_data_ptr<acc_t>();
