@@ -16,6 +16,8 @@ from fastgan.nn import ConvTranspose2dBNAct, Conv2dBNAct, recompute
 
 from bench.common import saved_tensor_bytes
 
+from _testutil import assert_close_scaled, randomise_bn
+
 BACKENDS = ["cpu", "reference"] if _ext.ext_loaded() else ["reference"]
 
 # (kernel, stride, padding, output_padding, dilation, groups), input spatial size
@@ -34,13 +36,7 @@ def _pair(transposed, cfg, cin=4, cout=6, slope=0.2, dtype=torch.float64, bias=F
     else:
         conv = nn.Conv2d(cin, cout, k, s, p, d, g, bias, dtype=dtype)
     bn = nn.BatchNorm2d(cout, dtype=dtype, **bn_kw)
-    with torch.no_grad():
-        if bn.affine:
-            bn.weight.uniform_(-1.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-        if bn.track_running_stats:
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2.0)
+    randomise_bn(bn)
     act = nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
     eager = nn.Sequential(conv, bn, act)
     cls = ConvTranspose2dBNAct if transposed else Conv2dBNAct
@@ -53,12 +49,6 @@ def _step(module, x, g):
     y = module(xi)
     y.backward(g.expand_as(y))
     return y.detach(), xi.grad
-
-
-def _close(a, b, tol):
-    a, b = a.double(), b.double()
-    scale = max(1.0, b.abs().max().item())
-    assert (a - b).abs().max().item() <= tol * scale, (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,7 +66,7 @@ def test_parity_train_then_eval(backend, dtype, slope, transposed, cfg, hw):
             _both(eager, fused, x, tol)
         eager.eval(), fused.eval()
         with torch.no_grad():
-            _close(fused(x), eager(x), tol)
+            assert_close_scaled(fused(x), eager(x), tol)
 
 
 def _both(eager, fused, x, tol):
@@ -86,12 +76,12 @@ def _both(eager, fused, x, tol):
     ye, yf = eager(xe), fused(xf)
     g = torch.randn_like(ye)
     ye.backward(g), yf.backward(g)
-    _close(yf.detach(), ye.detach(), tol)
-    _close(xf.grad, xe.grad, tol)
+    assert_close_scaled(yf.detach(), ye.detach(), tol)
+    assert_close_scaled(xf.grad, xe.grad, tol)
     for pe, pf in zip(eager.parameters(), fused.parameters()):
-        _close(pf.grad, pe.grad, tol)
+        assert_close_scaled(pf.grad, pe.grad, tol)
     for be, bf in zip(eager.buffers(), fused.buffers()):
-        _close(bf, be, tol) if be.is_floating_point() else torch.testing.assert_close(bf, be)
+        assert_close_scaled(bf, be, tol) if be.is_floating_point() else torch.testing.assert_close(bf, be)
 
 
 @pytest.mark.parametrize("momentum,affine,track,bias", [(None, True, True, False),
@@ -166,14 +156,14 @@ def test_eval_fold_cache():
         y = m(x)
         assert m._fold.value[0] is not w1
         ref = nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x)
-        _close(y, ref, 1e-5)
+        assert_close_scaled(y, ref, 1e-5)
         m.load_state_dict(ConvTranspose2dBNAct(4, 6, 4, 2, 1).state_dict())
-        _close(m(x), nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x), 1e-5)
+        assert_close_scaled(m(x), nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x), 1e-5)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     m(x).sum().backward()  # grad mode with trainable parameters: fold in the graph
     opt.step()
     with torch.no_grad():
-        _close(m(x), nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x), 1e-5)
+        assert_close_scaled(m(x), nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x), 1e-5)
     assert copy.deepcopy(m)._fold.key is None
 
 
@@ -194,7 +184,7 @@ def test_one_saved_tensor_per_block():
     xi, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
     fused(xi).square().sum().backward()
     eager(xe).square().sum().backward()
-    _close(xi.grad, xe.grad, 1e-5)
+    assert_close_scaled(xi.grad, xe.grad, 1e-5)
 
 
 def test_recompute_scope_chains_outer_hooks_and_checks_versions():
@@ -236,7 +226,7 @@ def test_channels_last_and_bf16_autocast(transposed):
         yf, gxf = _step(fused, x, torch.ones(1))
         assert yf.is_contiguous(memory_format=torch.channels_last)
         assert gxf.is_contiguous(memory_format=torch.channels_last)
-        _close(yf, ye, 1e-5)
+        assert_close_scaled(yf, ye, 1e-5)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ye, gxe = _step(eager, x, torch.ones(1))
             yf, gxf = _step(fused, x, torch.ones(1))
@@ -256,8 +246,8 @@ def test_compile_fullgraph():
         compiled.train(train), eager.train(train)
         yc, gc = _step(compiled, x, torch.ones(1))
         ye, ge = _step(eager, x, torch.ones(1))
-        _close(yc, ye, 1e-5)
-        _close(gc, ge, 1e-5)
+        assert_close_scaled(yc, ye, 1e-5)
+        assert_close_scaled(gc, ge, 1e-5)
     torch.testing.assert_close(compiled.bn.running_var, eager[1].running_var)
 
 

@@ -15,6 +15,8 @@ from fastgan import _ext
 from fastgan.functional import batch_norm_act
 from fastgan.ops import bn_act as bn_act_op
 
+from _testutil import assert_close_scaled, randomise_bn
+
 HAVE_C = _ext.ext_loaded()
 needs_c = pytest.mark.skipif(not HAVE_C, reason=f"fastgan._C not loaded: {_ext.ext_error()}")
 BACKENDS = ["cpu", "reference"] if HAVE_C else ["reference"]
@@ -44,16 +46,6 @@ def _fused_from(eager):
     return m
 
 
-def _randomise(bn):
-    with torch.no_grad():
-        if bn.affine:
-            bn.weight.uniform_(-1.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-        if bn.track_running_stats:
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2.0)
-
-
 def _input(shape, dtype, channels_last, mean=0.0, std=1.0):
     x = (torch.randn(shape, dtype=torch.float64) * std + mean).to(dtype)
     if channels_last:
@@ -74,13 +66,6 @@ def _run(module, x, grad, steps=1):
     return outs, gxs, params
 
 
-def _close(a, b, tol):
-    a, b = a.double(), b.double()
-    scale = max(1.0, b.abs().max().item())
-    err = (a - b).abs().max().item()
-    assert err <= tol * scale, f"max error {err:.3e} > {tol:.1e} * {scale:.3g}"
-
-
 # ---------------------------------------------------------------------------
 # Parity with eager modules
 
@@ -91,7 +76,7 @@ def _close(a, b, tol):
 def test_parity_train_then_eval(backend, shape, dtype, tol, channels_last):
     C = shape[1]
     eager = _eager(C, 0.2, dtype)
-    _randomise(eager[0])
+    randomise_bn(eager[0])
     fused = _fused_from(eager)
     x = _input(shape, dtype, channels_last, mean=1.0, std=3.0)
     g = _input(shape, dtype, channels_last)
@@ -103,15 +88,15 @@ def test_parity_train_then_eval(backend, shape, dtype, tol, channels_last):
     eager.eval()
     eo_e, eg_e, _ = _run(eager, x, g)
     for a, b in zip(fo + fg + fo_e + fg_e, eo + eg + eo_e + eg_e):
-        _close(a, b, tol)
+        assert_close_scaled(a, b, tol)
         if channels_last and min(shape[2:]) > 1 and shape[1] > 1:
             assert a.is_contiguous(memory_format=torch.channels_last)
     for k in ep:
-        _close(fp[k.replace("0.", "")], ep[k], tol * 10)
+        assert_close_scaled(fp[k.replace("0.", "")], ep[k], tol * 10)
     sd_f, sd_e = fused.state_dict(), eager[0].state_dict()
     assert sd_f.keys() == sd_e.keys()
     for k in sd_e:
-        _close(sd_f[k], sd_e[k], tol)
+        assert_close_scaled(sd_f[k], sd_e[k], tol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -121,7 +106,7 @@ def test_parity_options(backend, slope, momentum, affine, track):
     shape = (3, 6, 5, 7)
     eager = _eager(shape[1], slope, torch.float64, momentum=momentum, affine=affine,
                    track_running_stats=track)
-    _randomise(eager[0])
+    randomise_bn(eager[0])
     fused = _fused_from(eager)
     x = _input(shape, torch.float64, False, mean=-0.5, std=2.0)
     g = _input(shape, torch.float64, False)
@@ -132,11 +117,11 @@ def test_parity_options(backend, slope, momentum, affine, track):
             fo, fg, fp = _run(fused, x, g, steps=3)
         eo, eg, ep = _run(eager, x, g, steps=3)
         for a, b in zip(fo + fg, eo + eg):
-            _close(a, b, 1e-9)
+            assert_close_scaled(a, b, 1e-9)
         for k in ep:
-            _close(fp[k.replace("0.", "")], ep[k], 1e-9)
+            assert_close_scaled(fp[k.replace("0.", "")], ep[k], 1e-9)
         for k, v in eager[0].state_dict().items():
-            _close(fused.state_dict()[k], v, 1e-12)
+            assert_close_scaled(fused.state_dict()[k], v, 1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -147,7 +132,7 @@ def test_bf16_error_at_most_twice_eager(backend, channels_last, training, param_
     """bf16 (large mean, small std): error against an fp64 reference within 2x eager's."""
     shape = (4, 12, 9, 11)
     ref = _eager(shape[1], 0.2, torch.float64)
-    _randomise(ref[0])
+    randomise_bn(ref[0])
     ref.train(training)
     eager = copy.deepcopy(ref).to(param_dtype)
     fused = _fused_from(ref).to(param_dtype)
@@ -178,9 +163,9 @@ def test_large_mean_fp32_statistics(backend):
     with fastgan.use_backend(backend):
         y = batch_norm_act(x, rm, rv, None, None, True, 1.0, 1e-5, 0.2)
     ref, *_ = bn_act_op.reference_forward(x.double(), None, None, None, None, True, 1e-5, 0.2)
-    _close(y, ref, 2e-3)  # input rounding (ulp(1e4) = 1e-3) bounds what is achievable
+    assert_close_scaled(y, ref, 2e-3)  # input rounding (ulp(1e4) = 1e-3) bounds what is achievable
     var64 = x.double().var(dim=(0, 2, 3), unbiased=True)
-    _close(rv, var64, 1e-5)
+    assert_close_scaled(rv, var64, 1e-5)
 
 
 @needs_c
@@ -191,7 +176,7 @@ def test_fp16_cpu_matches_reference():
         y = batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, 0.2)
     ref, *_ = bn_act_op.reference_forward(x.double(), w.double(), b.double(), None, None, True,
                                           1e-5, 0.2)
-    _close(y, ref, 4e-3)
+    assert_close_scaled(y, ref, 4e-3)
     assert y.dtype == torch.float16
 
 
@@ -213,8 +198,8 @@ def test_layout_paths_agree_with_reference(shape):
         yr, *_ = bn_act_op.reference_forward(xr, w.double(), b.double(), None, None, True,
                                              1e-5, 0.2)
         (gr,) = torch.autograd.grad(yr, xr, g[:, :, : inp.shape[2]].double())
-        _close(y, yr, 2e-5)
-        _close(gx, gr, 2e-5)
+        assert_close_scaled(y, yr, 2e-5)
+        assert_close_scaled(gx, gr, 2e-5)
 
 
 @needs_c
@@ -328,8 +313,8 @@ def test_torch_compile_fullgraph(channels_last):
         co, cg, cp = _run(compiled, x, g, steps=2)
     eo, eg, ep = _run(eager, x, g, steps=2)
     for a, b in zip(co + cg, eo + eg):
-        _close(a, b, 2e-5)
-    _close(compiled.running_var, eager[0].running_var, 1e-6)
+        assert_close_scaled(a, b, 2e-5)
+    assert_close_scaled(compiled.running_var, eager[0].running_var, 1e-6)
     assert int(compiled.num_batches_tracked) == 2
 
 
@@ -337,7 +322,7 @@ def test_torch_compile_fullgraph(channels_last):
 def test_double_backward_gradient_penalty_matches_eager():
     """create_graph=True (R1 / WGAN-GP style) goes through the differentiable composite."""
     eager = _eager(5, 0.2, torch.float64)
-    _randomise(eager[0])
+    randomise_bn(eager[0])
     fused = _fused_from(eager)
     x = _input((4, 5, 6, 6), torch.float64, False)
     out = []
@@ -348,11 +333,11 @@ def test_double_backward_gradient_penalty_matches_eager():
             (g,) = torch.autograd.grad(y.square().sum(), xi, create_graph=True)
             g.square().sum().backward()
         out.append((g.detach(), [p.grad.clone() for p in m.parameters()]))
-    _close(out[0][0], out[1][0], 1e-9)
+    assert_close_scaled(out[0][0], out[1][0], 1e-9)
     # Second-order terms: eager's batchnorm_double_backward and our composite sum in
     # different orders; both pass gradgradcheck, and agree to ~1e-9 relative.
     for a, b in zip(out[0][1], out[1][1]):
-        _close(a, b, 1e-7)
+        assert_close_scaled(a, b, 1e-7)
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +345,7 @@ def test_double_backward_gradient_penalty_matches_eager():
 
 def test_state_dict_round_trip_both_ways():
     bn = nn.BatchNorm2d(7)
-    _randomise(bn)
+    randomise_bn(bn)
     fused = fastgan.nn.BatchNormAct2d(7, negative_slope=0.0)
     fused.load_state_dict(bn.state_dict())
     bn2 = nn.BatchNorm2d(7)

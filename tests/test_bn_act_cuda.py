@@ -16,6 +16,8 @@ from fastgan import _ext
 from fastgan.functional import batch_norm_act
 from fastgan.ops import bn_act as bn_act_op
 
+from _testutil import assert_close_scaled
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILT_CUDA = bool(_ext.build_info().get("cuda"))
 
@@ -46,12 +48,6 @@ def test_cuda_kernels_compile_for_sm80_sm90_without_spills():
 # ---------------------------------------------------------------------------
 # On a GPU
 
-def _close(a, b, tol):
-    a, b = a.double().cpu(), b.double().cpu()
-    scale = max(1.0, b.abs().max().item())
-    assert (a - b).abs().max().item() <= tol * scale
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-10),
                                        (torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
@@ -78,7 +74,7 @@ def test_cuda_matches_reference(dtype, tol, channels_last, training, shape, slop
         y.backward(g)
         outs[backend] = (y, xi.grad, wi.grad, bi.grad, rmi, rvi)
     for a, r in zip(outs["cuda"], outs["reference"]):
-        _close(a, r, tol)
+        assert_close_scaled(a, r, tol)
     if channels_last and min(shape[2:]) > 1:
         assert outs["cuda"][0].is_contiguous(memory_format=torch.channels_last)
 
@@ -111,8 +107,8 @@ def test_cuda_matches_cpu_kernel_and_opcheck():
     y_cpu, m_cpu, v_cpu = torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 1e-5, 0.2)
     y_gpu, m_gpu, v_gpu = torch.ops.fastgan.bn_act_forward(x.cuda(), w.cuda(), b.cuda(), None,
                                                            None, True, 1e-5, 0.2)
-    _close(y_gpu, y_cpu, 1e-10)
-    _close(v_gpu, v_cpu, 1e-10)
+    assert_close_scaled(y_gpu, y_cpu, 1e-10)
+    assert_close_scaled(v_gpu, v_cpu, 1e-10)
     torch.library.opcheck(torch.ops.fastgan.bn_act_forward.default,
                            (x.cuda(), w.cuda(), b.cuda(), None, None, True, 1e-5, 0.2))
     args = (x.cuda().float(), None, None, None, None, True, 1e-5, 0.0)
@@ -121,4 +117,4 @@ def test_cuda_matches_cpu_kernel_and_opcheck():
                           (torch.randn_like(y), args[0], None, None, mean, var, True, 1e-5, 0.0,
                            [True, False, False]))
     ref, *_ = bn_act_op.reference_forward(args[0], None, None, None, None, True, 1e-5, 0.0)
-    _close(y, ref, 2e-5)
+    assert_close_scaled(y, ref, 2e-5)
