@@ -14,6 +14,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import sys
 from typing import Iterator
 
 import torch
@@ -23,6 +24,16 @@ from fastgan import _ext
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 _ENV = "FASTGAN_BACKEND"
 _stack: list[str] = []  # use_backend() nesting; a plain list so torch.compile can read it
+
+
+def _constant_result(fn):
+    """torch.compiler.assume_constant_result, without importing torch._dynamo (and with
+    it triton, ~1.5 s) when fastgan is imported: that function only sets the marker below,
+    which dynamo reads when it traces. Once dynamo is loaded, the public call is used."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def _check_name(name: str, source: str) -> str:
@@ -47,7 +58,7 @@ def use_backend(name: str) -> Iterator[None]:
         _stack.pop()
 
 
-@torch.compiler.assume_constant_result
+@_constant_result
 def requested_backend() -> str:
     """The backend asked for: innermost use_backend(), else $FASTGAN_BACKEND, else auto."""
     if _stack:
@@ -115,7 +126,7 @@ def _runs_on(backend: str, device: torch.device) -> bool:
 _selected: dict[tuple, str] = {}
 
 
-@torch.compiler.assume_constant_result
+@_constant_result
 def select(op: str, device: torch.device, kernels: tuple[str, ...]) -> str:
     """The backend to run `op` on `device`; `kernels` lists the backends that have a kernel for it."""
     name = requested_backend()

@@ -135,3 +135,17 @@ def test_fastgan_demo_command_small():
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "speedup vs eager" in r.stdout
+
+
+def test_import_stays_light():
+    """`import fastgan` loads neither torch._dynamo nor triton (they cost seconds), and
+    the backend choice is still a constant for torch.compile."""
+    r = _run_py("import sys, fastgan\n"
+                "from fastgan import _backend\n"
+                "assert 'torch._dynamo' not in sys.modules\n"
+                "assert 'triton' not in sys.modules\n"
+                "assert _backend.select._dynamo_marked_constant\n"
+                "assert _backend.requested_backend._dynamo_marked_constant\n"
+                "print('ok')\n")
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
