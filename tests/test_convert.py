@@ -16,6 +16,7 @@ from torch import nn
 import fastgan
 from fastgan.models import Discriminator, Generator, weights_init
 from fastgan.nn import FusedSequential
+from fastgan.nn.blocks import weight_copies
 
 from bench.common import saved_tensor_bytes
 
@@ -175,6 +176,59 @@ def test_channels_last_end_to_end():
         torch.testing.assert_close(out, G.eval()(z), rtol=1e-4, atol=1e-5)
 
 
+def test_nchw_training_runs_channels_last_inside():
+    """Training a converted multi-layer Sequential on the CPU with NCHW input: the layers
+    run in channels_last, the caller sees NCHW output and NCHW gradients, and values and
+    gradients match eager."""
+    torch.manual_seed(0)
+    G, D = _pair()
+    Gc, Dc = fastgan.convert(G), fastgan.convert(D)
+    z = torch.randn(4, 100, 1, 1)
+    img = torch.randn(4, 3, 64, 64, requires_grad=True)
+    imgc = img.detach().clone().requires_grad_()
+    fake, fakec = G(z), Gc(z)
+    assert fakec.is_contiguous() and fakec.shape == fake.shape
+    torch.testing.assert_close(fakec, fake, rtol=1e-4, atol=1e-5)
+    out, outc = D(img) + D(fake).mean(), Dc(imgc) + Dc(fakec).mean()
+    torch.testing.assert_close(outc, out, rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    outc.sum().backward()
+    assert imgc.grad.is_contiguous()
+    _close_scaled(imgc.grad, img.grad)
+    for (name, p), pc in zip(list(G.named_parameters()) + list(D.named_parameters()),
+                             list(Gc.parameters()) + list(Dc.parameters())):
+        assert pc.grad.stride() == p.stride(), name  # gradients keep the parameters' layout
+        _close_scaled(pc.grad, p.grad)
+    assert weight_copies(Dc)  # the conv weights ran from their channels_last copies
+
+
+@pytest.mark.parametrize("change", ["inplace", "optimizer", "new_parameter", "load_state_dict"])
+def test_weight_copies_follow_the_weights(change):
+    """The cached channels_last weight copies are rebuilt whenever a weight changes."""
+    torch.manual_seed(0)
+    _, D = _pair()
+    Dc = fastgan.convert(copy.deepcopy(D))
+    x = torch.randn(4, 3, 64, 64)
+    Dc(x).sum().backward()
+    conv = Dc.main[2]
+    if change == "inplace":
+        with torch.no_grad():
+            conv.weight.mul_(-2.0)
+    elif change == "optimizer":
+        torch.optim.SGD(Dc.parameters(), lr=10.0).step()
+    elif change == "new_parameter":
+        conv.weight = nn.Parameter(torch.randn_like(conv.weight) * 0.05)
+    else:
+        sd = {k: v * 0.5 if k.endswith("weight") else v for k, v in D.state_dict().items()}
+        Dc.load_state_dict(sd)
+    D.load_state_dict(Dc.state_dict())
+    for mode in ("train", "eval"):
+        D.train(mode == "train"), Dc.train(mode == "train")
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                torch.testing.assert_close(Dc(x), D(x), rtol=1e-4, atol=1e-5)
+
+
 def test_bf16_autocast():
     G, D = _pair()
     Gc, Dc = fastgan.convert(G), fastgan.convert(D)
@@ -208,7 +262,8 @@ def test_generator_saved_activation_memory():
     Gc = fastgan.convert(G)
     z = torch.randn(64, 100, 1, 1)
     eager = saved_tensor_bytes(lambda: G(z), tuple(G.parameters()))
-    fused = saved_tensor_bytes(lambda: Gc(z), tuple(Gc.parameters()))
+    fused = saved_tensor_bytes(lambda: Gc(z),
+                               lambda: [*Gc.parameters(), *weight_copies(Gc)])
     block_outputs = 64 * 4 * (512 * 4 * 4 + 256 * 8 * 8 + 128 * 16 * 16 + 64 * 32 * 32)
     assert eager >= 2 * block_outputs  # conv output + BN/ReLU output per block
     assert fused <= 0.55 * eager, (fused, eager, fused / eager)

@@ -21,6 +21,8 @@ in the graph instead.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,12 +35,9 @@ def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor
                  bias: Tensor | None, output_size: list[int] | None = None,
                  memory_format: torch.memory_format | None = None) -> Tensor:
     """`conv(x)` with the given weight and bias (padding modes and output_size included)."""
-    if (x.device.type == "cpu" and weight.is_contiguous() and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not (torch.is_grad_enabled() and weight.requires_grad)):
-        # Inference: oneDNN would reorder an NCHW weight for a channels_last input on every
-        # call. (With autograd the copy would be saved: a weight-sized tensor per layer.)
-        weight = weight.contiguous(memory_format=torch.channels_last)
+    if (x.device.type == "cpu" and weight.dim() == 4 and weight.is_contiguous()
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+        weight = channels_last_weight(conv, weight)
     if isinstance(conv, nn.ConvTranspose2d):
         output_padding = conv._output_padding(x, output_size, list(conv.stride),
                                               list(conv.padding), list(conv.kernel_size), 2,
@@ -49,6 +48,49 @@ def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor
         z = conv._conv_forward(x, weight, bias)
     # (N, C, 1, 1) inputs are NCHW and channels_last at once; ATen then picks NCHW.
     return z if memory_format is None else z.contiguous(memory_format=memory_format)
+
+
+class _SameValues(torch.autograd.Function):
+    """`weight` in the layout of `like` (a copy of weight's values made by the caller):
+    forward returns `like`, backward passes the gradient through to `weight`."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, like: Tensor) -> Tensor:
+        return like.detach()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+def channels_last_weight(conv: nn.Module, weight: Tensor) -> Tensor:
+    """`weight` (NCHW) as a channels_last tensor for a channels_last convolution on the CPU.
+    oneDNN would otherwise reorder the NCHW weight on every call: three times per training
+    step and layer for forward, input and weight gradients, more when a discriminator runs
+    on real and fake batches. The copy is cached on the module, keyed by the weight's
+    storage and version counter, so it is made once per optimizer step; autograd sees a
+    pass-through to the parameter. Under torch.compile or autocast (which keeps its own
+    cast cache of the parameter) the conv gets the weight as it is."""
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return weight
+    cached = conv.__dict__.get("_fastgan_cl_weight")
+    # the source is held weakly and compared by identity: a new tensor at a freed one's
+    # address, with the same version, must not hit
+    if cached is None or cached[0]() is not weight or cached[1] != weight._version:
+        with torch.no_grad():
+            cached = (weakref.ref(weight), weight._version,
+                      weight.contiguous(memory_format=torch.channels_last))
+        conv.__dict__["_fastgan_cl_weight"] = cached
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return _SameValues.apply(weight, cached[2])
+    return cached[2]
+
+
+def weight_copies(module: nn.Module) -> list[Tensor]:
+    """The channels_last weight copies kept on `module`'s convolutions (see
+    channels_last_weight): weights, not activations, when counting memory."""
+    return [m.__dict__["_fastgan_cl_weight"][2] for m in module.modules()
+            if "_fastgan_cl_weight" in m.__dict__]
 
 
 def _use_folding(bn: nn.BatchNorm2d) -> bool:

@@ -5,8 +5,8 @@ children, their names, parameters, buffers, hooks and state_dict keys stay exact
 they were (`seq[0]` is still the nn.ConvTranspose2d, `seq[1]` the nn.BatchNorm2d), only
 forward() changes. Runs are found again whenever the children change.
 
-Under no_grad on the CPU an NCHW input is run in channels_last through the convolutions
-and elementwise layers of the Sequential (see _wants_channels_last) and returned NCHW.
+On the CPU an NCHW input is run in channels_last through the convolutions and
+elementwise layers of the Sequential and returned NCHW (see _wants_channels_last).
 """
 
 from __future__ import annotations
@@ -85,16 +85,27 @@ _LAYOUT_AGNOSTIC = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Tan
                     nn.Identity)
 
 
+def _conv_count(steps: list) -> int:
+    return sum(1 for s in steps
+               if isinstance(s, tuple) or isinstance(s, (nn.Conv2d, nn.ConvTranspose2d)))
+
+
 def _wants_channels_last(x: Tensor, steps: list) -> bool:
-    """Inference on the CPU: oneDNN convolutions are much faster in channels_last, and NCHW
-    ones copy their output, so an NCHW input runs the conv runs in channels_last and the
-    result comes back contiguous (what the caller sees keeps its layout). Not under
-    autograd: for a lone block the relayout of the input, output and their gradients
-    costs more than it saves (measured); convert the model to channels_last to train in
-    it. Models already in channels_last, or inputs in other layouts, are left as they are."""
-    if not (isinstance(x, Tensor) and not torch.is_grad_enabled() and x.dim() == 4
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and x.is_contiguous()):
+    """Whether to run this Sequential's convolutions in channels_last for an NCHW input.
+
+    On the CPU, oneDNN's convolutions (forward and both backward passes) are faster in
+    channels_last than in NCHW, where they also reorder their inputs and outputs. So an
+    NCHW input is relaid once on entry, every conv run and elementwise layer runs in
+    channels_last, and the result is made contiguous again on exit: the caller sees NCHW
+    values and NCHW gradients. With autograd this pays only when the entry and exit
+    copies (and their gradients) are shared by two or more convolutions; for a lone
+    block it costs more than it saves (measured), so a one-conv Sequential stays NCHW in
+    training. Models already in channels_last, other layouts, and devices other than
+    the CPU are left as they are."""
+    if not (isinstance(x, Tensor) and x.dim() == 4 and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()):
+        return False
+    if torch.is_grad_enabled() and _conv_count(steps) < 2:
         return False
     first = next((s[0] for s in steps if isinstance(s, tuple)), None)
     w = first.weight if first is not None else None
