@@ -13,6 +13,12 @@
 #define FASTGAN_CUDA_ARCHS ""
 #endif
 
+namespace fastgan {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_call(
+    const at::Tensor& real, const at::Tensor& fake, const std::string& kind,
+    const std::string& reduction, double real_label);
+}  // namespace fastgan
+
 namespace {
 
 bool cpu_supports_build_isa() {
@@ -57,4 +63,6 @@ PYBIND11_MODULE(_C, m) {
   }
   m.doc() = "fastgan compiled kernels (CPU, and CUDA when built with it)";
   m.def("build_info", &build_info, "How this extension was built");
+  m.def("gan_loss_forward", &fastgan::gan_loss_forward_call,
+        "fastgan::gan_loss_forward without torch.ops' boxed call (eager fast path)");
 }
