@@ -12,12 +12,19 @@ so module names, parameters, buffers, state_dict keys and values, and class-name
 init functions (the classic DCGAN `weights_init`, which looks for 'Conv' and 'BatchNorm')
 are exactly as before. Checkpoints load both ways. The converted model's forward opens a
 recompute scope (fastgan.nn.recompute), so any layer that saves a block output for
-backward keeps the block's conv output instead.
+backward keeps the block's conv output instead. On the CPU, a converted Sequential with
+two or more convolutions runs them in channels_last for an NCHW input (oneDNN's
+convolutions are faster there, forward and backward) and returns NCHW; the
+convolutions then use a cached channels_last copy of their weights (one extra copy of
+the conv weights in memory, rebuilt when a weight changes). Models already in
+channels_last stay in it end to end.
 
 Not converted (reported): runs where a module has forward/backward hooks (the old
 hook-based spectral_norm, say; torch.nn.utils.parametrizations are fine), subclasses of
 Conv2d/BatchNorm2d/ReLU/LeakyReLU (SyncBatchNorm, custom layers), Sequential subclasses
-that override forward, Conv -> LeakyReLU without BatchNorm (no fused op for it yet), and
+that override forward, Conv -> LeakyReLU without BatchNorm (it would not pay: the
+in-place activation already keeps one tensor, and its pass is a few percent of the
+convolution's; such layers still run in channels_last with the rest), and
 layers called from a custom module's forward() rather than held in an nn.Sequential
 (build those with fastgan.nn.ConvTranspose2dBNAct / Conv2dBNAct, or put the run in an
 nn.Sequential).

@@ -356,7 +356,8 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
         }
       }
     });
-    at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
+    // nblk * C merges: a thread team only pays for itself on large inputs
+    at::parallel_for(0, C, nblk * C < 65536 ? C + 1 : 16, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         double m = 0, m2 = 0;
         int64_t cnt = 0;
