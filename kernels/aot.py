@@ -3,12 +3,13 @@
     python -m fastgan.kernels.aot [--arch 80 90] [--quick]
 
 Each kernel module lists representative calls of its host launchers (`aot_cases()`:
-DCGAN shapes, odd shapes, NCHW and channels_last, each dtype class). They run on meta
-tensors with the kernel launches recorded instead of executed, so the compiled
-specialisations are exactly the ones the launchers would create: same constexprs, the
-same integer specialisation as Triton's JIT (1 -> constexpr, multiples of 16 -> aligned,
-i32/i64 by range), 16-byte aligned pointers, and every autotune config that survives
-the pruning for that shape. Each is compiled with
+DCGAN shapes, odd shapes, NCHW and channels_last for bn_act; GAN batches and large
+inputs for gan_loss; each dtype class). They run on meta tensors with the kernel
+launches recorded instead of executed, so the compiled specialisations are exactly the
+ones the launchers would create: same constexprs, the same integer specialisation as
+Triton's JIT (1 and None -> constexpr, multiples of 16 -> aligned, i32/i64 by range),
+16-byte aligned pointers, and every autotune config that survives the pruning for that
+shape. Each is compiled with
 triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)); printed per kernel:
 registers and stack frame (cuobjdump -res-usage of the cubin), Triton's shared memory
 (metadata, bytes) and spill bytes, stores + loads (ptxas -v with Triton's flags, whose
@@ -106,7 +107,8 @@ def _specs(launch: Launch) -> list[Spec]:
         signature, constexprs, aligned = [], [], []
         for i, name in enumerate(fn.arg_names):
             v = bound[name]
-            if i in fn.constexprs or (isinstance(v, int) and not isinstance(v, bool) and v == 1):
+            if (i in fn.constexprs or v is None
+                    or (isinstance(v, int) and not isinstance(v, bool) and v == 1)):
                 signature.append((name, "constexpr"))
                 constexprs.append((name, v))
             elif isinstance(v, torch.Tensor):
@@ -204,8 +206,8 @@ def compile_spec(spec: Spec, arch: int) -> dict[str, Any]:
 
 
 def _modules() -> list:
-    from fastgan.kernels import bn_act
-    return [bn_act]
+    from fastgan.kernels import bn_act, gan_loss
+    return [bn_act, gan_loss]
 
 
 def main(argv: list[str] | None = None) -> int:

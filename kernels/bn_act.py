@@ -36,12 +36,15 @@ fp64 reference to 1e-10. Offsets are 64-bit when the input has >= 2**31 elements
 from __future__ import annotations
 
 import os
-import struct
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
+
+from fastgan.kernels._common import acc_dtype as _acc_dtype
+from fastgan.kernels._common import f64 as _f64
+from fastgan.kernels._common import split_f64 as _split_f64
 
 # 64-bit offsets from this many elements on (a module attribute so tests can lower it).
 INDEX64_MIN_NUMEL = 2**31
@@ -95,12 +98,6 @@ def _autotune(configs):
 
 # ---------------------------------------------------------------------------
 # Shared device helpers (the math of csrc/bn_act_math.h, once).
-
-@triton.jit
-def _f64(hi, lo, acc_ty: tl.constexpr):
-    """A host double passed as an fp32 (hi, lo) pair, in the accumulation type."""
-    return tl.cast(hi, acc_ty) + tl.cast(lo, acc_ty)
-
 
 @triton.jit
 def _inv_std(var, eps):
@@ -423,16 +420,6 @@ def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, s
 
 # ---------------------------------------------------------------------------
 # Host side.
-
-def _split_f64(v: float) -> tuple[float, float]:
-    """(hi, lo) fp32 values with hi + lo == v to ~2^-48 (Triton passes floats as fp32)."""
-    hi = struct.unpack("f", struct.pack("f", v))[0]
-    return hi, float(v - hi)
-
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
 
 def _channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)

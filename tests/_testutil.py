@@ -23,3 +23,23 @@ def assert_close_scaled(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
     scale = max(1.0, b.abs().max().item())
     err = (a - b).abs().max().item()
     assert err <= tol * scale, f"max error {err:.3e} > {tol:.1e} * {scale:.3g}"
+
+
+def round_bf16_like_the_gpu() -> None:
+    """Triton 3.8's interpreter truncates fp32 -> bf16 casts; GPUs round to nearest even
+    (cvt.rn.bf16.f32). Make the interpreter round like the hardware, so that bf16 results
+    are held to the same tolerance as on a GPU."""
+    import numpy as np
+    from triton import language as tl
+    from triton.runtime import interpreter
+
+    cast = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            bits = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16)
+            data = bits.view(torch.int16).numpy().view(np.uint16)
+            return interpreter.TensorHandle(data, dst_type.scalar)
+        return cast(self, src, dst_type)
+
+    interpreter.InterpreterBuilder.cast_impl = cast_impl

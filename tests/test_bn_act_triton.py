@@ -26,6 +26,7 @@ import zlib
 
 import pytest
 import torch
+from _testutil import round_bf16_like_the_gpu
 
 import fastgan
 from fastgan.ops import bn_act as B
@@ -319,29 +320,9 @@ EXTRA_CHECKS = {"op_masks": check_op_masks, "large_mean": check_large_mean,
 INTERP_OPCHECK = ("test_schema", "test_autograd_registration")  # fake tensors need a GPU
 
 
-def _round_bf16_like_the_gpu() -> None:
-    """Triton 3.8's interpreter truncates fp32 -> bf16 casts; GPUs round to nearest even
-    (cvt.rn.bf16.f32). Make the interpreter round like the hardware, so that bf16 results
-    are held to the same tolerance as on a GPU."""
-    import numpy as np
-    from triton import language as tl
-    from triton.runtime import interpreter
-
-    cast = interpreter.InterpreterBuilder.cast_impl
-
-    def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            bits = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16)
-            data = bits.view(torch.int16).numpy().view(np.uint16)
-            return interpreter.TensorHandle(data, dst_type.scalar)
-        return cast(self, src, dst_type)
-
-    interpreter.InterpreterBuilder.cast_impl = cast_impl
-
-
 def _run_worker() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    _round_bf16_like_the_gpu()
+    round_bf16_like_the_gpu()
     torch.set_num_threads(1)
     results = {}
 

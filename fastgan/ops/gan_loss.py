@@ -8,7 +8,8 @@ Its autograd is registered in C++ next to the schema (a Python autograd.Function
 would cost more than the whole op at GAN batch sizes); backward recomputes the
 per-element derivatives from the saved logits (fastgan::gan_loss_backward), so the
 op keeps nothing but its inputs for backward. Double backward is not supported: it
-raises instead of returning a wrong zero.
+raises instead of returning a wrong zero. The `triton` backend
+(fastgan/ops/gan_loss_triton.py, kernels/gan_loss.py) has the same schema and behaviour.
 
 Kinds (DESIGN.md): each term is a mean (or sum) over its own batch; with
 real_label = t the logistic kinds' real term is binary_cross_entropy_with_logits(r, t).
@@ -146,6 +147,13 @@ if _ext.ext_loaded() and hasattr(torch.ops.fastgan, "gan_loss_forward"):
     _forward = torch.ops.fastgan.gan_loss_forward.default
     # the same op through a pybind binding (eager callers; ~1 us less per call)
     _forward_eager = getattr(_ext._C, "gan_loss_forward", None) or _forward
+if _backend._triton_installed():  # registered on first use: fastgan/ops/gan_loss_triton.py
+    KERNELS += ("triton",)
+
+
+def _triton_forward():
+    from fastgan.ops import gan_loss_triton  # imports triton; registers the ops once
+    return gan_loss_triton.triton_gan_loss_forward
 
 
 # ---------------------------------------------------------------------------
@@ -159,8 +167,11 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
     if real_logits.dtype != fake_logits.dtype:  # as eager's d_loss = bce(r) + bce(f) would
         dtype = torch.promote_types(real_logits.dtype, fake_logits.dtype)
         real_logits, fake_logits = real_logits.to(dtype), fake_logits.to(dtype)
-    if _backend.select(OP, real_logits.device, KERNELS) == "reference":
+    backend = _backend.select(OP, real_logits.device, KERNELS)
+    if backend == "reference":
         return reference_forward(real_logits, fake_logits, kind, reduction, real_label)
+    if backend == "triton":
+        return _triton_forward()(real_logits, fake_logits, kind, reduction, float(real_label))
     if torch.compiler.is_compiling():  # torch.compile traces the registered op
         return _forward(real_logits, fake_logits, kind, reduction, float(real_label))
     return _forward_eager(real_logits, fake_logits, kind, reduction, float(real_label))
