@@ -28,7 +28,6 @@ from torch import nn
 
 import fastgan
 from fastgan.models import Discriminator, Generator, weights_init
-from fastgan.nn.blocks import weight_copies
 
 from .common import format_table, paired_ratio, paired_timings, saved_tensor_bytes
 
@@ -264,8 +263,7 @@ def rows(cfg):
 
         def count():
             with use(name), amp():
-                return saved_tensor_bytes(lambda: G(noise),
-                                          lambda: [*G.parameters(), *weight_copies(G)])
+                return saved_tensor_bytes(lambda: G(noise), exclude=tuple(G.parameters()))
         return count
 
     out.append(Row(f"DCGAN G+D train step, batch {cfg.batch}", "train step",

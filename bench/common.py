@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import statistics
 import time
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
@@ -66,22 +66,21 @@ def format_table(title: str, samples: dict[str, list[float]], baselines: list[st
     return "\n".join(lines)
 
 
-def saved_tensor_bytes(fn: Callable[[], torch.Tensor],
-                       exclude: tuple[torch.Tensor, ...] | Callable[[], Iterable[torch.Tensor]] = (),
-                       ) -> int:
+def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: tuple[torch.Tensor, ...] = ()) -> int:
     """Bytes autograd saves for backward while running fn() (distinct storages, minus
-    those of `exclude`: e.g. parameters, or a callable returning them, asked after fn()
-    ran, for weight copies that fn() itself creates)."""
+    those of `exclude`, e.g. parameters)."""
     seen: dict[int, int] = {}
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
 
     def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    skip = {t.untyped_storage().data_ptr() for t in (exclude() if callable(exclude) else exclude)}
-    return sum(n for ptr, n in seen.items() if ptr not in skip)
+    return sum(seen.values())
 
 
 def tune_malloc() -> bool:

@@ -14,10 +14,8 @@ are exactly as before. Checkpoints load both ways. The converted model's forward
 recompute scope (fastgan.nn.recompute), so any layer that saves a block output for
 backward keeps the block's conv output instead. On the CPU, a converted Sequential with
 two or more convolutions runs them in channels_last for an NCHW input (oneDNN's
-convolutions are faster there, forward and backward) and returns NCHW; the
-convolutions then use a cached channels_last copy of their weights (one extra copy of
-the conv weights in memory, rebuilt when a weight changes). Models already in
-channels_last stay in it end to end.
+convolutions are faster there, forward and backward) and returns NCHW (the caller's tensors and the parameters keep their layouts).
+Models already in channels_last stay in it end to end.
 
 Not converted (reported): runs where a module has forward/backward hooks (the old
 hook-based spectral_norm, say; torch.nn.utils.parametrizations are fine), subclasses of

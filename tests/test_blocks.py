@@ -260,3 +260,89 @@ def test_errors():
         Conv2dBNAct.from_modules(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         Conv2dBNAct(2, 3, 3)(torch.randn(1, 2, 3, 3))
+
+
+# ---------------------------------------------------------------------------
+# conv_forward's matrix-product forms (CPU): a ConvTranspose2d on a 1x1 input and a
+# Conv2d whose kernel covers its input, against ATen's convolutions.
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dense_convtranspose_as_matmul(bias, layout, stride):
+    from fastgan.nn.blocks import _dense_transposed, conv_forward
+
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(7, 5, (4, 3), stride, 0, bias=bias, dtype=torch.float64)
+    x = torch.randn(3, 7, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert _dense_transposed(conv, x, [0, 0])
+    fmt = torch.channels_last if layout == "channels_last" else None
+    y = conv_forward(conv, x, conv.weight, conv.bias, memory_format=fmt)
+    ref = conv(x)
+    assert y.shape == ref.shape == (3, 5, 4, 3)
+    if fmt is not None:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(y, [x, *conv.parameters()], g)
+    want = torch.autograd.grad(ref, [x, *conv.parameters()], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda x, w: conv_forward(conv, x, w, conv.bias, memory_format=fmt), (x, conv.weight))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("padding", [0, "valid"])
+def test_dense_conv_as_matmul(bias, layout, padding):
+    from fastgan.nn.blocks import _dense_conv, conv_forward
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 2, (4, 3), 2, padding, bias=bias, dtype=torch.float64)
+    x = torch.randn(3, 6, 4, 3, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    assert _dense_conv(conv, x)
+    y = conv_forward(conv, x, conv.weight, conv.bias)
+    ref = conv(x)
+    assert y.shape == ref.shape == (3, 2, 1, 1)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    # first and second derivatives (a gradient penalty differentiates through it)
+    gx, = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    gx_ref, = torch.autograd.grad(ref.square().sum(), x, create_graph=True)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
+    gw = torch.autograd.grad(gx.square().sum(), conv.weight)[0]
+    gw_ref = torch.autograd.grad(gx_ref.square().sum(), conv.weight)[0]
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, w: conv_forward(conv, x, w, conv.bias),
+                                    (x, conv.weight))
+
+
+def test_dense_forms_only_where_exact():
+    from fastgan.nn.blocks import _dense_conv, _dense_transposed
+
+    x1 = torch.randn(2, 4, 1, 1)
+    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4, 1, 1), x1, [0, 0])  # padding
+    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4, 2, 0, groups=2), x1, [0, 0])
+    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4, 2, 0), x1, [1, 1])  # output_padding
+    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4, 1, 0, dilation=2), x1, [0, 0])
+    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4), torch.randn(2, 4, 2, 1), [0, 0])
+    x4 = torch.randn(2, 4, 4, 4)
+    assert not _dense_conv(nn.Conv2d(4, 1, 3), x4)  # kernel smaller than the input
+    assert not _dense_conv(nn.Conv2d(4, 1, 4, padding=1), x4)
+    assert not _dense_conv(nn.Conv2d(4, 2, 4, groups=2), x4)
+    assert not _dense_conv(nn.Conv2d(4, 1, 4, padding="same"), x4)
+    # a converted discriminator's last layer and generator's first take the dense form
+    # and match eager, in training and eval, NCHW in and out
+    torch.manual_seed(0)
+    from fastgan.models import Discriminator, Generator
+    G, D = Generator(16, 4), Discriminator(4)
+    Gc, Dc = fastgan.convert(G), fastgan.convert(D)
+    z = torch.randn(3, 16, 1, 1)
+    for mode in (True, False):
+        G.train(mode), D.train(mode), Gc.train(mode), Dc.train(mode)
+        img, imgc = G(z), Gc(z)
+        torch.testing.assert_close(imgc, img, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(Dc(imgc), D(img), rtol=1e-4, atol=1e-5)

@@ -16,7 +16,6 @@ from torch import nn
 import fastgan
 from fastgan.models import Discriminator, Generator, weights_init
 from fastgan.nn import FusedSequential
-from fastgan.nn.blocks import weight_copies
 
 from bench.common import saved_tensor_bytes
 
@@ -199,17 +198,20 @@ def test_nchw_training_runs_channels_last_inside():
                              list(Gc.parameters()) + list(Dc.parameters())):
         assert pc.grad.stride() == p.stride(), name  # gradients keep the parameters' layout
         _close_scaled(pc.grad, p.grad)
-    assert weight_copies(Dc)  # the conv weights ran from their channels_last copies
 
 
-@pytest.mark.parametrize("change", ["inplace", "optimizer", "new_parameter", "load_state_dict"])
-def test_weight_copies_follow_the_weights(change):
-    """The cached channels_last weight copies are rebuilt whenever a weight changes."""
+@pytest.mark.parametrize("change", ["inplace", "optimizer", "new_parameter", "load_state_dict",
+                                    "data_clamp"])
+def test_weight_changes_are_seen(change):
+    """Whatever way a weight changes between calls (WGAN's clipping goes through .data,
+    which keeps the version counter), the next forward uses the new values."""
     torch.manual_seed(0)
     _, D = _pair()
     Dc = fastgan.convert(copy.deepcopy(D))
     x = torch.randn(4, 3, 64, 64)
     Dc(x).sum().backward()
+    with torch.no_grad():
+        Dc(x)
     conv = Dc.main[2]
     if change == "inplace":
         with torch.no_grad():
@@ -218,15 +220,16 @@ def test_weight_copies_follow_the_weights(change):
         torch.optim.SGD(Dc.parameters(), lr=10.0).step()
     elif change == "new_parameter":
         conv.weight = nn.Parameter(torch.randn_like(conv.weight) * 0.05)
-    else:
+    elif change == "load_state_dict":
         sd = {k: v * 0.5 if k.endswith("weight") else v for k, v in D.state_dict().items()}
         Dc.load_state_dict(sd)
+    else:
+        for p in Dc.parameters():
+            p.data.clamp_(-0.01, 0.01)
     D.load_state_dict(Dc.state_dict())
-    for mode in ("train", "eval"):
-        D.train(mode == "train"), Dc.train(mode == "train")
-        for grad in (True, False):
-            with torch.set_grad_enabled(grad):
-                torch.testing.assert_close(Dc(x), D(x), rtol=1e-4, atol=1e-5)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(Dc(x), D(x), rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_autocast():
@@ -262,8 +265,7 @@ def test_generator_saved_activation_memory():
     Gc = fastgan.convert(G)
     z = torch.randn(64, 100, 1, 1)
     eager = saved_tensor_bytes(lambda: G(z), tuple(G.parameters()))
-    fused = saved_tensor_bytes(lambda: Gc(z),
-                               lambda: [*Gc.parameters(), *weight_copies(Gc)])
+    fused = saved_tensor_bytes(lambda: Gc(z), tuple(Gc.parameters()))
     block_outputs = 64 * 4 * (512 * 4 * 4 + 256 * 8 * 8 + 128 * 16 * 16 + 64 * 32 * 32)
     assert eager >= 2 * block_outputs  # conv output + BN/ReLU output per block
     assert fused <= 0.55 * eager, (fused, eager, fused / eager)

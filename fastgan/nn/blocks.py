@@ -21,8 +21,6 @@ in the graph instead.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,66 +29,85 @@ from fastgan.nn import recompute
 from fastgan.ops import bn_act as _bn_act
 
 
+def _strictly_channels_last(t: Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _dense_transposed(conv: nn.ConvTranspose2d, x: Tensor, output_padding) -> bool:
+    """A ConvTranspose2d on a 1x1 input with no padding (a generator's first layer): every
+    output pixel is a dot product of the input vector with one weight column."""
+    return (x.dim() == 4 and x.shape[-2:] == (1, 1) and conv.groups == 1
+            and tuple(conv.padding) == (0, 0) and tuple(output_padding) == (0, 0)
+            and tuple(conv.dilation) == (1, 1))
+
+
+def _dense_conv(conv: nn.Conv2d, x: Tensor) -> bool:
+    """A Conv2d whose kernel covers its whole unpadded input (a discriminator's last
+    layer): a 1x1 output, one dot product per output channel."""
+    return (x.dim() == 4 and conv.groups == 1 and tuple(conv.dilation) == (1, 1)
+            and conv.padding in ((0, 0), "valid") and tuple(conv.kernel_size) == x.shape[-2:])
+
+
+def _gemm_conv_transpose(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    n, cin = x.shape[:2]
+    cout, kh, kw = weight.shape[1:]
+    x2 = x.reshape(n, cin)
+    if _strictly_channels_last(weight):  # memory (cin, kh, kw, cout): a channels_last output
+        w2 = weight.permute(0, 2, 3, 1).reshape(cin, kh * kw * cout)
+        b2 = None if bias is None else bias.repeat(kh * kw)
+        y = x2 @ w2 if b2 is None else torch.addmm(b2, x2, w2)
+        return y.view(n, kh, kw, cout).permute(0, 3, 1, 2)
+    w2 = weight.reshape(cin, cout * kh * kw)
+    b2 = None if bias is None else bias.repeat_interleave(kh * kw)
+    y = x2 @ w2 if b2 is None else torch.addmm(b2, x2, w2)
+    return y.view(n, cout, kh, kw)
+
+
+def _gemm_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    n, cout = x.shape[0], weight.shape[0]
+    if _strictly_channels_last(x):  # flatten both in (h, w, c) order: views, no copies
+        x2 = x.permute(0, 2, 3, 1).reshape(n, -1)
+        w2 = weight.permute(0, 2, 3, 1).reshape(cout, -1)
+    else:
+        x2 = x.reshape(n, -1)
+        w2 = weight.reshape(cout, -1)
+    y = x2 @ w2.t() if bias is None else torch.addmm(bias, x2, w2.t())
+    return y.view(n, cout, 1, 1)
+
+
 def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor,
                  bias: Tensor | None, output_size: list[int] | None = None,
                  memory_format: torch.memory_format | None = None) -> Tensor:
-    """`conv(x)` with the given weight and bias (padding modes and output_size included)."""
-    if (x.device.type == "cpu" and weight.dim() == 4 and weight.is_contiguous()
-            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
-        weight = channels_last_weight(conv, weight)
+    """`conv(x)` with the given weight and bias (padding modes and output_size included);
+    `memory_format`, if given, is the layout of the result.
+
+    On the CPU, the two DCGAN end layers that are matrix products in disguise run as one
+    (addmm): a ConvTranspose2d on a 1x1 input and a Conv2d whose
+    kernel covers its input. oneDNN runs those ~10-30x below its convolution speed, a few
+    percent of a DCGAN training step (measured; see BENCHMARKS.md)."""
+    cpu = x.device.type == "cpu"
+    if (cpu and weight.dim() == 4 and weight.is_contiguous() and _strictly_channels_last(x)
+            and not (torch.is_grad_enabled() and weight.requires_grad)):
+        # Inference: oneDNN would reorder an NCHW weight for a channels_last input anyway.
+        # (With autograd the copy would be saved: a weight-sized tensor per call. It is
+        # not cached across calls: a weight changed through .data, as WGAN's clipping
+        # does, keeps its version counter, so no cache key could see the change.)
+        weight = weight.contiguous(memory_format=torch.channels_last)
     if isinstance(conv, nn.ConvTranspose2d):
         output_padding = conv._output_padding(x, output_size, list(conv.stride),
                                               list(conv.padding), list(conv.kernel_size), 2,
                                               list(conv.dilation))
-        z = F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, output_padding,
-                               conv.groups, conv.dilation)
+        if cpu and _dense_transposed(conv, x, output_padding):
+            z = _gemm_conv_transpose(x, weight, bias)
+        else:
+            z = F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, output_padding,
+                                   conv.groups, conv.dilation)
+    elif cpu and _dense_conv(conv, x):
+        z = _gemm_conv(x, weight, bias)
     else:
         z = conv._conv_forward(x, weight, bias)
     # (N, C, 1, 1) inputs are NCHW and channels_last at once; ATen then picks NCHW.
     return z if memory_format is None else z.contiguous(memory_format=memory_format)
-
-
-class _SameValues(torch.autograd.Function):
-    """`weight` in the layout of `like` (a copy of weight's values made by the caller):
-    forward returns `like`, backward passes the gradient through to `weight`."""
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, like: Tensor) -> Tensor:
-        return like.detach()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad, None
-
-
-def channels_last_weight(conv: nn.Module, weight: Tensor) -> Tensor:
-    """`weight` (NCHW) as a channels_last tensor for a channels_last convolution on the CPU.
-    oneDNN would otherwise reorder the NCHW weight on every call: three times per training
-    step and layer for forward, input and weight gradients, more when a discriminator runs
-    on real and fake batches. The copy is cached on the module, keyed by the weight's
-    storage and version counter, so it is made once per optimizer step; autograd sees a
-    pass-through to the parameter. Under torch.compile or autocast (which keeps its own
-    cast cache of the parameter) the conv gets the weight as it is."""
-    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
-        return weight
-    cached = conv.__dict__.get("_fastgan_cl_weight")
-    # the source is held weakly and compared by identity: a new tensor at a freed one's
-    # address, with the same version, must not hit
-    if cached is None or cached[0]() is not weight or cached[1] != weight._version:
-        with torch.no_grad():
-            cached = (weakref.ref(weight), weight._version,
-                      weight.contiguous(memory_format=torch.channels_last))
-        conv.__dict__["_fastgan_cl_weight"] = cached
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return _SameValues.apply(weight, cached[2])
-    return cached[2]
-
-
-def weight_copies(module: nn.Module) -> list[Tensor]:
-    """The channels_last weight copies kept on `module`'s convolutions (see
-    channels_last_weight): weights, not activations, when counting memory."""
-    return [m.__dict__["_fastgan_cl_weight"][2] for m in module.modules()
-            if "_fastgan_cl_weight" in m.__dict__]
 
 
 def _use_folding(bn: nn.BatchNorm2d) -> bool:

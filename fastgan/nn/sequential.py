@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from fastgan.nn import recompute
-from fastgan.nn.blocks import FoldCache, conv_bn_act
+from fastgan.nn.blocks import FoldCache, conv_bn_act, conv_forward
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
         i += len(parts)
     return runs, skipped
 
+
+_PLAIN_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 # Modules that accept any memory format and keep it (so a channels_last run can go through).
 _LAYOUT_AGNOSTIC = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
@@ -152,6 +154,12 @@ class FusedSequential(nn.Sequential):
                 conv, bn, slope, i = step
                 input = conv_bn_act(input, conv, bn, slope, folds[i],
                                     memory_format=torch.channels_last if relayout else None)
+            elif type(step) in _PLAIN_CONVS and not _hooked(step) and isinstance(input, Tensor):
+                # a convolution outside a run (a discriminator's first and last layers):
+                # the same ATen call as its forward(), with the cached weight layout and
+                # the matrix-product form where it applies (blocks.conv_forward)
+                input = conv_forward(step, input, step.weight, step.bias,
+                                     memory_format=torch.channels_last if relayout else None)
             else:
                 input = step(input)
         if relayout and isinstance(input, Tensor):
