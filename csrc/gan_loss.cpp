@@ -146,12 +146,10 @@ Outputs gan_loss_autograd(const at::Tensor& real, const at::Tensor& fake, c10::s
 }  // namespace
 
 // fastgan::gan_loss_forward called from C++ (through the dispatcher, autograd
-// included). fastgan._C.gan_loss_forward binds it for eager Python callers: a pybind
-// call costs about a microsecond less than torch.ops' boxed call, which at GAN batch
-// sizes is a visible share of the whole loss step.
+// included), for fastgan._C.gan_loss_eager (csrc/fastgan.cpp).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_call(
-    const at::Tensor& real, const at::Tensor& fake, const std::string& kind,
-    const std::string& reduction, double real_label) {
+    const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
+    c10::string_view reduction, double real_label) {
   return forward_op().call(real, fake, kind, reduction, real_label);
 }
 

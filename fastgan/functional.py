@@ -29,6 +29,9 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
 __all__ = ["batch_norm_act"]
 
 
+_tuple_new = tuple.__new__  # GANLosses._make without its checks
+
+
 class GANLosses(NamedTuple):
     """What fastgan.functional.gan_loss returns: four 0-dim tensors, fp32 (fp64 for fp64
     logits) whatever the logits' dtype."""
@@ -76,8 +79,10 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
     binary_cross_entropy_with_logits and mse_loss return under autocast. Logits of
     different dtypes are promoted first. Works under torch.autocast and torch.compile.
     """
-    out = _gan_loss.gan_loss(real_logits, fake_logits, kind, reduction, real_label)
-    return GANLosses._make(out)
+    out = _gan_loss.try_eager_fast_path(real_logits, fake_logits, kind, reduction, real_label)
+    if out is None:
+        out = _gan_loss.gan_loss(real_logits, fake_logits, kind, reduction, real_label)
+    return _tuple_new(GANLosses, out)
 
 
 __all__ += ["gan_loss", "GANLosses"]

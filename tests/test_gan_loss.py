@@ -420,3 +420,70 @@ def test_compiled_op_checks_its_arguments():
         op(torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), "ns", "mean", 1.0)
     with pytest.raises(RuntimeError, match="fake_logits is empty"):
         op(torch.ones(3), torch.ones(0), "ns", "mean", 1.0)
+
+
+# ---------------------------------------------------------------------------
+# The eager fast path (fastgan._C.gan_loss_eager): the same op as the Python path for
+# the common case, and None (so the Python path decides) for everything else.
+
+@needs_ext
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_eager_fast_path_is_the_op(kind, dtype, monkeypatch):
+    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    torch.manual_seed(0)
+    r0, f0 = torch.randn(37, dtype=dtype) * 3, torch.randn(5, 2, dtype=dtype) * 3
+    labels = (1.0, 0.9, 1) if kind in ("minimax", "ns") else (1.0, 1)
+    for reduction in REDUCTIONS:
+        for label in labels:
+            fast = gl_ops.try_eager_fast_path(r0, f0, kind, reduction, label)
+            assert fast is not None
+            rs, fs = r0.clone().requires_grad_(), f0.clone().requires_grad_()
+            rf, ff = r0.clone().requires_grad_(), f0.clone().requires_grad_()
+            with fastgan.use_backend("cpu"):  # the Python path, same kernel
+                slow = gan_loss(rs, fs, kind, reduction, real_label=label)
+            got = gan_loss(rf, ff, kind, reduction, real_label=label)
+            assert isinstance(got, GANLosses)
+            for a, b in zip(got, slow):
+                assert a.dtype == b.dtype and torch.equal(a, b)
+            (slow.d_loss + 2 * slow.g_loss).backward()
+            (got.d_loss + 2 * got.g_loss).backward()
+            assert torch.equal(rf.grad, rs.grad) and torch.equal(ff.grad, fs.grad)
+
+
+@needs_ext
+def test_eager_fast_path_defers_everything_else(monkeypatch):
+    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    r, f = torch.randn(4), torch.randn(3)
+    fast = gl_ops.try_eager_fast_path
+    assert fast(r, f, "ns", "mean", 1.0) is not None
+    deferred = [
+        (r, f.double(), "ns", "mean", 1.0),          # mixed dtypes: promoted by Python
+        (r.int(), f.int(), "ns", "mean", 1.0),       # integer logits: an error there
+        (r[:0], f, "ns", "mean", 1.0),               # empty
+        (r, f, "nope", "mean", 1.0),                 # unknown kind
+        (r, f, "ns", "avg", 1.0),                    # unknown reduction
+        (r, f, "ns", "mean", 1.5),                   # label out of range
+        (r, f, "ns", "mean", float("nan")),
+        (r, f, "ns", "mean", True),                  # bool is not a label
+        (r, f, "hinge", "mean", 0.9),                # smoothing only for logistic kinds
+        (r.numpy(), f, "ns", "mean", 1.0),           # not a tensor
+        (r, f, "ns", "mean", "1.0"),
+        (r.to("meta"), f.to("meta"), "ns", "mean", 1.0),  # a device without a kernel here
+    ]
+    for args in deferred:
+        assert fast(*args) is None, args
+    with fastgan.use_backend("reference"):
+        assert fast(r, f, "ns", "mean", 1.0) is None
+    monkeypatch.setenv("FASTGAN_BACKEND", "reference")
+    assert fast(r, f, "ns", "mean", 1.0) is None
+    # and the Python path then gives the usual answers: the reference backend ...
+    out = gan_loss(r.clone().requires_grad_(), f)
+    assert out.d_loss.grad_fn.name() != "GanLossBackward"
+    monkeypatch.delenv("FASTGAN_BACKEND")
+    # ... promotion, and clear errors
+    assert gan_loss(r, f.double()).d_loss.dtype == torch.float64
+    with pytest.raises(ValueError, match="real_label must be in"):
+        gan_loss(r, f, "ns", real_label=1.5)
+    with pytest.raises(TypeError, match="real_logits must be a Tensor"):
+        gan_loss(r.numpy(), f)

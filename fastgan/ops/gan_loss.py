@@ -141,12 +141,12 @@ def _register_compiled() -> None:
 
 
 KERNELS: tuple[str, ...] = ()
+_eager = None
 if _ext.ext_loaded() and hasattr(torch.ops.fastgan, "gan_loss_forward"):
     _register_compiled()
     KERNELS = ("cpu", "cuda") if _ext.build_info().get("cuda") else ("cpu",)
     _forward = torch.ops.fastgan.gan_loss_forward.default
-    # the same op through a pybind binding (eager callers; ~1 us less per call)
-    _forward_eager = getattr(_ext._C, "gan_loss_forward", None) or _forward
+    _eager = getattr(_ext._C, "gan_loss_eager", None)  # see try_eager_fast_path
 if _backend._triton_installed():  # registered on first use: fastgan/ops/gan_loss_triton.py
     KERNELS += ("triton",)
 
@@ -172,6 +172,17 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
         return reference_forward(real_logits, fake_logits, kind, reduction, real_label)
     if backend == "triton":
         return _triton_forward()(real_logits, fake_logits, kind, reduction, float(real_label))
-    if torch.compiler.is_compiling():  # torch.compile traces the registered op
-        return _forward(real_logits, fake_logits, kind, reduction, float(real_label))
-    return _forward_eager(real_logits, fake_logits, kind, reduction, float(real_label))
+    return _forward(real_logits, fake_logits, kind, reduction, float(real_label))
+
+
+def try_eager_fast_path(real_logits: Tensor, fake_logits: Tensor, kind: str, reduction: str,
+                        real_label: float) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """gan_loss() for the common case in one C++ call (fastgan._C.gan_loss_eager: the
+    checks, and the compiled op with its autograd), or None when the case is not common:
+    another backend forced, torch.compile tracing, or anything gan_loss() would reject,
+    promote or send elsewhere. At GAN batch sizes the Python wrapper costs as much as the
+    op, so this halves the forward's overhead (BENCHMARKS.md, GAN loss)."""
+    if (_eager is None or _backend._stack or torch.compiler.is_compiling()
+            or _backend._getenv(_backend._ENV) not in (None, "", "auto")):
+        return None
+    return _eager(real_logits, fake_logits, kind, reduction, real_label)
