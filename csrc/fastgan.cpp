@@ -62,10 +62,11 @@ pybind11::dict build_info() {
 // the dispatcher (autograd included), returning (d_loss, g_loss, d_real, d_fake).
 // Anything else returns None and the caller takes the Python path, which raises the
 // errors, promotes mixed dtypes and honours forced backends; so this path never decides
-// anything the Python one would decide differently.
+// anything the Python one would decide differently. `backend` is the requested backend
+// name ("auto" when none is forced).
 pybind11::object gan_loss_eager(pybind11::handle real, pybind11::handle fake,
                                 pybind11::handle kind, pybind11::handle reduction,
-                                pybind11::handle real_label) {
+                                pybind11::handle real_label, const std::string& backend) {
   namespace gl = fastgan::gan_loss;
   const pybind11::object none = pybind11::none();
   if (!THPVariable_Check(real.ptr()) || !THPVariable_Check(fake.ptr()) ||
@@ -98,11 +99,14 @@ pybind11::object gan_loss_eager(pybind11::handle real, pybind11::handle fake,
       r.numel() == 0 || f.numel() == 0 || r.device() != f.device()) {
     return none;
   }
+  // the kernel auto picks for the device, unless another backend is requested
 #ifdef FASTGAN_WITH_CUDA
-  if (!(r.is_cpu() || r.is_cuda())) return none;
+  const bool cuda_ok = r.is_cuda() && (backend == "auto" || backend == "cuda");
 #else
-  if (!r.is_cpu()) return none;
+  const bool cuda_ok = false;
 #endif
+  const bool cpu_ok = r.is_cpu() && (backend == "auto" || backend == "cpu");
+  if (!(cpu_ok || cuda_ok)) return none;
   auto out = fastgan::gan_loss_forward_call(r, f, c10::string_view(k, nk),
                                             c10::string_view(red, nr), label);
   return pybind11::make_tuple(std::get<0>(out), std::get<1>(out), std::get<2>(out),

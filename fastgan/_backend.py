@@ -64,7 +64,7 @@ def _check_name(name: str, source: str) -> str:
 def use_backend(name: str) -> Iterator[None]:
     """Force a backend inside a `with` block (``"auto"`` restores the default choice)."""
     _check_name(name, "use_backend(name)")
-    reason = None if name == "auto" else backend_status()[name][1]
+    reason = None if name == "auto" else _unusable_reason(name)
     if reason is not None:
         raise RuntimeError(f"use_backend: backend {name!r} is not usable here: {reason}")
     _stack.append(name)
@@ -115,6 +115,18 @@ def backend_status() -> dict[str, tuple[bool, str | None]]:
         "cuda": cuda_reason,
     }
     return {k: (v is None, v) for k, v in status.items()}
+
+
+_reasons: dict[tuple, str | None] = {}
+
+
+def _unusable_reason(name: str) -> str | None:
+    """backend_status()[name][1], cached like select() (use_backend is on hot paths:
+    a training loop may enter it at every step; backend_status() costs ~4 us)."""
+    key = (name, _getenv("TRITON_INTERPRET"))
+    if key not in _reasons:
+        _reasons[key] = backend_status()[name][1]
+    return _reasons[key]
 
 
 def available_backends() -> list[str]:

@@ -441,7 +441,7 @@ def test_eager_fast_path_is_the_op(kind, dtype, monkeypatch):
             rs, fs = r0.clone().requires_grad_(), f0.clone().requires_grad_()
             rf, ff = r0.clone().requires_grad_(), f0.clone().requires_grad_()
             with fastgan.use_backend("cpu"):  # the Python path, same kernel
-                slow = gan_loss(rs, fs, kind, reduction, real_label=label)
+                slow = GANLosses(*gl_ops.gan_loss(rs, fs, kind, reduction, label))
             got = gan_loss(rf, ff, kind, reduction, real_label=label)
             assert isinstance(got, GANLosses)
             for a, b in zip(got, slow):
@@ -475,6 +475,11 @@ def test_eager_fast_path_defers_everything_else(monkeypatch):
         assert fast(*args) is None, args
     with fastgan.use_backend("reference"):
         assert fast(r, f, "ns", "mean", 1.0) is None
+    with fastgan.use_backend("cpu"):  # what auto runs for CPU tensors anyway
+        assert fast(r, f, "ns", "mean", 1.0) is not None
+    if "cuda" in fastgan.available_backends():  # forced cuda on CPU tensors: an error there
+        with fastgan.use_backend("cuda"):
+            assert fast(r, f, "ns", "mean", 1.0) is None
     monkeypatch.setenv("FASTGAN_BACKEND", "reference")
     assert fast(r, f, "ns", "mean", 1.0) is None
     # and the Python path then gives the usual answers: the reference backend ...

@@ -181,8 +181,12 @@ def try_eager_fast_path(real_logits: Tensor, fake_logits: Tensor, kind: str, red
     checks, and the compiled op with its autograd), or None when the case is not common:
     another backend forced, torch.compile tracing, or anything gan_loss() would reject,
     promote or send elsewhere. At GAN batch sizes the Python wrapper costs as much as the
-    op, so this halves the forward's overhead (BENCHMARKS.md, GAN loss)."""
-    if (_eager is None or _backend._stack or torch.compiler.is_compiling()
-            or _backend._getenv(_backend._ENV) not in (None, "", "auto")):
+    op, so this halves the forward's overhead (BENCHMARKS.md, GAN loss). A forced
+    backend that is the one auto would pick for the device (cpu for CPU tensors, cuda
+    for CUDA ones) takes the fast path too."""
+    if _eager is None or torch.compiler.is_compiling():
         return None
-    return _eager(real_logits, fake_logits, kind, reduction, real_label)
+    # the requested backend (as _backend.requested_backend, unvalidated: anything but
+    # auto / cpu / cuda is deferred, and C++ runs cpu / cuda only on their own devices)
+    name = _backend._stack[-1] if _backend._stack else _backend._getenv(_backend._ENV)
+    return _eager(real_logits, fake_logits, kind, reduction, real_label, name or "auto")
