@@ -154,7 +154,14 @@ def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 
 
 class FoldCache:
-    """The folded (weight, bias) of one conv+bn pair, keyed by version counters."""
+    """The folded (weight, bias) of one conv+bn pair, keyed by version counters.
+
+    In-place changes made through the tensors themselves (optimizer steps,
+    load_state_dict, `with torch.no_grad(): p.mul_(...)`, new Parameters) bump a version
+    and are seen. A write through `.data` (`p.data.clamp_(...)`, an EMA update written as
+    `p_ema.data.mul_(...)`) gets a fresh version counter from PyTorch and is not seen
+    until something else bumps a version: make such updates on the tensor itself under
+    torch.no_grad()."""
 
     __slots__ = ("key", "value")
 
