@@ -3,7 +3,17 @@ sys.path)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import traceback
+from typing import Callable
+
+import pytest
 import torch
+
+_RESULTS_MARKER = "@@RESULTS@@"
 
 
 def randomise_bn(bn: torch.nn.BatchNorm2d) -> None:
@@ -43,3 +53,47 @@ def round_bf16_like_the_gpu() -> None:
         return cast(self, src, dst_type)
 
     interpreter.InterpreterBuilder.cast_impl = cast_impl
+
+
+# ---------------------------------------------------------------------------
+# Triton interpreter workers. A test file with interpreter checks runs itself as a
+# subprocess (`python <file> --worker`) under TRITON_INTERPRET=1 with the triton backend
+# forced; the worker runs every check and prints {check name: list of failures} as JSON,
+# which the file's module-scoped fixture reads and its tests assert on, one per check.
+
+def interpreter_worker() -> tuple[dict[str, list[str]], Callable[..., None]]:
+    """Worker side: (results, run), where run(name, fn, *args) records fn(*args)'s
+    failures (or its traceback) under `name`. Print them with report_worker_results."""
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    round_bf16_like_the_gpu()
+    torch.set_num_threads(1)
+    results: dict[str, list[str]] = {}
+
+    def run(name: str, fn: Callable[..., list[str]], *args) -> None:
+        try:
+            results[name] = fn(*args)
+        except Exception:
+            results[name] = ["raised:\n" + traceback.format_exc()[-3000:]]
+
+    return results, run
+
+
+def report_worker_results(results: dict[str, list[str]]) -> None:
+    print(_RESULTS_MARKER + json.dumps(results))
+
+
+def run_interpreter_worker(test_file: str) -> dict[str, list[str]]:
+    """Main-process side: runs `test_file --worker` under the interpreter, returns its
+    results (fails the calling test with the worker's output if it did not finish)."""
+    pytest.importorskip("triton")
+    import fastgan
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastgan.__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1", FASTGAN_BACKEND="triton")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, os.path.abspath(test_file), "--worker"], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0 or _RESULTS_MARKER not in proc.stdout:
+        pytest.fail(f"interpreter worker failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return json.loads(proc.stdout.split(_RESULTS_MARKER, 1)[1])

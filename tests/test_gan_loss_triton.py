@@ -17,16 +17,14 @@ one rounding of an fp32 value).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import subprocess
 import sys
-import traceback
 
 import pytest
 import torch
-from _testutil import round_bf16_like_the_gpu
+from _testutil import interpreter_worker, report_worker_results, run_interpreter_worker
 
 import fastgan
 from fastgan.functional import gan_loss
@@ -403,17 +401,7 @@ INTERP_OPCHECK = ("test_schema", "test_autograd_registration")  # fake tensors n
 
 
 def _run_worker() -> None:
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    round_bf16_like_the_gpu()
-    torch.set_num_threads(1)
-    results = {}
-
-    def run(name, fn, *args):
-        try:
-            results[name] = fn(*args)
-        except Exception:
-            results[name] = ["raised:\n" + traceback.format_exc()[-3000:]]
-
+    results, run = interpreter_worker()
     run("backend", lambda: [] if G._backend.select(
         "gan_loss", torch.device("cpu"), G.KERNELS) == "triton" else ["triton not selected"])
     for name, (kind, reduction, dtype, sizes) in VALUE_CASES.items():
@@ -425,7 +413,7 @@ def _run_worker() -> None:
     for name, fn in EXTRA_CHECKS.items():
         run(name, fn, "cpu")
     run("opcheck", check_opcheck, "cpu", INTERP_OPCHECK)
-    print("@@RESULTS@@" + json.dumps(results))
+    report_worker_results(results)
 
 
 INTERP_IDS = ["backend", *VALUE_CASES, *EXTRA_CHECKS, "opcheck"]
@@ -433,17 +421,7 @@ INTERP_IDS = ["backend", *VALUE_CASES, *EXTRA_CHECKS, "opcheck"]
 
 @pytest.fixture(scope="module")
 def interp_results():
-    pytest.importorskip("triton")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastgan.__file__)))
-    env = dict(os.environ, TRITON_INTERPRET="1", FASTGAN_BACKEND="triton")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-    marker = "@@RESULTS@@"
-    if proc.returncode != 0 or marker not in proc.stdout:
-        pytest.fail(f"interpreter worker failed (exit {proc.returncode}):\n"
-                    f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return json.loads(proc.stdout.split(marker, 1)[1])
+    return run_interpreter_worker(__file__)
 
 
 @pytest.mark.parametrize("name", INTERP_IDS)
