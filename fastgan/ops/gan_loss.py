@@ -186,7 +186,6 @@ def try_eager_fast_path(real_logits: Tensor, fake_logits: Tensor, kind: str, red
     for CUDA ones) takes the fast path too."""
     if _eager is None or torch.compiler.is_compiling():
         return None
-    # the requested backend (as _backend.requested_backend, unvalidated: anything but
-    # auto / cpu / cuda is deferred, and C++ runs cpu / cuda only on their own devices)
-    name = _backend._stack[-1] if _backend._stack else _backend._getenv(_backend._ENV)
-    return _eager(real_logits, fake_logits, kind, reduction, real_label, name or "auto")
+    # anything but auto / cpu / cuda is deferred; C++ runs cpu / cuda only on their devices
+    return _eager(real_logits, fake_logits, kind, reduction, real_label,
+                  _backend.requested_name())
