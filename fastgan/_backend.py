@@ -74,13 +74,13 @@ def use_backend(name: str) -> Iterator[None]:
         _stack.pop()
 
 
-@_constant_result
 def requested_name() -> str:
     """requested_backend() without validating the name (hot paths that only compare it
     to known names; an unknown one reaches requested_backend() later and raises)."""
     return _stack[-1] if _stack else (_getenv(_ENV) or "auto")
 
 
+@_constant_result
 def requested_backend() -> str:
     """The backend asked for: innermost use_backend(), else $FASTGAN_BACKEND, else auto."""
     if _stack:
