@@ -82,9 +82,9 @@ def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor
     `memory_format`, if given, is the layout of the result.
 
     On the CPU, the two DCGAN end layers that are matrix products in disguise run as one
-    (addmm): a ConvTranspose2d on a 1x1 input and a Conv2d whose
-    kernel covers its input. oneDNN runs those ~10-30x below its convolution speed, a few
-    percent of a DCGAN training step (measured; see BENCHMARKS.md)."""
+    (addmm): a ConvTranspose2d on a 1x1 input and a Conv2d whose kernel covers its input.
+    oneDNN runs those ~10-30x below its convolution speed, a few percent of a DCGAN
+    training step (measured; see BENCHMARKS.md)."""
     cpu = x.device.type == "cpu"
     if (cpu and weight.dim() == 4 and weight.is_contiguous() and _strictly_channels_last(x)
             and not (torch.is_grad_enabled() and weight.requires_grad)):

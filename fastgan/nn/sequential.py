@@ -88,8 +88,7 @@ _LAYOUT_AGNOSTIC = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Tan
 
 
 def _conv_count(steps: list) -> int:
-    return sum(1 for s in steps
-               if isinstance(s, tuple) or isinstance(s, (nn.Conv2d, nn.ConvTranspose2d)))
+    return sum(1 for s in steps if isinstance(s, (tuple, *_PLAIN_CONVS)))
 
 
 def _wants_channels_last(x: Tensor, steps: list) -> bool:
@@ -156,8 +155,8 @@ class FusedSequential(nn.Sequential):
                                     memory_format=torch.channels_last if relayout else None)
             elif type(step) in _PLAIN_CONVS and not _hooked(step) and isinstance(input, Tensor):
                 # a convolution outside a run (a discriminator's first and last layers):
-                # the same ATen call as its forward(), with the cached weight layout and
-                # the matrix-product form where it applies (blocks.conv_forward)
+                # the same ATen call as its forward(), in the run's layout, with the
+                # matrix-product form where it applies (blocks.conv_forward)
                 input = conv_forward(step, input, step.weight, step.bias,
                                      memory_format=torch.channels_last if relayout else None)
             else:
