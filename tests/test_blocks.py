@@ -13,6 +13,7 @@ from torch import nn
 import fastgan
 from fastgan import _ext
 from fastgan.nn import ConvTranspose2dBNAct, Conv2dBNAct, recompute
+from fastgan.nn.blocks import fold_bn
 
 from bench.common import saved_tensor_bytes
 
@@ -142,29 +143,74 @@ def test_gradcheck(transposed, train):
     assert torch.autograd.gradgradcheck(f, inputs)
 
 
-def test_eval_fold_cache():
+@pytest.mark.parametrize("fmt", ("nchw", "channels_last"))
+def test_eval_fold_sees_every_weight_change(fmt):
+    """Eval folds on every call: changes made in place, through .data (an EMA generator,
+    WGAN clipping), by load_state_dict or by an optimizer are all seen at once."""
+    torch.manual_seed(0)
     m = ConvTranspose2dBNAct(4, 6, 4, 2, 1).eval()
+    seq = fastgan.convert(nn.Sequential(nn.ConvTranspose2d(4, 6, 4, 2, 1, bias=False),
+                                        nn.BatchNorm2d(6), nn.LeakyReLU(0.2),
+                                        nn.Conv2d(6, 3, 3), nn.BatchNorm2d(3), nn.ReLU())).eval()
+    mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=mf)
+    mods = (m, seq)
+
+    def check():
+        with torch.no_grad():
+            assert_close_scaled(m(x), nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x), 1e-5)
+            ref = nn.Sequential(*seq.children())(x)
+            assert_close_scaled(seq(x), ref, 1e-5)
+
     with torch.no_grad():
-        m.bn.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(2, 4, 3, 3)
+        for mod in mods:
+            for b in mod.modules():
+                if isinstance(b, nn.BatchNorm2d):
+                    b.running_var.uniform_(0.5, 2.0)
+    check()
     with torch.no_grad():
-        m(x)
-        w1 = m._fold.value[0]
-        m(x)
-        assert m._fold.value[0] is w1  # unchanged parameters: no refold
-        m.bn.running_mean.add_(1.0)
-        y = m(x)
-        assert m._fold.value[0] is not w1
-        ref = nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x)
-        assert_close_scaled(y, ref, 1e-5)
-        m.load_state_dict(ConvTranspose2dBNAct(4, 6, 4, 2, 1).state_dict())
-        assert_close_scaled(m(x), nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x), 1e-5)
+        for mod in mods:
+            for p in mod.parameters():
+                p.data.mul_(1.5)  # through .data: no version bump
+    check()
+    with torch.no_grad():
+        for mod in mods:
+            for p in mod.parameters():
+                p.data.clamp_(-0.01, 0.01)
+            for b in mod.modules():
+                if isinstance(b, nn.BatchNorm2d):
+                    b.running_mean.data.add_(0.5)
+    check()
+    m.load_state_dict(ConvTranspose2dBNAct(4, 6, 4, 2, 1).state_dict())
+    check()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     m(x).sum().backward()  # grad mode with trainable parameters: fold in the graph
+    assert m.conv.weight.grad is not None and m.bn.weight.grad is not None
     opt.step()
-    with torch.no_grad():
-        assert_close_scaled(m(x), nn.Sequential(m.conv, m.bn, nn.LeakyReLU(0.2))(x), 1e-5)
-    assert copy.deepcopy(m)._fold.key is None
+    check()
+    assert copy.deepcopy(m)(x).shape == m(x).shape
+
+
+def test_fold_bn_layouts_and_groups():
+    torch.manual_seed(0)
+    for conv in (nn.ConvTranspose2d(4, 6, 3, 2, 1, groups=2, bias=True), nn.Conv2d(4, 6, 3, groups=2)):
+        bn = nn.BatchNorm2d(6).eval()
+        with torch.no_grad():
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+        x = torch.randn(2, 4, 5, 5)
+        ref = bn(conv(x))
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            with torch.no_grad():
+                w, b = fold_bn(conv, bn, fmt)
+            assert w.is_contiguous(memory_format=fmt)
+            fused = copy.deepcopy(conv)
+            with torch.no_grad():
+                fused.weight.copy_(w)
+                fused.bias = nn.Parameter(b)
+            assert_close_scaled(fused(x), ref, 1e-5)
 
 
 def test_one_saved_tensor_per_block():

@@ -1,6 +1,6 @@
 """Fused ConvTranspose2d/Conv2d -> BatchNorm2d -> LeakyReLU blocks.
 
-`conv_bn_act(x, conv, bn, negative_slope, fold)` is the whole computation; the modules
+`conv_bn_act(x, conv, bn, negative_slope)` is the whole computation; the modules
 ConvTranspose2dBNAct / Conv2dBNAct and fastgan.convert's FusedSequential both call it.
 
 Training (or BatchNorm without running statistics): the convolution runs in ATen
@@ -12,11 +12,16 @@ output-sized tensor per block is saved, the floor.
 
 Eval: BatchNorm is folded into the convolution (weight * gamma/sigma along the output
 channels, bias beta - mu * gamma/sigma [+ conv bias * gamma/sigma]) and the activation
-runs in place on the conv output: one conv and one elementwise pass. The folded
-weights are cached and rebuilt only when a version counter (or the storage) of a
-parameter or buffer changes; when autograd needs gradients of the parameters (grad
-mode on and any of them requires grad), or under torch.compile, the fold is computed
-in the graph instead.
+runs in place on the conv output: one conv and one elementwise pass. The fold is
+recomputed on every call, written straight in the layout the convolution wants: on
+the CPU that one weight-sized multiply replaces the weight reorder oneDNN would make
+anyway for a channels_last input, so it costs ~1% of a DCGAN sampling call (measured,
+BENCHMARKS.md). Folded weights are deliberately not cached across calls: a cache keyed
+on version counters (what issue 3 first asked for) misses writes made through `.data`
+(an EMA generator updated with `p_ema.data.mul_(...)`, WGAN's `p.data.clamp_(...)`),
+which PyTorch gives a fresh version counter, and would then sample with stale weights.
+When autograd needs gradients of the parameters (grad mode on and any of them requires
+grad), or under torch.compile, the fold is part of the graph.
 """
 
 from __future__ import annotations
@@ -131,8 +136,11 @@ def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slop
 # ---------------------------------------------------------------------------
 # Eval: BatchNorm folded into the convolution.
 
-def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """(weight, bias) of one convolution equal to conv followed by bn in eval mode."""
+def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d,
+            memory_format: torch.memory_format = torch.contiguous_format
+            ) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of one convolution equal to conv followed by bn in eval mode; the
+    weight is laid out in `memory_format`."""
     w = conv.weight
     acc = torch.float64 if w.dtype == torch.float64 else torch.float32
     scale = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
@@ -146,52 +154,34 @@ def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     if isinstance(conv, nn.ConvTranspose2d):
         # weight (in, out/groups, kh, kw): output channel g*(out/groups)+j is [g-th block, j]
         g = conv.groups
-        wg = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
-        folded = (wg.to(acc) * scale.reshape(g, 1, -1, 1, 1)).reshape(w.shape)
+        per_group = scale.reshape(g, 1, w.shape[1])
+        factor = per_group.expand(g, w.shape[0] // g, w.shape[1]).reshape(w.shape[0], w.shape[1],
+                                                                            1, 1)
     else:
-        folded = w.to(acc) * scale.reshape(-1, 1, 1, 1)
+        factor = scale.reshape(-1, 1, 1, 1)
+    if w.requires_grad and torch.is_grad_enabled():
+        folded = (w.to(acc) * factor).contiguous(memory_format=memory_format)
+    else:  # one pass, straight into the requested layout
+        folded = torch.empty_like(w, dtype=acc, memory_format=memory_format)
+        torch.mul(w, factor, out=folded)
     return folded.to(w.dtype), shift.to(w.dtype)
 
 
-class FoldCache:
-    """The folded (weight, bias) of one conv+bn pair, keyed by version counters.
-
-    In-place changes made through the tensors themselves (optimizer steps,
-    load_state_dict, `with torch.no_grad(): p.mul_(...)`, new Parameters) bump a version
-    and are seen. A write through `.data` (`p.data.clamp_(...)`, an EMA update written as
-    `p_ema.data.mul_(...)`) gets a fresh version counter from PyTorch and is not seen
-    until something else bumps a version: make such updates on the tensor itself under
-    torch.no_grad()."""
-
-    __slots__ = ("key", "value")
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value: tuple[Tensor, Tensor] | None = None
-
-    def get(self, conv: nn.Module, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-        ts = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None
-                    for t in ts) + (bn.eps,)
-        if key != self.key:
-            with torch.no_grad():
-                self.value = fold_bn(conv, bn)
-            self.key = key
-        return self.value
-
-    def __reduce__(self):  # a cache: copies and pickles start empty
-        return (FoldCache, ())
-
-
 def _eval_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
-                  fold: FoldCache | None, output_size: list[int] | None,
-                  memory_format) -> Tensor:
+                  output_size: list[int] | None, memory_format) -> Tensor:
     params = [p for p in (conv.weight, conv.bias, bn.weight, bn.bias) if p is not None]
     needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-    if needs_graph or fold is None or torch.compiler.is_compiling():
-        w, b = fold_bn(conv, bn)
+    fmt = torch.contiguous_format
+    if (x.device.type == "cpu" and not needs_graph and conv.weight.dim() == 4
+            and (memory_format == torch.channels_last or _strictly_channels_last(x)
+                 or _strictly_channels_last(conv.weight))):
+        # the layout oneDNN runs the conv in (and would reorder an NCHW weight to)
+        fmt = torch.channels_last
+    if needs_graph or torch.compiler.is_compiling():
+        w, b = fold_bn(conv, bn, fmt)
     else:
-        w, b = fold.get(conv, bn)
+        with torch.no_grad():
+            w, b = fold_bn(conv, bn, fmt)
     y = conv_forward(conv, x, w, b, output_size, memory_format)
     if negative_slope == 1.0:
         return y
@@ -201,14 +191,13 @@ def _eval_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope
 
 
 def conv_bn_act(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d,
-                negative_slope: float, fold: FoldCache | None = None,
-                output_size: list[int] | None = None,
+                negative_slope: float, output_size: list[int] | None = None,
                 memory_format: torch.memory_format | None = None) -> Tensor:
     """`leaky_relu(bn(conv(x)), negative_slope)`, fused (see the module docstring).
     `memory_format`, if given, is the layout of the result (and of the saved conv output)."""
     args = (x, conv, bn, negative_slope)
     if _use_folding(bn):
-        return _eval_forward(*args, fold, output_size, memory_format)
+        return _eval_forward(*args, output_size, memory_format)
     if torch.compiler.is_compiling():
         return _train_forward(*args, output_size, memory_format)
     with recompute.scope():
@@ -237,7 +226,6 @@ class _ConvBNAct(nn.Module):
         self.conv = conv
         self.bn = bn
         self.negative_slope = _check_slope(type(self).__name__, negative_slope)
-        self._fold = FoldCache()
 
     @classmethod
     def from_modules(cls, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float = 0.2):
@@ -281,8 +269,7 @@ class ConvTranspose2dBNAct(_ConvBNAct):
         super().__init__(conv, bn, negative_slope)
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
-        return conv_bn_act(input, self.conv, self.bn, self.negative_slope, self._fold,
-                           output_size)
+        return conv_bn_act(input, self.conv, self.bn, self.negative_slope, output_size)
 
 
 class Conv2dBNAct(_ConvBNAct):
@@ -305,7 +292,7 @@ class Conv2dBNAct(_ConvBNAct):
         super().__init__(conv, bn, negative_slope)
 
     def forward(self, input: Tensor) -> Tensor:
-        return conv_bn_act(input, self.conv, self.bn, self.negative_slope, self._fold)
+        return conv_bn_act(input, self.conv, self.bn, self.negative_slope)
 
 
-__all__ = ["ConvTranspose2dBNAct", "Conv2dBNAct", "conv_bn_act", "fold_bn", "FoldCache"]
+__all__ = ["ConvTranspose2dBNAct", "Conv2dBNAct", "conv_bn_act", "fold_bn"]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from fastgan.nn import recompute
-from fastgan.nn.blocks import FoldCache, conv_bn_act, conv_forward
+from fastgan.nn.blocks import conv_bn_act, conv_forward
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,12 @@ class FusedSequential(nn.Sequential):
     """nn.Sequential whose Conv2d|ConvTranspose2d -> BatchNorm2d [-> ReLU|LeakyReLU] runs
     execute as fastgan fused blocks (see fastgan.convert)."""
 
-    def _plan(self) -> tuple[list, dict[int, FoldCache]]:
+    def _plan(self) -> list:
         mods = list(self._modules.values())
         key = tuple(id(m) for m in mods)
         cached = self.__dict__.get("_fastgan_plan")
         if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+            return cached[1]
         runs, _ = find_runs(mods)
         steps: list = []
         by_start = {r.start: r for r in runs}
@@ -130,17 +130,16 @@ class FusedSequential(nn.Sequential):
         while i < len(mods):
             r = by_start.get(i)
             if r is not None:
-                steps.append((mods[i], mods[i + 1], r.negative_slope, i))
+                steps.append((mods[i], mods[i + 1], r.negative_slope))
                 i += r.length
             else:
                 steps.append(mods[i])
                 i += 1
-        folds = {r.start: FoldCache() for r in runs}
-        self.__dict__["_fastgan_plan"] = (key, steps, folds)
-        return steps, folds
+        self.__dict__["_fastgan_plan"] = (key, steps)
+        return steps
 
     def _run(self, input: Tensor) -> Tensor:
-        steps, folds = self._plan()
+        steps = self._plan()
         relayout = _wants_channels_last(input, steps)
         for step in steps:
             if relayout:
@@ -150,8 +149,8 @@ class FusedSequential(nn.Sequential):
                 input = input.contiguous(memory_format=torch.channels_last if known
                                          else torch.contiguous_format)
             if isinstance(step, tuple):
-                conv, bn, slope, i = step
-                input = conv_bn_act(input, conv, bn, slope, folds[i],
+                conv, bn, slope = step
+                input = conv_bn_act(input, conv, bn, slope,
                                     memory_format=torch.channels_last if relayout else None)
             elif type(step) in _PLAIN_CONVS and not _hooked(step) and isinstance(input, Tensor):
                 # a convolution outside a run (a discriminator's first and last layers):
