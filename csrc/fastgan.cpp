@@ -4,7 +4,9 @@
 #include <Python.h>
 #include <torch/extension.h>
 
+#include <cstdlib>
 #include <string>
+#include <string_view>
 
 #ifndef FASTGAN_CPU_ISA
 #define FASTGAN_CPU_ISA "default"
@@ -56,62 +58,113 @@ pybind11::dict build_info() {
 
 // fastgan.functional.gan_loss's eager fast path. At GAN batch sizes the loss op itself
 // takes ~2 us, and its Python wrapper (argument checks, backend choice, torch.ops'
-// boxed call) as long again. This binding recognises the common case in C++ -- two
+// boxed call) as long again. This function recognises the common case in C++ -- two
 // tensors of one floating dtype on one device (CPU, or CUDA when built with it), both
-// non-empty, a known kind and reduction, a valid real_label -- and runs the op through
-// the dispatcher (autograd included), returning (d_loss, g_loss, d_real, d_fake).
-// Anything else returns None and the caller takes the Python path, which raises the
-// errors, promotes mixed dtypes and honours forced backends; so this path never decides
-// anything the Python one would decide differently. `backend` is the requested backend
-// name ("auto" when none is forced).
-pybind11::object gan_loss_eager(pybind11::handle real, pybind11::handle fake,
-                                pybind11::handle kind, pybind11::handle reduction,
-                                pybind11::handle real_label, const std::string& backend) {
+// non-empty, a known kind and reduction, a valid real_label, and the backend auto picks
+// for the device (or none forced) -- and runs the op through the dispatcher (autograd
+// included), returning (d_loss, g_loss, d_real, d_fake). Anything else returns None and
+// the caller takes the Python path, which raises the errors, promotes mixed dtypes and
+// honours forced backends; so this path never decides anything the Python one would
+// decide differently.
+//
+// gan_loss_eager(real, fake, kind, reduction, real_label, backend_stack): backend_stack
+// is fastgan._backend._stack (use_backend's nesting, innermost last); when it is empty
+// the backend comes from $FASTGAN_BACKEND (os.environ writes reach getenv through
+// putenv), else "auto". It is a raw METH_FASTCALL function rather than a pybind11
+// binding: pybind11's argument dispatch alone costs a tenth of the op here.
+bool requested_backend_is(PyObject* stack, bool cuda, bool& ok) {
+  std::string_view name = "auto";
+  if (!PyList_Check(stack)) return ok = false;
+  const Py_ssize_t n = PyList_GET_SIZE(stack);
+  if (n > 0) {
+    PyObject* top = PyList_GET_ITEM(stack, n - 1);
+    if (!PyUnicode_Check(top)) return ok = false;
+    Py_ssize_t len = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(top, &len);
+    if (s == nullptr) {
+      PyErr_Clear();
+      return ok = false;
+    }
+    name = std::string_view(s, len);
+  } else if (const char* env = std::getenv("FASTGAN_BACKEND"); env != nullptr && *env) {
+    name = env;
+  }
+  ok = true;
+  return name == "auto" || name == (cuda ? "cuda" : "cpu");
+}
+
+PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
   namespace gl = fastgan::gan_loss;
-  const pybind11::object none = pybind11::none();
-  if (!THPVariable_Check(real.ptr()) || !THPVariable_Check(fake.ptr()) ||
-      !PyUnicode_Check(kind.ptr()) || !PyUnicode_Check(reduction.ptr()) ||
-      PyBool_Check(real_label.ptr()) ||
-      !(PyFloat_Check(real_label.ptr()) || PyLong_Check(real_label.ptr()))) {
-    return none;
+  if (nargs != 6) {
+    PyErr_Format(PyExc_TypeError, "gan_loss_eager() takes 6 arguments (%zd given)", nargs);
+    return nullptr;
+  }
+  PyObject *real = args[0], *fake = args[1], *kind = args[2], *reduction = args[3],
+           *real_label = args[4];
+  if (!THPVariable_Check(real) || !THPVariable_Check(fake) || !PyUnicode_Check(kind) ||
+      !PyUnicode_Check(reduction) || PyBool_Check(real_label) ||
+      !(PyFloat_Check(real_label) || PyLong_Check(real_label))) {
+    Py_RETURN_NONE;
   }
   Py_ssize_t nk = 0, nr = 0;
-  const char* k = PyUnicode_AsUTF8AndSize(kind.ptr(), &nk);
-  const char* red = PyUnicode_AsUTF8AndSize(reduction.ptr(), &nr);
+  const char* k = PyUnicode_AsUTF8AndSize(kind, &nk);
+  const char* red = PyUnicode_AsUTF8AndSize(reduction, &nr);
   if (k == nullptr || red == nullptr) {
     PyErr_Clear();
-    return none;
+    Py_RETURN_NONE;
   }
   const std::string_view kind_name(k, nk), reduction_name(red, nr);
   const int kid = gl::kind_from_name(kind_name);
-  if (kid < 0 || gl::reduction_is_mean(reduction_name) < 0) return none;
-  const double label = PyFloat_AsDouble(real_label.ptr());
+  if (kid < 0 || gl::reduction_is_mean(reduction_name) < 0) Py_RETURN_NONE;
+  const double label = PyFloat_AsDouble(real_label);
   if (label == -1.0 && PyErr_Occurred()) {
     PyErr_Clear();
-    return none;
+    Py_RETURN_NONE;
   }
   if (label != 1.0 && !(label >= 0.0 && label <= 1.0 && gl::is_logistic(gl::Kind(kid)))) {
-    return none;
+    Py_RETURN_NONE;
   }
-  const at::Tensor& r = THPVariable_Unpack(real.ptr());
-  const at::Tensor& f = THPVariable_Unpack(fake.ptr());
+  const at::Tensor& r = THPVariable_Unpack(real);
+  const at::Tensor& f = THPVariable_Unpack(fake);
   if (!at::isFloatingType(r.scalar_type()) || r.scalar_type() != f.scalar_type() ||
       r.numel() == 0 || f.numel() == 0 || r.device() != f.device()) {
-    return none;
+    Py_RETURN_NONE;
   }
   // the kernel auto picks for the device, unless another backend is requested
 #ifdef FASTGAN_WITH_CUDA
-  const bool cuda_ok = r.is_cuda() && (backend == "auto" || backend == "cuda");
+  const bool device_ok = r.is_cpu() || r.is_cuda();
 #else
-  const bool cuda_ok = false;
+  const bool device_ok = r.is_cpu();
 #endif
-  const bool cpu_ok = r.is_cpu() && (backend == "auto" || backend == "cpu");
-  if (!(cpu_ok || cuda_ok)) return none;
+  bool stack_ok = false;
+  if (!device_ok || !requested_backend_is(args[5], r.is_cuda(), stack_ok) || !stack_ok) {
+    Py_RETURN_NONE;
+  }
   auto out = fastgan::gan_loss_forward_call(r, f, c10::string_view(k, nk),
                                             c10::string_view(red, nr), label);
-  return pybind11::make_tuple(std::get<0>(out), std::get<1>(out), std::get<2>(out),
-                              std::get<3>(out));
+  PyObject* tuple = PyTuple_New(4);
+  if (tuple == nullptr) return nullptr;
+  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(std::get<0>(out))));
+  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(std::get<1>(out))));
+  PyTuple_SET_ITEM(tuple, 2, THPVariable_Wrap(std::move(std::get<2>(out))));
+  PyTuple_SET_ITEM(tuple, 3, THPVariable_Wrap(std::move(std::get<3>(out))));
+  for (int i = 0; i < 4; ++i) {
+    if (PyTuple_GET_ITEM(tuple, i) == nullptr) {
+      Py_DECREF(tuple);
+      return nullptr;
+    }
+  }
+  return tuple;
+  END_HANDLE_TH_ERRORS
 }
+
+PyMethodDef kRawMethods[] = {
+    {"gan_loss_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&gan_loss_eager)),
+     METH_FASTCALL,
+     "gan_loss_eager(real, fake, kind, reduction, real_label, backend_stack): "
+     "fastgan::gan_loss_forward for the common case, else None (eager fast path)"},
+    {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
 
@@ -124,6 +177,5 @@ PYBIND11_MODULE(_C, m) {
   }
   m.doc() = "fastgan compiled kernels (CPU, and CUDA when built with it)";
   m.def("build_info", &build_info, "How this extension was built");
-  m.def("gan_loss_eager", &gan_loss_eager,
-        "fastgan::gan_loss_forward for the common case, else None (eager fast path)");
+  if (PyModule_AddFunctions(m.ptr(), kRawMethods) != 0) throw pybind11::error_already_set();
 }

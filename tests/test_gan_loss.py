@@ -475,6 +475,11 @@ def test_eager_fast_path_defers_everything_else(monkeypatch):
         assert fast(*args) is None, args
     with fastgan.use_backend("reference"):
         assert fast(r, f, "ns", "mean", 1.0) is None
+        # functional.gan_loss inlines the fast path: it must read the same nesting
+        assert gan_loss(r.clone().requires_grad_(), f).d_loss.grad_fn.name() != "GanLossBackward"
+        with fastgan.use_backend("auto"):
+            assert gan_loss(r.clone().requires_grad_(), f).d_loss.grad_fn.name() == \
+                "GanLossBackward"
     with fastgan.use_backend("cpu"):  # what auto runs for CPU tensors anyway
         assert fast(r, f, "ns", "mean", 1.0) is not None
     if "cuda" in fastgan.available_backends():  # forced cuda on CPU tensors: an error there

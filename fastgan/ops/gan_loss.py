@@ -187,5 +187,4 @@ def try_eager_fast_path(real_logits: Tensor, fake_logits: Tensor, kind: str, red
     if _eager is None or torch.compiler.is_compiling():
         return None
     # anything but auto / cpu / cuda is deferred; C++ runs cpu / cuda only on their devices
-    return _eager(real_logits, fake_logits, kind, reduction, real_label,
-                  _backend.requested_name())
+    return _eager(real_logits, fake_logits, kind, reduction, real_label, _backend._stack)
