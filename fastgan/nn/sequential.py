@@ -91,8 +91,9 @@ def _conv_count(steps: list) -> int:
     return sum(1 for s in steps if isinstance(s, (tuple, *_PLAIN_CONVS)))
 
 
-def _wants_channels_last(x: Tensor, steps: list) -> bool:
-    """Whether to run this Sequential's convolutions in channels_last for an NCHW input.
+def _wants_channels_last(x: Tensor, n_convs: int, first_conv: nn.Module | None) -> bool:
+    """Whether to run this Sequential's convolutions in channels_last for an NCHW input
+    (`n_convs` convolutions, fused or plain; `first_conv` that of the first fused run).
 
     On the CPU, oneDNN's convolutions (forward and both backward passes) are faster in
     channels_last than in NCHW, where they also reorder their inputs and outputs. So an
@@ -106,10 +107,9 @@ def _wants_channels_last(x: Tensor, steps: list) -> bool:
     if not (isinstance(x, Tensor) and x.dim() == 4 and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()):
         return False
-    if torch.is_grad_enabled() and _conv_count(steps) < 2:
+    if n_convs < 2 and torch.is_grad_enabled():
         return False
-    first = next((s[0] for s in steps if isinstance(s, tuple)), None)
-    w = first.weight if first is not None else None
+    w = first_conv.weight if first_conv is not None else None
     return w is not None and w.dim() == 4 and w.is_contiguous()
 
 
@@ -117,7 +117,9 @@ class FusedSequential(nn.Sequential):
     """nn.Sequential whose Conv2d|ConvTranspose2d -> BatchNorm2d [-> ReLU|LeakyReLU] runs
     execute as fastgan fused blocks (see fastgan.convert)."""
 
-    def _plan(self) -> list:
+    def _plan(self) -> tuple[list, int, nn.Module | None]:
+        """(steps, number of convolutions, first fused run's conv), rebuilt when the
+        children change. A step is a child, or (conv, bn, negative_slope) for a run."""
         mods = list(self._modules.values())
         key = tuple(id(m) for m in mods)
         cached = self.__dict__.get("_fastgan_plan")
@@ -135,12 +137,14 @@ class FusedSequential(nn.Sequential):
             else:
                 steps.append(mods[i])
                 i += 1
-        self.__dict__["_fastgan_plan"] = (key, steps)
-        return steps
+        first = next((s[0] for s in steps if isinstance(s, tuple)), None)
+        plan = (steps, _conv_count(steps), first)
+        self.__dict__["_fastgan_plan"] = (key, plan)
+        return plan
 
     def _run(self, input: Tensor) -> Tensor:
-        steps = self._plan()
-        relayout = _wants_channels_last(input, steps)
+        steps, n_convs, first_conv = self._plan()
+        relayout = _wants_channels_last(input, n_convs, first_conv)
         for step in steps:
             if relayout:
                 # channels_last inside runs of convolutions and elementwise layers only;

@@ -294,9 +294,13 @@ def forward_with_stats(x: Tensor, running_mean: Tensor | None, running_var: Tens
                or (bias is not None and bias.requires_grad))):
         y, mean, var = _EagerAutograd.apply(x, weight, bias, rm, rv, use_batch_stats, eps,
                                             negative_slope)
-    else:
+    elif torch.compiler.is_compiling():
         y, mean, var = torch.ops.fastgan.bn_act_forward(x, weight, bias, rm, rv, use_batch_stats,
                                                         eps, negative_slope)
+    else:  # nothing to differentiate: past the registered autograd wrapper (~25 us)
+        with torch._C._AutoDispatchBelowAutograd():
+            y, mean, var = torch.ops.fastgan.bn_act_forward.default(
+                x, weight, bias, rm, rv, use_batch_stats, eps, negative_slope)
     if training and running_mean is not None:
         update_running_stats(running_mean, running_var, mean.detach(), var.detach(), momentum,
                              x.numel() // x.shape[1])
