@@ -181,10 +181,11 @@ def test_fp16_cpu_matches_reference():
 
 
 @needs_c
-@pytest.mark.parametrize("shape", [(2, 3, 512, 520), (4, 64, 32, 32)])
+@pytest.mark.parametrize("shape", [(2, 3, 512, 520), (4, 64, 32, 32), (8, 64, 64, 64)])
 def test_layout_paths_agree_with_reference(shape):
-    """Covers the NCHW streaming path (a channel larger than the cache block) and the
-    cache-blocked path, and non-dense (sliced) input."""
+    """Covers the NCHW streaming path (a channel larger than the cache block), the
+    cache-blocked path, the NHWC paths with and without non-temporal stores (outputs of
+    8 MiB and more, 64-byte rows), and non-dense (sliced) input."""
     x = _input(shape, torch.float32, False, mean=0.3, std=2.0)
     g = torch.randn_like(x)
     C = shape[1]

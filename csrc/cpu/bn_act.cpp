@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../bn_act_checks.h"
@@ -315,6 +316,59 @@ void forward_nchw(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
   });
 }
 
+// Calls f(c, width) for each vector of channels [c, c + K) of a row of C channels:
+// full vectors first, with a width whose loads and stores are plain, then the tail
+// (if any) with masked ones. Keeps the per-vector width tests out of the hot loops.
+// Stream: store with non-temporal stores (fp32, 64-byte aligned addresses only).
+template <typename scalar_t, bool Stream = false>
+struct FullWidth {
+  using IO = VecIo<scalar_t>;
+  typename IO::Vec load(const scalar_t* p) const { return IO::load(p); }
+  template <typename acc_t>
+  at::vec::Vectorized<acc_t> load_acc(const acc_t* p) const {
+    return at::vec::Vectorized<acc_t>::loadu(p);
+  }
+  void store(scalar_t* p, const typename IO::Vec& v) const {
+    if constexpr (Stream && std::is_same_v<scalar_t, float>) {
+      stream_store(p, v);
+    } else {
+      IO::store(p, v);
+    }
+  }
+  template <typename acc_t>
+  void store_acc(acc_t* p, const at::vec::Vectorized<acc_t>& v) const { v.store(p); }
+};
+
+template <typename scalar_t>
+struct PartialWidth {
+  using IO = VecIo<scalar_t>;
+  int64_t w;
+  typename IO::Vec load(const scalar_t* p) const { return IO::load(p, w); }
+  template <typename acc_t>
+  at::vec::Vectorized<acc_t> load_acc(const acc_t* p) const {
+    return at::vec::Vectorized<acc_t>::loadu(p, w);
+  }
+  void store(scalar_t* p, const typename IO::Vec& v) const { IO::store(p, v, w); }
+  template <typename acc_t>
+  void store_acc(acc_t* p, const at::vec::Vectorized<acc_t>& v) const { v.store(p, w); }
+};
+
+template <typename scalar_t, bool Stream = false, typename F>
+inline void for_channel_vectors(int64_t C, const F& f) {
+  constexpr int64_t K = VecIo<scalar_t>::kSize;
+  int64_t c = 0;
+  for (; c + K <= C; c += K) f(c, FullWidth<scalar_t, Stream>{});
+  if (c < C) f(c, PartialWidth<scalar_t>{C - c});
+}
+
+// Whether an NHWC output of C channels at `out` is written with non-temporal stores:
+// fp32, large (kStreamBytes, as the NCHW paths), every row 64-byte aligned.
+template <typename scalar_t>
+inline bool stream_rows(const scalar_t* out, int64_t C, int64_t nbytes) {
+  return std::is_same_v<scalar_t, float> && kCanStream && nbytes >= kStreamBytes &&
+         (C * static_cast<int64_t>(sizeof(scalar_t))) % 64 == 0 && aligned64(out);
+}
+
 template <typename scalar_t>
 void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Tensor& var_t,
                   bool training, double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p) {
@@ -333,27 +387,29 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
     const int64_t B = std::max<int64_t>(1, std::min(R, kBlockElems / C));
     const int64_t nblk = (R + B - 1) / B;
     std::vector<acc_t> bmean(nblk * C), bm2(nblk * C);
-    at::parallel_for(0, nblk, serial_if_small(x.numel(), nblk, 1), [&](int64_t b0, int64_t b1) {
+    acc_t* const bmean_p = bmean.data();
+    acc_t* const bm2_p = bm2.data();
+    at::parallel_for(0, nblk, serial_if_small(x.numel(), nblk, 1), [=](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t r0 = blk * B, r1 = std::min(R, r0 + B);
-        const acc_t inv_rows = acc_t(1) / static_cast<acc_t>(r1 - r0);
-        acc_t* bm = bmean.data() + blk * C;
-        acc_t* bq = bm2.data() + blk * C;
-        for (int64_t c = 0; c < C; c += K) {
-          const int64_t w = std::min(K, C - c);
+        const Vec inv_rows(acc_t(1) / static_cast<acc_t>(r1 - r0));
+        acc_t* bm = bmean_p + blk * C;
+        acc_t* bq = bm2_p + blk * C;
+        for_channel_vectors<scalar_t>(C, [&](int64_t c, auto width) {
+          const scalar_t* col = xp + c;
           // Shifted by the block's first row, as in run_moments.
-          const Vec pivot = IO::load(xp + r0 * C + c, w);
+          const Vec pivot = width.load(col + r0 * C);
           Vec s(acc_t(0));
-          for (int64_t r = r0; r < r1; ++r) s += IO::load(xp + r * C + c, w) - pivot;
-          at::vec::fmadd(s, Vec(inv_rows), pivot).store(bm + c, w);
-          const Vec vm = Vec::loadu(bm + c, w);
+          for (int64_t r = r0; r < r1; ++r) s += width.load(col + r * C) - pivot;
+          const Vec vm = at::vec::fmadd(s, inv_rows, pivot);
           Vec q(acc_t(0));
           for (int64_t r = r0; r < r1; ++r) {
-            const Vec d = IO::load(xp + r * C + c, w) - vm;  // zero lanes stay zero
+            const Vec d = width.load(col + r * C) - vm;  // zero lanes stay zero
             q = at::vec::fmadd(d, d, q);
           }
-          q.store(bq + c, w);
-        }
+          width.store_acc(bm + c, vm);
+          width.store_acc(bq + c, q);
+        });
       }
     });
     // nblk * C merges: a thread team only pays for itself on large inputs
@@ -376,17 +432,28 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
     bn_act::fold_affine<acc_t>(mp[c], bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps)),
                                p.weight[c], p.bias[c], scale[c], shift[c]);
   }
-  const Vec vslope(static_cast<acc_t>(slope));
-  at::parallel_for(0, R, std::max<int64_t>(1, kBlockElems / C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* xr = xp + r * C;
-      scalar_t* yr = yp + r * C;
-      for (int64_t c = 0; c < C; c += K) {
-        const int64_t w = std::min(K, C - c);
-        const Vec z = at::vec::fmadd(IO::load(xr + c, w), Vec::loadu(scale.data() + c, w),
-                                     Vec::loadu(shift.data() + c, w));
-        IO::store(yr + c, leaky_vec<acc_t>(z, vslope), w);
+  const acc_t slope_a = static_cast<acc_t>(slope);
+  const acc_t* scale_p = scale.data();
+  const acc_t* shift_p = shift.data();
+  const bool stream = stream_rows(yp, C, y.nbytes());
+  at::parallel_for(0, R, std::max<int64_t>(1, kBlockElems / C), [=](int64_t r0, int64_t r1) {
+    const Vec vslope(slope_a);
+    auto rows = [&](auto stream_tag) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* xr = xp + r * C;
+        scalar_t* yr = yp + r * C;
+        for_channel_vectors<scalar_t, decltype(stream_tag)::value>(C, [&](int64_t c, auto width) {
+          const Vec z = at::vec::fmadd(width.load(xr + c), width.load_acc(scale_p + c),
+                                       width.load_acc(shift_p + c));
+          width.store(yr + c, leaky_vec<acc_t>(z, vslope));
+        });
       }
+    };
+    if (stream) {
+      rows(std::true_type{});
+      stream_fence();
+    } else {
+      rows(std::false_type{});
     }
   });
 }
@@ -529,31 +596,34 @@ void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
     invstd[c] = bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps));
     bn_act::fold_affine<acc_t>(mp[c], invstd[c], p.weight[c], p.bias[c], scale[c], shift[c]);
   }
-  const Vec vslope(static_cast<acc_t>(slope));
-  auto dz_at = [&](const scalar_t* xr, const scalar_t* dyr, int64_t c, int64_t w, Vec& xv) {
-    xv = IO::load(xr + c, w);
-    const Vec z = at::vec::fmadd(xv, Vec::loadu(scale.data() + c, w), Vec::loadu(shift.data() + c, w));
-    return IO::load(dyr + c, w) * leaky_grad_vec<acc_t>(z, vslope);
-  };
+  const acc_t slope_a = static_cast<acc_t>(slope);
+  const acc_t *scale_p = scale.data(), *shift_p = shift.data();
 
   const int64_t B = std::max<int64_t>(1, std::min(R, kBlockElems / C));
   const int64_t nblk = (R + B - 1) / B;
   std::vector<acc_t> bsum(nblk * C), bsumx(nblk * C);
-  at::parallel_for(0, nblk, serial_if_small(x.numel(), nblk, 1), [&](int64_t b0, int64_t b1) {
+  acc_t* const bsum_p = bsum.data();
+  acc_t* const bsumx_p = bsumx.data();
+  at::parallel_for(0, nblk, serial_if_small(x.numel(), nblk, 1), [=](int64_t b0, int64_t b1) {
+    const Vec vslope(slope_a);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * B, r1 = std::min(R, r0 + B);
-      for (int64_t c = 0; c < C; c += K) {
-        const int64_t w = std::min(K, C - c);
-        const Vec vm = Vec::loadu(mp + c, w);
-        Vec a(acc_t(0)), b(acc_t(0)), xv;
+      for_channel_vectors<scalar_t>(C, [&](int64_t c, auto width) {
+        const Vec vm = width.load_acc(mp + c);
+        const Vec vs = width.load_acc(scale_p + c), vb = width.load_acc(shift_p + c);
+        const scalar_t* xcol = xp + c;
+        const scalar_t* dycol = dyp + c;
+        Vec a(acc_t(0)), b(acc_t(0));
         for (int64_t r = r0; r < r1; ++r) {
-          const Vec dz = dz_at(xp + r * C, dyp + r * C, c, w, xv);
+          const Vec xv = width.load(xcol + r * C);
+          const Vec dz = width.load(dycol + r * C) *
+                         leaky_grad_vec<acc_t>(at::vec::fmadd(xv, vs, vb), vslope);
           a += dz;
           b = at::vec::fmadd(dz, xv - vm, b);
         }
-        a.store(bsum.data() + blk * C + c, w);
-        b.store(bsumx.data() + blk * C + c, w);
-      }
+        width.store_acc(bsum_p + blk * C + c, a);
+        width.store_acc(bsumx_p + blk * C + c, b);
+      });
     }
   });
   for (int64_t c = 0; c < C; ++c) {
@@ -575,16 +645,32 @@ void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
     proj[c] = g.proj;
     mdz[c] = g.mean_dz;
   }
-  at::parallel_for(0, R, std::max<int64_t>(1, kBlockElems / C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = 0; c < C; c += K) {
-        const int64_t w = std::min(K, C - c);
-        Vec xv;
-        const Vec dz = dz_at(xp + r * C, dyp + r * C, c, w, xv);
-        const Vec t = at::vec::fmadd(Vec::loadu(proj.data() + c, w), xv - Vec::loadu(mp + c, w),
-                                     Vec::loadu(mdz.data() + c, w));
-        IO::store(dxp + r * C + c, Vec::loadu(gain.data() + c, w) * (dz - t), w);
+  const acc_t *gain_p = gain.data(), *proj_p = proj.data(), *mdz_p = mdz.data();
+  const bool stream = stream_rows(dxp, C, dx->nbytes());
+  at::parallel_for(0, R, std::max<int64_t>(1, kBlockElems / C), [=](int64_t r0, int64_t r1) {
+    const Vec vslope(slope_a);
+    auto rows = [&](auto stream_tag) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* xr = xp + r * C;
+        const scalar_t* dyr = dyp + r * C;
+        scalar_t* dxr = dxp + r * C;
+        for_channel_vectors<scalar_t, decltype(stream_tag)::value>(C, [&](int64_t c, auto width) {
+          const Vec xv = width.load(xr + c);
+          const Vec zv = at::vec::fmadd(xv, width.load_acc(scale_p + c),
+                                        width.load_acc(shift_p + c));
+          const Vec dz = width.load(dyr + c) * leaky_grad_vec<acc_t>(zv, vslope);
+          const Vec t = at::vec::fmadd(width.load_acc(proj_p + c),
+                                       xv - width.load_acc(mp + c),
+                                       width.load_acc(mdz_p + c));
+          width.store(dxr + c, width.load_acc(gain_p + c) * (dz - t));
+        });
       }
+    };
+    if (stream) {
+      rows(std::true_type{});
+      stream_fence();
+    } else {
+      rows(std::false_type{});
     }
   });
 }
