@@ -16,8 +16,11 @@
 #endif
 
 #include "gan_loss_math.h"
+#include "py_fast_path.h"
 
 namespace fastgan {
+PyObject* bn_act_train_eager(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
+PyObject* bn_act_set_composite(PyObject* self, PyObject* fn);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_call(
     const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
     c10::string_view reduction, double real_label);
@@ -72,27 +75,6 @@ pybind11::dict build_info() {
 // the backend comes from $FASTGAN_BACKEND (os.environ writes reach getenv through
 // putenv), else "auto". It is a raw METH_FASTCALL function rather than a pybind11
 // binding: pybind11's argument dispatch alone costs a tenth of the op here.
-bool requested_backend_is(PyObject* stack, bool cuda, bool& ok) {
-  std::string_view name = "auto";
-  if (!PyList_Check(stack)) return ok = false;
-  const Py_ssize_t n = PyList_GET_SIZE(stack);
-  if (n > 0) {
-    PyObject* top = PyList_GET_ITEM(stack, n - 1);
-    if (!PyUnicode_Check(top)) return ok = false;
-    Py_ssize_t len = 0;
-    const char* s = PyUnicode_AsUTF8AndSize(top, &len);
-    if (s == nullptr) {
-      PyErr_Clear();
-      return ok = false;
-    }
-    name = std::string_view(s, len);
-  } else if (const char* env = std::getenv("FASTGAN_BACKEND"); env != nullptr && *env) {
-    name = env;
-  }
-  ok = true;
-  return name == "auto" || name == (cuda ? "cuda" : "cpu");
-}
-
 PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   namespace gl = fastgan::gan_loss;
@@ -138,7 +120,7 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
   const bool device_ok = r.is_cpu();
 #endif
   bool stack_ok = false;
-  if (!device_ok || !requested_backend_is(args[5], r.is_cuda(), stack_ok) || !stack_ok) {
+  if (!device_ok || !fastgan::requested_backend_is(args[5], r.is_cuda(), stack_ok) || !stack_ok) {
     Py_RETURN_NONE;
   }
   auto out = fastgan::gan_loss_forward_call(r, f, c10::string_view(k, nk),
@@ -164,6 +146,14 @@ PyMethodDef kRawMethods[] = {
      METH_FASTCALL,
      "gan_loss_eager(real, fake, kind, reduction, real_label, backend_stack): "
      "fastgan::gan_loss_forward for the common case, else None (eager fast path)"},
+    {"bn_act_train_eager",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastgan::bn_act_train_eager)),
+     METH_FASTCALL,
+     "bn_act_train_eager(x, weight, bias, running_mean, running_var, training, momentum, eps, "
+     "negative_slope, backend_stack): fastgan.ops.bn_act.forward_with_stats for the common "
+     "case in one call, else None (csrc/bn_act_eager.cpp)"},
+    {"bn_act_set_composite", &fastgan::bn_act_set_composite, METH_O,
+     "bn_act_set_composite(fn): the differentiable backward used under create_graph=True"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -404,9 +404,11 @@ def test_compiled_op_checks_its_arguments():
 
 
 @pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
-def test_eager_autograd_matches_registered_op():
-    """Eager calls take a lighter autograd.Function than the op's registered autograd;
-    both give the same values and first and second derivatives."""
+def test_eager_paths_match_registered_op():
+    """Eager calls take lighter autograd than the op's registered one: the C++ fast path
+    (fastgan._C.bn_act_train_eager, a hand-written node) and, where it defers, a plain
+    autograd.Function. All three give the same values and first and second derivatives."""
+    from fastgan import _backend
     from fastgan.ops import bn_act as B
 
     torch.manual_seed(0)
@@ -416,16 +418,72 @@ def test_eager_autograd_matches_registered_op():
     args = (None, None, True, 1e-5, 0.2)
     y1 = B._EagerAutograd.apply(x, w, b, *args)[0]
     y2 = torch.ops.fastgan.bn_act_forward(x, w, b, *args)[0]
-    assert torch.equal(y1, y2)
+    y3 = B._train_eager(x, w, b, None, None, True, 0.1, 1e-5, 0.2, _backend._stack)[0]
+    assert y3.grad_fn.name() == "BnActBackward"
+    assert torch.equal(y1, y2) and torch.equal(y1, y3)
     g = torch.randn_like(y1)
-    g1 = torch.autograd.grad(y1, (x, w, b), g, create_graph=True)
-    g2 = torch.autograd.grad(y2, (x, w, b), g, create_graph=True)
-    for a, c in zip(g1, g2):
-        assert torch.equal(a, c)
-    gg1 = torch.autograd.grad(sum(t.square().sum() for t in g1), (x, w))
-    gg2 = torch.autograd.grad(sum(t.square().sum() for t in g2), (x, w))
-    for a, c in zip(gg1, gg2):
-        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
-    # the module takes it in training
+    grads = [torch.autograd.grad(y, (x, w, b), g, create_graph=True) for y in (y1, y2, y3)]
+    for gi in grads[1:]:
+        for a, c in zip(grads[0], gi):
+            assert torch.equal(a, c)
+    second = [torch.autograd.grad(sum(t.square().sum() for t in gi), (x, w)) for gi in grads]
+    for gi in second[1:]:
+        for a, c in zip(second[0], gi):
+            torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    # the module takes the C++ path in training, and it updates the running statistics
+    # as nn.BatchNorm2d does
     bn = fastgan.nn.BatchNormAct2d(4, dtype=torch.float64)
-    assert type(bn(x).grad_fn).__name__ == "EagerAutogradBackward"
+    ref = torch.nn.BatchNorm2d(4, dtype=torch.float64)
+    assert bn(x).grad_fn.name() == "BnActBackward"
+    ref(x)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
+    assert int(bn.num_batches_tracked) == 1
+
+
+@pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
+def test_eager_fast_path_defers_everything_else(monkeypatch):
+    """bn_act_train_eager returns None (the Python path decides, raises or dispatches)
+    for anything but the common case."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastgan import _backend
+    from fastgan.ops import bn_act as B
+
+    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    fast = B._train_eager
+    x, w, b = torch.randn(2, 3, 4, 4), torch.rand(3), torch.randn(3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    ok = (x, w, b, rm, rv, True, 0.1, 1e-5, 0.2, _backend._stack)
+    assert fast(*ok) is not None
+    deferred = [
+        (x[0], w, b, rm, rv, True, 0.1, 1e-5, 0.2),           # 3-D
+        (x.int(), w, b, rm, rv, True, 0.1, 1e-5, 0.2),        # integer input
+        (x[:0], w, b, rm, rv, True, 0.1, 1e-5, 0.2),          # empty
+        (x[:1, :, :1, :1], w, b, rm, rv, True, 0.1, 1e-5, 0.2),  # one value per channel
+        (x, w[:2], b, rm, rv, True, 0.1, 1e-5, 0.2),          # channel mismatch
+        (x, w, b, rm, None, True, 0.1, 1e-5, 0.2),            # half the running stats
+        (x, w, b, rm, rv, True, 1.5, 1e-5, 0.2),              # momentum out of range
+        (x, w, b, rm, rv, True, 0.1, 0.0, 0.2),               # eps
+        (x, w, b, rm, rv, True, 0.1, 1e-5, -1.0),             # slope
+        (x, w, b, rm, rv, 1, 0.1, 1e-5, 0.2),                 # training not a bool
+        (x.numpy(), w, b, rm, rv, True, 0.1, 1e-5, 0.2),      # not a tensor
+        (x.to("meta"), w, b, rm, rv, True, 0.1, 1e-5, 0.2),   # no kernel here
+    ]
+    for args in deferred:
+        assert fast(*args, _backend._stack) is None, args
+    with fastgan.use_backend("reference"):
+        assert fast(*ok[:-1], _backend._stack) is None
+    monkeypatch.setenv("FASTGAN_BACKEND", "reference")
+    assert fast(*ok) is None
+    monkeypatch.delenv("FASTGAN_BACKEND")
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        assert fast(*ok) is None
+    # what the Python path then does: clear errors
+    with pytest.raises(ValueError, match="momentum must be in"):
+        B.forward_with_stats(x, rm, rv, w, b, True, 1.5, 1e-5, 0.2)

@@ -241,9 +241,13 @@ def _register_compiled() -> None:
 KERNELS: tuple[str, ...] = ()
 HAVE_UPDATE_OP = False
 _EagerAutograd = None  # set by _register_compiled
+_train_eager = None  # fastgan._C.bn_act_train_eager: forward_with_stats' eager fast path
 if _ext.ext_loaded() and hasattr(torch.ops.fastgan, "bn_act_forward"):
     _register_compiled()
     HAVE_UPDATE_OP = True
+    if hasattr(_ext._C, "bn_act_train_eager"):
+        _ext._C.bn_act_set_composite(_composite_backward)
+        _train_eager = _ext._C.bn_act_train_eager
     KERNELS = ("cpu", "cuda") if _ext.build_info().get("cuda") else ("cpu",)
 if _backend._triton_installed():  # registered on first use: fastgan/ops/bn_act_triton.py
     KERNELS += ("triton",)
@@ -277,6 +281,13 @@ def forward_with_stats(x: Tensor, running_mean: Tensor | None, running_var: Tens
                        negative_slope: float) -> tuple[Tensor, Tensor, Tensor, str]:
     """batch_norm_act, also returning the statistics used (mean, biased var; fp32, or
     fp64 for fp64 input) and the backend that ran (blocks recompute with the same one)."""
+    fast = _train_eager
+    if fast is not None and not torch.compiler.is_compiling():
+        # the common case in one C++ call (csrc/bn_act_eager.cpp), else None
+        out = fast(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                   negative_slope, _backend._stack)
+        if out is not None:
+            return out[0], out[1], out[2], x.device.type
     check_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
                negative_slope)
     use_batch_stats = training or running_mean is None
