@@ -198,7 +198,7 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNor
     args = (x, conv, bn, negative_slope)
     if _use_folding(bn):
         return _eval_forward(*args, output_size, memory_format)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or recompute.active():
         return _train_forward(*args, output_size, memory_format)
     with recompute.scope():
         return _train_forward(*args, output_size, memory_format)

@@ -59,16 +59,20 @@ class _Entry:
 
 
 _registry: dict[int, _Entry] = {}  # y's storage data_ptr -> entry, while y is alive
+_by_id: dict[int, _Entry] = {}  # id(y) -> entry: the usual case, y itself saved
 
 
 def _versions(*ts: Tensor | None) -> tuple[int, ...]:
     return tuple(t._version for t in ts if t is not None)
 
 
-def _forget(key: int, entry_ref: weakref.ref) -> Callable[[Any], None]:
+def _forget(key: int, ident: int, entry_ref: weakref.ref) -> Callable[[Any], None]:
     def cb(_ref: Any) -> None:
-        if _registry.get(key) is entry_ref():
+        entry = entry_ref()
+        if _registry.get(key) is entry:
             del _registry[key]
+        if _by_id.get(ident) is entry:
+            del _by_id[ident]
     return cb
 
 
@@ -77,12 +81,20 @@ def register(y: Tensor, z: Tensor, mean: Tensor, var: Tensor, weight: Tensor | N
     """Make y = act(bn(z; mean, var, weight, bias)) recomputable for whoever saves it."""
     entry = _Entry(y, z, mean, var, weight, bias, eps, slope, backend)
     key = y.untyped_storage().data_ptr()
-    entry.ref = weakref.ref(y, _forget(key, weakref.ref(entry)))
+    entry.ref = weakref.ref(y, _forget(key, id(y), weakref.ref(entry)))
     _registry[key] = entry
+    _by_id[id(y)] = entry
 
 
 def _lookup(t: Tensor) -> _Entry | None:
-    if not _registry or t.is_sparse or t.layout != torch.strided:
+    if not _registry:
+        return None
+    entry = _by_id.get(id(t))
+    if entry is not None and entry.ref() is t:
+        return entry if t._version == entry.version else None
+    # Otherwise only a view of y can share its storage (t._base is then set); anything
+    # else (weights, inputs, statistics) is kept as is without a storage lookup.
+    if t._base is None or t.is_sparse or t.layout != torch.strided:
         return None
     entry = _registry.get(t.untyped_storage().data_ptr())
     if entry is None:
