@@ -23,6 +23,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "dispatch_checks.h"
 #include "py_fast_path.h"
 
 namespace fastgan {
@@ -138,32 +139,6 @@ bool number_arg(PyObject* o, double& v) {
     return false;
   }
   return true;
-}
-
-// Nothing between this call and the kernels that the dispatcher would route elsewhere:
-// no functorch transform, Python mode or forward-mode AD.
-bool plain_dispatch(const at::Tensor& t) {
-  constexpr auto unusual = c10::DispatchKeySet({c10::DispatchKey::Python,
-                                               c10::DispatchKey::PythonTLSSnapshot,
-                                               c10::DispatchKey::FuncTorchBatched,
-                                               c10::DispatchKey::FuncTorchGradWrapper,
-                                               c10::DispatchKey::Functionalize,
-                                               c10::DispatchKey::Conjugate,
-                                               c10::DispatchKey::Negative});
-  return !t.key_set().has_any(unusual) && !torch::autograd::isFwGradDefined(t);
-}
-
-// No mode on this thread that the dispatcher would route through: functorch
-// transforms, Python dispatch modes, pre-dispatch tracing.
-bool plain_tls() {
-  constexpr auto modes = c10::DispatchKeySet({c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
-                                              c10::DispatchKey::FuncTorchDynamicLayerBackMode,
-                                              c10::DispatchKey::Python,
-                                              c10::DispatchKey::PythonTLSSnapshot,
-                                              c10::DispatchKey::PythonDispatcher,
-                                              c10::DispatchKey::PreDispatch,
-                                              c10::DispatchKey::Functionalize});
-  return !c10::impl::tls_local_dispatch_key_set().included_.has_any(modes);
 }
 
 }  // namespace
