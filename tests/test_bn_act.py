@@ -442,6 +442,47 @@ def test_eager_paths_match_registered_op():
 
 
 @pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_eager_fast_path_autograd_contract(channels_last, affine, training):
+    """The C++ node behaves as autograd's own: gradcheck in both modes and layouts, with
+    and without affine; a second backward without retain_graph raises; retain_graph
+    allows it; an input modified in place before backward is caught."""
+    from fastgan import _backend
+    from fastgan.ops import bn_act as B
+
+    torch.manual_seed(0)
+    x, w, b, rm, rv = _grad_inputs(channels_last)
+    if not affine:
+        w = b = None
+    # the fast path's own op, with running statistics used in eval
+    args = (rm, rv) if not training else (None, None)
+
+    def f(x, *wb):
+        ww, bb = (wb + (None, None))[:2] if affine else (None, None)
+        out = B._train_eager(x, ww, bb, *args, training, 0.1, 1e-5, 0.2, _backend._stack)
+        assert out is not None and out[0].grad_fn.name() == "BnActBackward"
+        return out[0]
+
+    inputs = (x, w, b) if affine else (x,)
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+    y = f(*inputs)
+    y.sum().backward(retain_graph=True)
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="second time|freed"):
+        y.sum().backward()
+    xi = x.detach().clone().requires_grad_()
+    z = xi * 1.0
+    y = f(z, *inputs[1:])
+    with torch.no_grad():
+        z.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+@pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
 def test_eager_fast_path_defers_everything_else(monkeypatch):
     """bn_act_train_eager returns None (the Python path decides, raises or dispatches)
     for anything but the common case."""
