@@ -204,6 +204,35 @@ def test_layout_paths_agree_with_reference(shape):
 
 
 @needs_c
+@pytest.mark.parametrize("C", [2, 3, 5, 7, 15])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_channels_last_few_channels_matches_reference(C, dtype, tol):
+    """channels_last with fewer channels than a vector (the flat, period-wise CPU path):
+    tails of rows that do not fill a period, several blocks of rows, eval and train."""
+    for shape in ((7, C, 33, 35), (4, C, 64, 64)):
+        x = _input(shape, dtype, True, mean=2.0, std=3.0)
+        g = torch.randn_like(x)
+        w = (torch.rand(C, dtype=dtype) + 0.5).requires_grad_()
+        b = torch.randn(C, dtype=dtype).requires_grad_()
+        rm, rv = torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
+        for training in (True, False):
+            stats = (None, None) if training else (rm, rv)
+            xi = x.detach().requires_grad_()
+            with fastgan.use_backend("cpu"):
+                y = batch_norm_act(xi, *stats, w, b, training, 0.1, 1e-5, 0.2)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            got = torch.autograd.grad(y, (xi, w, b), g)
+            xr = x.detach().double().requires_grad_()
+            wr, br = w.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+            rs = (None, None) if training else (rm.double(), rv.double())
+            yr, *_ = bn_act_op.reference_forward(xr, wr, br, *rs, training, 1e-5, 0.2)
+            ref = torch.autograd.grad(yr, (xr, wr, br), g.double())
+            assert_close_scaled(y, yr, tol)
+            for a, r in zip(got, ref):
+                assert_close_scaled(a, r, tol)
+
+
+@needs_c
 def test_thread_count_does_not_change_results():
     x = _input((6, 10, 13, 17), torch.float32, False, mean=5.0, std=2.0)
     g = torch.randn_like(x)

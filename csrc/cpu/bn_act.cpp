@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -369,6 +370,268 @@ inline bool stream_rows(const scalar_t* out, int64_t C, int64_t nbytes) {
          (C * static_cast<int64_t>(sizeof(scalar_t))) % 64 == 0 && aligned64(out);
 }
 
+// ---------------------------------------------------------------------------
+// NHWC with fewer channels than a vector holds (C < K). Rows are too short to vectorise
+// over channels (a masked vector per row ran ~5x slower than NCHW), so the tensor is
+// walked as one flat array in periods of L = lcm(C, K) values: P = L / K vectors, L / C
+// rows. Lane l of a period's j-th vector holds channel (j*K + l) % C, and per-channel
+// constants are laid out the same way ("patterns"). Partial sums stay per block of rows
+// and are merged per channel in a fixed order, as on the wide path.
+
+constexpr int64_t kMaxLanes = 64;  // >= any Vectorized<acc_t>::size()
+
+template <typename acc_t>
+struct SmallC {
+  using Vec = at::vec::Vectorized<acc_t>;
+  static constexpr int64_t K = Vec::size();
+  int64_t C, L, P, rows;  // channels, values / vectors / rows per period
+  explicit SmallC(int64_t c) : C(c), L(std::lcm(c, K)), P(L / K), rows(L / c) {}
+
+  // patterns of per-channel values v[0..C)
+  void pattern(const acc_t* v, Vec* out) const {
+    alignas(64) acc_t buf[kMaxLanes];
+    for (int64_t j = 0; j < P; ++j) {
+      for (int64_t l = 0; l < K; ++l) buf[l] = v[(j * K + l) % C];
+      out[j] = Vec::loadu(buf);
+    }
+  }
+
+  // adds the lanes of acc[0..P) to per-channel totals out[0..C)
+  void to_channels(const Vec* acc, double* out) const {
+    alignas(64) acc_t buf[kMaxLanes];
+    for (int64_t j = 0; j < P; ++j) {
+      acc[j].store(buf);
+      for (int64_t l = 0; l < K; ++l) out[(j * K + l) % C] += static_cast<double>(buf[l]);
+    }
+  }
+};
+
+// Rows per block of the small-C statistics: ~kBlockElems values, whole periods.
+inline int64_t small_block_rows(int64_t R, int64_t C, int64_t period_rows) {
+  const int64_t want = std::min(R, std::max<int64_t>(1, kBlockElems / C));
+  return std::max(period_rows, want / period_rows * period_rows);
+}
+
+// Per-channel (mean, M2) of blocks merged in block order (Chan), as forward_nhwc does.
+template <typename acc_t>
+void merge_blocks(const std::vector<acc_t>& bmean, const std::vector<acc_t>& bm2, int64_t nblk,
+                  int64_t B, int64_t R, int64_t C, acc_t* mp, acc_t* vp) {
+  for (int64_t c = 0; c < C; ++c) {
+    double m = 0, m2 = 0;
+    int64_t cnt = 0;
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t rows = std::min(R, (blk + 1) * B) - blk * B;
+      merge_moments<double>(m, m2, cnt, bmean[blk * C + c], bm2[blk * C + c], rows);
+    }
+    mp[c] = static_cast<acc_t>(m);
+    vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
+  }
+}
+
+template <typename scalar_t>
+void forward_nhwc_small(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t,
+                        at::Tensor& var_t, bool training, double eps, double slope,
+                        const ChannelParams<acc_of_t<scalar_t>>& p) {
+  using acc_t = acc_of_t<scalar_t>;
+  using IO = VecIo<scalar_t>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t K = IO::kSize;
+  const int64_t C = x.size(1);
+  const int64_t R = x.numel() / C;
+  const SmallC<acc_t> sc(C);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* mp = mean_t.mutable_data_ptr<acc_t>();
+  acc_t* vp = var_t.mutable_data_ptr<acc_t>();
+
+  if (training) {
+    const int64_t B = small_block_rows(R, C, sc.rows);
+    const int64_t nblk = (R + B - 1) / B;
+    std::vector<acc_t> bmean(nblk * C), bm2(nblk * C);
+    at::parallel_for(0, nblk, serial_if_small(x.numel(), nblk, 1), [&](int64_t b0, int64_t b1) {
+      Vec pat[kMaxLanes], acc[kMaxLanes];
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t r0 = blk * B, rows = std::min(R, r0 + B) - r0;
+        const scalar_t* base = xp + r0 * C;
+        const int64_t full = rows / sc.rows * sc.L;  // values in whole periods
+        // Pass 1: sums shifted by the block's first row (as run_moments), then means.
+        acc_t piv[kMaxLanes], m[kMaxLanes];
+        double s[kMaxLanes] = {};
+        for (int64_t c = 0; c < C; ++c) piv[c] = static_cast<acc_t>(base[c]);
+        sc.pattern(piv, pat);
+        for (int64_t j = 0; j < sc.P; ++j) acc[j] = Vec(acc_t(0));
+        for (int64_t i = 0; i < full; i += sc.L) {
+          for (int64_t j = 0; j < sc.P; ++j) acc[j] += IO::load(base + i + j * K) - pat[j];
+        }
+        sc.to_channels(acc, s);
+        for (int64_t i = full; i < rows * C; ++i) {
+          s[i % C] += static_cast<double>(static_cast<acc_t>(base[i]) - piv[i % C]);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          m[c] = piv[c] + static_cast<acc_t>(s[c] / static_cast<double>(rows));
+        }
+        // Pass 2: squared deviations from the block mean.
+        double q[kMaxLanes] = {};
+        sc.pattern(m, pat);
+        for (int64_t j = 0; j < sc.P; ++j) acc[j] = Vec(acc_t(0));
+        for (int64_t i = 0; i < full; i += sc.L) {
+          for (int64_t j = 0; j < sc.P; ++j) {
+            const Vec d = IO::load(base + i + j * K) - pat[j];
+            acc[j] = at::vec::fmadd(d, d, acc[j]);
+          }
+        }
+        sc.to_channels(acc, q);
+        for (int64_t i = full; i < rows * C; ++i) {
+          const acc_t d = static_cast<acc_t>(base[i]) - m[i % C];
+          q[i % C] += static_cast<double>(d * d);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          bmean[blk * C + c] = m[c];
+          bm2[blk * C + c] = static_cast<acc_t>(q[c]);
+        }
+      }
+    });
+    merge_blocks<acc_t>(bmean, bm2, nblk, B, R, C, mp, vp);
+  }
+
+  acc_t scale[kMaxLanes], shift[kMaxLanes];
+  for (int64_t c = 0; c < C; ++c) {
+    bn_act::fold_affine<acc_t>(mp[c], bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps)),
+                               p.weight[c], p.bias[c], scale[c], shift[c]);
+  }
+  const acc_t slope_a = static_cast<acc_t>(slope);
+  const int64_t n = x.numel();
+  const int64_t periods = n / sc.L;
+  at::parallel_for(0, periods, std::max<int64_t>(1, kBlockElems / sc.L), [&](int64_t q0, int64_t q1) {
+    Vec sp[kMaxLanes], bp[kMaxLanes];
+    sc.pattern(scale, sp);
+    sc.pattern(shift, bp);
+    const Vec vslope(slope_a);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t i = q * sc.L;
+      for (int64_t j = 0; j < sc.P; ++j) {
+        const Vec z = at::vec::fmadd(IO::load(xp + i + j * K), sp[j], bp[j]);
+        IO::store(yp + i + j * K, leaky_vec<acc_t>(z, vslope));
+      }
+    }
+  });
+  for (int64_t i = periods * sc.L; i < n; ++i) {
+    const acc_t z = static_cast<acc_t>(xp[i]) * scale[i % C] + shift[i % C];
+    yp[i] = static_cast<scalar_t>(bn_act::leaky<acc_t>(z, slope_a));
+  }
+}
+
+template <typename scalar_t>
+void backward_nhwc_small(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx,
+                         const at::Tensor& mean_t, const at::Tensor& var_t, bool training,
+                         double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p,
+                         double* sum_dz, double* sum_dz_xc) {
+  using acc_t = acc_of_t<scalar_t>;
+  using IO = VecIo<scalar_t>;
+  using Vec = typename IO::Vec;
+  constexpr int64_t K = IO::kSize;
+  const int64_t C = x.size(1);
+  const int64_t R = x.numel() / C;
+  const SmallC<acc_t> sc(C);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+  scalar_t* dxp = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
+  const acc_t* mp = mean_t.const_data_ptr<acc_t>();
+  const acc_t* vp = var_t.const_data_ptr<acc_t>();
+  acc_t invstd[kMaxLanes], scale[kMaxLanes], shift[kMaxLanes], mean[kMaxLanes];
+  for (int64_t c = 0; c < C; ++c) {
+    mean[c] = mp[c];
+    invstd[c] = bn_act::inv_std<acc_t>(vp[c], static_cast<acc_t>(eps));
+    bn_act::fold_affine<acc_t>(mp[c], invstd[c], p.weight[c], p.bias[c], scale[c], shift[c]);
+  }
+  const acc_t slope_a = static_cast<acc_t>(slope);
+  auto dz_of = [&](int64_t i) {
+    const acc_t xv = static_cast<acc_t>(xp[i]);
+    return static_cast<acc_t>(dyp[i]) *
+           bn_act::leaky_grad<acc_t>(xv * scale[i % C] + shift[i % C], slope_a);
+  };
+
+  const int64_t B = small_block_rows(R, C, sc.rows);
+  const int64_t nblk = (R + B - 1) / B;
+  std::vector<double> bsum(nblk * C), bsumx(nblk * C);
+  at::parallel_for(0, nblk, serial_if_small(x.numel(), nblk, 1), [&](int64_t b0, int64_t b1) {
+    Vec sp[kMaxLanes], bp[kMaxLanes], mv[kMaxLanes], a[kMaxLanes], b[kMaxLanes];
+    sc.pattern(scale, sp);
+    sc.pattern(shift, bp);
+    sc.pattern(mean, mv);
+    const Vec vslope(slope_a);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * B, rows = std::min(R, r0 + B) - r0;
+      const int64_t start = r0 * C, full = rows / sc.rows * sc.L;
+      for (int64_t j = 0; j < sc.P; ++j) a[j] = b[j] = Vec(acc_t(0));
+      for (int64_t i = start; i < start + full; i += sc.L) {
+        for (int64_t j = 0; j < sc.P; ++j) {
+          const Vec xv = IO::load(xp + i + j * K);
+          const Vec dz = IO::load(dyp + i + j * K) *
+                         leaky_grad_vec<acc_t>(at::vec::fmadd(xv, sp[j], bp[j]), vslope);
+          a[j] += dz;
+          b[j] = at::vec::fmadd(dz, xv - mv[j], b[j]);
+        }
+      }
+      double* s = bsum.data() + blk * C;
+      double* sx = bsumx.data() + blk * C;
+      sc.to_channels(a, s);
+      sc.to_channels(b, sx);
+      for (int64_t i = start + full; i < start + rows * C; ++i) {
+        const acc_t dz = dz_of(i);
+        s[i % C] += static_cast<double>(dz);
+        sx[i % C] += static_cast<double>(dz * (static_cast<acc_t>(xp[i]) - mean[i % C]));
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0, sx = 0;
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      s += bsum[blk * C + c];
+      sx += bsumx[blk * C + c];
+    }
+    sum_dz[c] = s;
+    sum_dz_xc[c] = sx;
+  }
+  if (!dxp) return;
+  acc_t gain[kMaxLanes], proj[kMaxLanes], mdz[kMaxLanes];
+  for (int64_t c = 0; c < C; ++c) {
+    const auto g = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd[c],
+                                              static_cast<acc_t>(sum_dz[c]),
+                                              static_cast<acc_t>(sum_dz_xc[c]), R);
+    gain[c] = g.gain;
+    proj[c] = g.proj;
+    mdz[c] = g.mean_dz;
+  }
+  const int64_t n = x.numel();
+  const int64_t periods = n / sc.L;
+  at::parallel_for(0, periods, std::max<int64_t>(1, kBlockElems / sc.L), [&](int64_t q0, int64_t q1) {
+    Vec sp[kMaxLanes], bp[kMaxLanes], mv[kMaxLanes], gv[kMaxLanes], pv[kMaxLanes], dv[kMaxLanes];
+    sc.pattern(scale, sp);
+    sc.pattern(shift, bp);
+    sc.pattern(mean, mv);
+    sc.pattern(gain, gv);
+    sc.pattern(proj, pv);
+    sc.pattern(mdz, dv);
+    const Vec vslope(slope_a);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t i = q * sc.L;
+      for (int64_t j = 0; j < sc.P; ++j) {
+        const Vec xv = IO::load(xp + i + j * K);
+        const Vec dz = IO::load(dyp + i + j * K) *
+                       leaky_grad_vec<acc_t>(at::vec::fmadd(xv, sp[j], bp[j]), vslope);
+        const Vec t = at::vec::fmadd(pv[j], xv - mv[j], dv[j]);
+        IO::store(dxp + i + j * K, gv[j] * (dz - t));
+      }
+    }
+  });
+  for (int64_t i = periods * sc.L; i < n; ++i) {
+    const int64_t c = i % C;
+    const acc_t t = proj[c] * (static_cast<acc_t>(xp[i]) - mean[c]) + mdz[c];
+    dxp[i] = static_cast<scalar_t>(gain[c] * (dz_of(i) - t));
+  }
+}
+
 template <typename scalar_t>
 void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Tensor& var_t,
                   bool training, double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p) {
@@ -377,6 +640,10 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
   using Vec = typename IO::Vec;
   constexpr int64_t K = IO::kSize;
   const int64_t C = x.size(1);
+  if (C < K) {
+    forward_nhwc_small<scalar_t>(x, y, mean_t, var_t, training, eps, slope, p);
+    return;
+  }
   const int64_t R = x.numel() / C;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -585,6 +852,11 @@ void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
   using Vec = typename IO::Vec;
   constexpr int64_t K = IO::kSize;
   const int64_t C = x.size(1);
+  if (C < K) {
+    backward_nhwc_small<scalar_t>(dy, x, dx, mean_t, var_t, training, eps, slope, p, sum_dz,
+                                  sum_dz_xc);
+    return;
+  }
   const int64_t R = x.numel() / C;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
