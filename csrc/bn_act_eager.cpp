@@ -131,16 +131,6 @@ bool tensor_arg(PyObject* o, at::Tensor& t) {
   return true;
 }
 
-bool number_arg(PyObject* o, double& v) {
-  if (PyBool_Check(o) || !(PyFloat_Check(o) || PyLong_Check(o))) return false;
-  v = PyFloat_AsDouble(o);
-  if (v == -1.0 && PyErr_Occurred()) {
-    PyErr_Clear();
-    return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 // bn_act_train_eager(x, weight, bias, running_mean, running_var, training, momentum, eps,
@@ -167,15 +157,7 @@ PyObject* bn_act_train_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize
       !plain_dispatch(x) || !(eps > 0) || !(slope >= 0) || rm.defined() != rv.defined()) {
     Py_RETURN_NONE;
   }
-#ifdef FASTGAN_WITH_CUDA
-  const bool device_ok = x.is_cpu() || x.is_cuda();
-#else
-  const bool device_ok = x.is_cpu();
-#endif
-  bool stack_ok = false;
-  if (!device_ok || !requested_backend_is(args[9], x.is_cuda(), stack_ok) || !stack_ok) {
-    Py_RETURN_NONE;
-  }
+  if (!compiled_backend_serves(args[9], x)) Py_RETURN_NONE;
   const int64_t C = x.size(1);
   for (const at::Tensor* t : {&w, &b, &rm, &rv}) {
     if (t->defined() && (t->dim() != 1 || t->size(0) != C ||
@@ -222,18 +204,7 @@ PyObject* bn_act_train_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize
     at::NoGradGuard no_grad;
     update_op().call(rm, rv, mean, var, momentum, count);
   }
-  PyObject* tuple = PyTuple_New(3);
-  if (tuple == nullptr) return nullptr;
-  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(y)));
-  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(mean)));
-  PyTuple_SET_ITEM(tuple, 2, THPVariable_Wrap(std::move(var)));
-  for (int i = 0; i < 3; ++i) {
-    if (PyTuple_GET_ITEM(tuple, i) == nullptr) {
-      Py_DECREF(tuple);
-      return nullptr;
-    }
-  }
-  return tuple;
+  return tensors_tuple(std::move(y), std::move(mean), std::move(var));
   END_HANDLE_TH_ERRORS
 }
 

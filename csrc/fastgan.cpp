@@ -4,7 +4,6 @@
 #include <Python.h>
 #include <torch/extension.h>
 
-#include <cstdlib>
 #include <string>
 #include <string_view>
 
@@ -84,9 +83,9 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
   }
   PyObject *real = args[0], *fake = args[1], *kind = args[2], *reduction = args[3],
            *real_label = args[4];
+  double label = 1.0;
   if (!THPVariable_Check(real) || !THPVariable_Check(fake) || !PyUnicode_Check(kind) ||
-      !PyUnicode_Check(reduction) || PyBool_Check(real_label) ||
-      !(PyFloat_Check(real_label) || PyLong_Check(real_label))) {
+      !PyUnicode_Check(reduction) || !fastgan::number_arg(real_label, label)) {
     Py_RETURN_NONE;
   }
   Py_ssize_t nk = 0, nr = 0;
@@ -99,11 +98,6 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
   const std::string_view kind_name(k, nk), reduction_name(red, nr);
   const int kid = gl::kind_from_name(kind_name);
   if (kid < 0 || gl::reduction_is_mean(reduction_name) < 0) Py_RETURN_NONE;
-  const double label = PyFloat_AsDouble(real_label);
-  if (label == -1.0 && PyErr_Occurred()) {
-    PyErr_Clear();
-    Py_RETURN_NONE;
-  }
   if (label != 1.0 && !(label >= 0.0 && label <= 1.0 && gl::is_logistic(gl::Kind(kid)))) {
     Py_RETURN_NONE;
   }
@@ -114,30 +108,11 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
     Py_RETURN_NONE;
   }
   // the kernel auto picks for the device, unless another backend is requested
-#ifdef FASTGAN_WITH_CUDA
-  const bool device_ok = r.is_cpu() || r.is_cuda();
-#else
-  const bool device_ok = r.is_cpu();
-#endif
-  bool stack_ok = false;
-  if (!device_ok || !fastgan::requested_backend_is(args[5], r.is_cuda(), stack_ok) || !stack_ok) {
-    Py_RETURN_NONE;
-  }
-  auto out = fastgan::gan_loss_forward_call(r, f, c10::string_view(k, nk),
-                                            c10::string_view(red, nr), label);
-  PyObject* tuple = PyTuple_New(4);
-  if (tuple == nullptr) return nullptr;
-  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(std::get<0>(out))));
-  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(std::get<1>(out))));
-  PyTuple_SET_ITEM(tuple, 2, THPVariable_Wrap(std::move(std::get<2>(out))));
-  PyTuple_SET_ITEM(tuple, 3, THPVariable_Wrap(std::move(std::get<3>(out))));
-  for (int i = 0; i < 4; ++i) {
-    if (PyTuple_GET_ITEM(tuple, i) == nullptr) {
-      Py_DECREF(tuple);
-      return nullptr;
-    }
-  }
-  return tuple;
+  if (!fastgan::compiled_backend_serves(args[5], r)) Py_RETURN_NONE;
+  auto [d_loss, g_loss, d_real, d_fake] = fastgan::gan_loss_forward_call(
+      r, f, c10::string_view(k, nk), c10::string_view(red, nr), label);
+  return fastgan::tensors_tuple(std::move(d_loss), std::move(g_loss), std::move(d_real),
+                                std::move(d_fake));
   END_HANDLE_TH_ERRORS
 }
 

@@ -1,11 +1,14 @@
-// Helpers of the eager fast paths (raw METH_FASTCALL functions of fastgan._C that run
-// a common case in one C++ call and return None for everything else).
+// Helpers of the eager fast paths: raw METH_FASTCALL functions of fastgan._C that run a
+// common case in one C++ call and return None for everything else (csrc/fastgan.cpp's
+// gan_loss_eager, csrc/bn_act_eager.cpp's bn_act_train_eager).
 #pragma once
 
 #include <Python.h>
+#include <torch/csrc/autograd/python_variable.h>
 
 #include <cstdlib>
 #include <string_view>
+#include <utility>
 
 namespace fastgan {
 
@@ -33,6 +36,49 @@ inline bool requested_backend_is(PyObject* stack, bool cuda, bool& ok) {
   }
   ok = true;
   return name == "auto" || name == (cuda ? "cuda" : "cpu");
+}
+
+// Whether `t` is on a device this build has kernels for (the CPU; CUDA when built with
+// it) and the requested backend (see requested_backend_is) is that device's.
+inline bool compiled_backend_serves(PyObject* stack, const at::Tensor& t) {
+#ifdef FASTGAN_WITH_CUDA
+  const bool device_ok = t.is_cpu() || t.is_cuda();
+#else
+  const bool device_ok = t.is_cpu();
+#endif
+  bool ok = false;
+  return device_ok && requested_backend_is(stack, t.is_cuda(), ok) && ok;
+}
+
+// A float or int argument (not a bool) as a double; false for anything else.
+inline bool number_arg(PyObject* o, double& v) {
+  if (PyBool_Check(o) || !(PyFloat_Check(o) || PyLong_Check(o))) return false;
+  v = PyFloat_AsDouble(o);
+  if (v == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  return true;
+}
+
+// A new tuple of the tensors as Python objects; nullptr with the exception set on failure.
+template <typename... Tensors>
+PyObject* tensors_tuple(Tensors&&... ts) {
+  PyObject* tuple = PyTuple_New(sizeof...(Tensors));
+  if (tuple == nullptr) return nullptr;
+  Py_ssize_t i = 0;
+  bool ok = true;
+  auto put = [&](at::Tensor t) {
+    PyObject* o = ok ? THPVariable_Wrap(std::move(t)) : nullptr;
+    if (o == nullptr) ok = false;
+    else PyTuple_SET_ITEM(tuple, i++, o);
+  };
+  (put(std::forward<Tensors>(ts)), ...);
+  if (!ok) {
+    Py_DECREF(tuple);  // unset items are NULL, which tuple deallocation skips
+    return nullptr;
+  }
+  return tuple;
 }
 
 }  // namespace fastgan

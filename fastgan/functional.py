@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
-from fastgan import _backend
 from fastgan.ops import bn_act as _bn_act
 from fastgan.ops import gan_loss as _gan_loss
 
@@ -32,8 +30,6 @@ __all__ = ["batch_norm_act"]
 
 
 _tuple_new = tuple.__new__  # GANLosses._make without its checks
-_is_compiling = torch.compiler.is_compiling
-_backend_stack = _backend._stack  # use_backend's nesting, read by the C++ fast path
 
 
 class GANLosses(NamedTuple):
@@ -83,10 +79,7 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
     binary_cross_entropy_with_logits and mse_loss return under autocast. Logits of
     different dtypes are promoted first. Works under torch.autocast and torch.compile.
     """
-    # _gan_loss.try_eager_fast_path, inlined: at 64 logits every call level shows
-    fast = _gan_loss._eager
-    out = None if fast is None or _is_compiling() else fast(
-        real_logits, fake_logits, kind, reduction, real_label, _backend_stack)
+    out = _gan_loss.try_eager_fast_path(real_logits, fake_logits, kind, reduction, real_label)
     if out is None:
         out = _gan_loss.gan_loss(real_logits, fake_logits, kind, reduction, real_label)
     return _tuple_new(GANLosses, out)

@@ -412,19 +412,53 @@ inline int64_t small_block_rows(int64_t R, int64_t C, int64_t period_rows) {
   return std::max(period_rows, want / period_rows * period_rows);
 }
 
-// Per-channel (mean, M2) of blocks merged in block order (Chan), as forward_nhwc does.
+// Per-channel (mean, M2) of NHWC row blocks of B rows, merged in block order (Chan):
+// the result does not depend on the thread count.
 template <typename acc_t>
 void merge_blocks(const std::vector<acc_t>& bmean, const std::vector<acc_t>& bm2, int64_t nblk,
                   int64_t B, int64_t R, int64_t C, acc_t* mp, acc_t* vp) {
-  for (int64_t c = 0; c < C; ++c) {
-    double m = 0, m2 = 0;
-    int64_t cnt = 0;
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t rows = std::min(R, (blk + 1) * B) - blk * B;
-      merge_moments<double>(m, m2, cnt, bmean[blk * C + c], bm2[blk * C + c], rows);
+  // nblk * C merges: a thread team only pays for itself on large inputs
+  at::parallel_for(0, C, nblk * C < 65536 ? C + 1 : 16, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double m = 0, m2 = 0;
+      int64_t cnt = 0;
+      for (int64_t blk = 0; blk < nblk; ++blk) {
+        const int64_t rows = std::min(R, (blk + 1) * B) - blk * B;
+        merge_moments<double>(m, m2, cnt, bmean[blk * C + c], bm2[blk * C + c], rows);
+      }
+      mp[c] = static_cast<acc_t>(m);
+      vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
     }
-    mp[c] = static_cast<acc_t>(m);
-    vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
+  });
+}
+
+// Per-channel totals of NHWC row blocks' backward sums, added in block order.
+template <typename T>
+void sum_blocks(const std::vector<T>& bsum, const std::vector<T>& bsumx, int64_t nblk, int64_t C,
+                double* sum_dz, double* sum_dz_xc) {
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0, sx = 0;
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      s += bsum[blk * C + c];
+      sx += bsumx[blk * C + c];
+    }
+    sum_dz[c] = s;
+    sum_dz_xc[c] = sx;
+  }
+}
+
+// The NHWC backward's per-channel input-gradient coefficients (bn_act::grad_coeffs).
+template <typename acc_t>
+void fill_grad_coeffs(bool training, const ChannelParams<acc_t>& p, const acc_t* invstd,
+                      const double* sum_dz, const double* sum_dz_xc, int64_t R, int64_t C,
+                      acc_t* gain, acc_t* proj, acc_t* mdz) {
+  for (int64_t c = 0; c < C; ++c) {
+    const auto g = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd[c],
+                                              static_cast<acc_t>(sum_dz[c]),
+                                              static_cast<acc_t>(sum_dz_xc[c]), R);
+    gain[c] = g.gain;
+    proj[c] = g.proj;
+    mdz[c] = g.mean_dz;
   }
 }
 
@@ -584,25 +618,10 @@ void backward_nhwc_small(const at::Tensor& dy, const at::Tensor& x, at::Tensor* 
       }
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double s = 0, sx = 0;
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      s += bsum[blk * C + c];
-      sx += bsumx[blk * C + c];
-    }
-    sum_dz[c] = s;
-    sum_dz_xc[c] = sx;
-  }
+  sum_blocks(bsum, bsumx, nblk, C, sum_dz, sum_dz_xc);
   if (!dxp) return;
   acc_t gain[kMaxLanes], proj[kMaxLanes], mdz[kMaxLanes];
-  for (int64_t c = 0; c < C; ++c) {
-    const auto g = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd[c],
-                                              static_cast<acc_t>(sum_dz[c]),
-                                              static_cast<acc_t>(sum_dz_xc[c]), R);
-    gain[c] = g.gain;
-    proj[c] = g.proj;
-    mdz[c] = g.mean_dz;
-  }
+  fill_grad_coeffs<acc_t>(training, p, invstd, sum_dz, sum_dz_xc, R, C, gain, proj, mdz);
   const int64_t n = x.numel();
   const int64_t periods = n / sc.L;
   at::parallel_for(0, periods, std::max<int64_t>(1, kBlockElems / sc.L), [&](int64_t q0, int64_t q1) {
@@ -679,19 +698,7 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
         });
       }
     });
-    // nblk * C merges: a thread team only pays for itself on large inputs
-    at::parallel_for(0, C, nblk * C < 65536 ? C + 1 : 16, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        double m = 0, m2 = 0;
-        int64_t cnt = 0;
-        for (int64_t blk = 0; blk < nblk; ++blk) {
-          const int64_t rows = std::min(R, (blk + 1) * B) - blk * B;
-          merge_moments<double>(m, m2, cnt, bmean[blk * C + c], bm2[blk * C + c], rows);
-        }
-        mp[c] = static_cast<acc_t>(m);
-        vp[c] = static_cast<acc_t>(m2 / static_cast<double>(cnt));
-      }
-    });
+    merge_blocks<acc_t>(bmean, bm2, nblk, B, R, C, mp, vp);
   }
 
   std::vector<acc_t> scale(C), shift(C);
@@ -898,25 +905,11 @@ void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
       });
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double s = 0, sx = 0;
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      s += bsum[blk * C + c];
-      sx += bsumx[blk * C + c];
-    }
-    sum_dz[c] = s;
-    sum_dz_xc[c] = sx;
-  }
+  sum_blocks(bsum, bsumx, nblk, C, sum_dz, sum_dz_xc);
   if (!dxp) return;
   std::vector<acc_t> gain(C), proj(C), mdz(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const auto g = bn_act::grad_coeffs<acc_t>(training, p.weight[c], invstd[c],
-                                              static_cast<acc_t>(sum_dz[c]),
-                                              static_cast<acc_t>(sum_dz_xc[c]), R);
-    gain[c] = g.gain;
-    proj[c] = g.proj;
-    mdz[c] = g.mean_dz;
-  }
+  fill_grad_coeffs<acc_t>(training, p, invstd.data(), sum_dz, sum_dz_xc, R, C, gain.data(),
+                          proj.data(), mdz.data());
   const acc_t *gain_p = gain.data(), *proj_p = proj.data(), *mdz_p = mdz.data();
   const bool stream = stream_rows(dxp, C, dx->nbytes());
   at::parallel_for(0, R, std::max<int64_t>(1, kBlockElems / C), [=](int64_t r0, int64_t r1) {
