@@ -22,8 +22,8 @@
 #include <torch/extension.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
-#include "dispatch_checks.h"
 #include "py_fast_path.h"
 
 namespace fastgan {
@@ -129,6 +129,33 @@ bool tensor_arg(PyObject* o, at::Tensor& t) {
   if (!THPVariable_Check(o)) return false;
   t = THPVariable_Unpack(o);
   return true;
+}
+
+// The fast path builds the autograd node itself and runs the op below autograd, so it
+// is taken only when nothing the dispatcher would route through above autograd could be
+// active: no mode on this thread (functorch transforms, Python dispatch modes,
+// pre-dispatch tracing, functionalization), no tensor subclass or wrapper keys on the
+// inputs, no forward-mode AD.
+bool plain_tls() {
+  constexpr auto modes = c10::DispatchKeySet({c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
+                                              c10::DispatchKey::FuncTorchDynamicLayerBackMode,
+                                              c10::DispatchKey::Python,
+                                              c10::DispatchKey::PythonTLSSnapshot,
+                                              c10::DispatchKey::PythonDispatcher,
+                                              c10::DispatchKey::PreDispatch,
+                                              c10::DispatchKey::Functionalize});
+  return !c10::impl::tls_local_dispatch_key_set().included_.has_any(modes);
+}
+
+bool plain_dispatch(const at::Tensor& t) {
+  constexpr auto unusual = c10::DispatchKeySet({c10::DispatchKey::Python,
+                                               c10::DispatchKey::PythonTLSSnapshot,
+                                               c10::DispatchKey::FuncTorchBatched,
+                                               c10::DispatchKey::FuncTorchGradWrapper,
+                                               c10::DispatchKey::Functionalize,
+                                               c10::DispatchKey::Conjugate,
+                                               c10::DispatchKey::Negative});
+  return !t.key_set().has_any(unusual) && !torch::autograd::isFwGradDefined(t);
 }
 
 }  // namespace
