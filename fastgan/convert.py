@@ -22,10 +22,17 @@ hook-based spectral_norm, say; torch.nn.utils.parametrizations are fine), subcla
 Conv2d/BatchNorm2d/ReLU/LeakyReLU (SyncBatchNorm, custom layers), Sequential subclasses
 that override forward, Conv -> LeakyReLU without BatchNorm (it would not pay: the
 in-place activation already keeps one tensor, and its pass is a few percent of the
-convolution's; such layers still run in channels_last with the rest), and
-layers called from a custom module's forward() rather than held in an nn.Sequential
-(build those with fastgan.nn.ConvTranspose2dBNAct / Conv2dBNAct, or put the run in an
-nn.Sequential).
+convolution's; such layers still run in channels_last with the rest).
+
+Modules that call their layers from their own forward() (`F.relu(self.bn1(self.conv1(x)))`)
+are traced with torch.fx, each child kept as one call, and their Conv -> BatchNorm2d
+[-> relu / leaky_relu, as a module, a function or a tensor method] chains fused; the
+module keeps its identity, children, state_dict and other methods, and its class is
+swapped for a same-named subclass with the rewritten forward (fastgan.nn.traced). Left
+alone, and reported: forwards that torch.fx cannot trace (control flow on tensor
+values), forwards that differ between train and eval mode, and chains whose conv output
+is used elsewhere too or whose modules have hooks. `trace=False` turns this off. These
+modules run in the caller's layout (no channels_last switch inside, unlike Sequentials).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from fastgan.nn import recompute
+from fastgan.nn import recompute, traced
 from fastgan.nn.sequential import FusedSequential, find_runs
 
 log = logging.getLogger("fastgan")
@@ -62,9 +69,15 @@ def _describe(seq: nn.Sequential, start: int, length: int) -> str:
     return f"[{', '.join(names)}] " + " -> ".join(kinds)
 
 
-def convert(module: nn.Module, inplace: bool = False, *, report: bool = False):
+def convert(module: nn.Module, inplace: bool = False, *, report: bool = False,
+            trace: bool = True):
     """Fuse every Conv2d|ConvTranspose2d -> BatchNorm2d -> ReLU|LeakyReLU run in `module`'s
     nn.Sequentials (see the module docstring for what is and is not converted).
+
+    With `trace=True` (the default), a module that calls a Conv, a BatchNorm2d and an
+    activation among its own children from its forward() is traced with torch.fx and its
+    chains fused too (fastgan.nn.traced; its docstring says what the trace keeps and
+    what it guards against); `trace=False` leaves such modules alone and reports them.
 
     Returns the converted module (a deep copy unless `inplace=True`), or
     `(module, ConversionReport)` with `report=True`. The report is also logged at INFO
@@ -90,6 +103,20 @@ def convert(module: nn.Module, inplace: bool = False, *, report: bool = False):
             continue
         m.__class__ = FusedSequential
         rep.fused += [f"{where} {_describe(m, r.start, r.length)}" for r in runs]
+    for name, m in list(module.named_modules()):
+        if not traced.candidate(m):
+            continue
+        where = name or "<root>"
+        if not trace:
+            rep.skipped.append(f"{where}: {type(m).__name__} calls its layers from forward() "
+                               f"(trace=False)")
+            continue
+        try:
+            rep.fused += [f"{where} {d}" for d in traced.convert_traced(m)]
+        except Exception as e:  # noqa: BLE001 - any trace failure leaves the module as it was
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            rep.skipped.append(f"{where}: {type(m).__name__}.forward could not be traced "
+                               f"({msg})")
     if rep.fused:
         recompute.install_scope_hooks(module)
     log.info("%s", rep)

@@ -1,0 +1,206 @@
+"""Fusing Conv -> BatchNorm2d -> activation calls made from a custom module's forward().
+
+fastgan.convert handles runs held in an nn.Sequential by looking at its children. A module
+that calls its layers itself,
+
+    def forward(self, z):
+        x = F.relu(self.bn1(self.conv1(z)))
+        ...
+
+has no such list, so its forward is traced with torch.fx (every child stays one opaque
+call), each `conv -> bn [-> act]` chain in the graph is replaced by one fused-block call,
+and the module's class is swapped for a subclass whose forward() is the rewritten graph's
+code. As with FusedSequential, nothing else changes: the same object, the same children,
+names, parameters, buffers, state_dict keys, hooks and other methods; `isinstance` with
+the original class still holds and the class keeps its name.
+
+What the trace cannot keep, and how that is guarded:
+- Python control flow is evaluated once, at conversion. A forward whose code depends on
+  `self.training` is traced in both modes; if the two graphs differ, the module is left
+  alone (reported). Control flow on tensor values makes fx fail, which also leaves the
+  module alone. Plain attributes read in forward (`self.nz`, say) are taken as the
+  constants they were at conversion, as torch.fx always does: change them, convert again.
+- A chain is fused only when the conv result goes nowhere but the BatchNorm, the conv is
+  called with the input alone, and none of the modules involved has hooks; the
+  activation joins only when it is the BatchNorm result's only use.
+
+Pickling and deepcopy rebuild the original class and trace it again (the rewritten code is
+never pickled), so a saved converted model loads wherever fastgan is importable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from fastgan.nn.blocks import conv_bn_act
+from fastgan.nn.sequential import _hooked, _is_conv, _slope
+
+_BASE = "_fastgan_traced_base"
+
+
+def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float) -> Tensor:
+    """The call a traced `act(bn(conv(x)))` chain becomes (kept importable for fx codegen)."""
+    return conv_bn_act(x, conv, bn, negative_slope)
+
+
+# activation functions and tensor methods recognised after the BatchNorm: name -> default slope
+_RELU_FUNCS = (F.relu, torch.relu, F.relu_, torch.relu_)
+_LEAKY_FUNCS = (F.leaky_relu, F.leaky_relu_)
+_RELU_METHODS = ("relu", "relu_")
+
+
+class _ChildrenAreLeaves(fx.Tracer):
+    """Traces only the root's own forward: every submodule call stays one call_module node."""
+
+    def __init__(self, root: nn.Module) -> None:
+        super().__init__()
+        self._fastgan_root = root
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return m is not self._fastgan_root
+
+
+def is_traced(m: nn.Module) -> bool:
+    return _BASE in type(m).__dict__
+
+
+def candidate(m: nn.Module) -> bool:
+    """A user module holding a convolution and a BatchNorm2d among its direct children."""
+    if isinstance(m, nn.Sequential) or is_traced(m):
+        return False
+    mod = type(m).__module__ or ""
+    if mod.startswith(("torch.", "fastgan.")):
+        return False
+    kids = list(m._modules.values())
+    return any(k is not None and _is_conv(k) for k in kids) and \
+        any(type(k) is nn.BatchNorm2d for k in kids)
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _act_slope(node: fx.Node, src: fx.Node, root: nn.Module) -> float | None:
+    """negative_slope if `node` is ReLU/LeakyReLU applied to `src` alone, else None."""
+    if not node.args or node.args[0] is not src:
+        return None
+    rest = list(node.args[1:]) + list(node.kwargs.values())
+    if any(isinstance(a, fx.Node) for a in rest):
+        return None
+    if node.op == "call_module":
+        m = root.get_submodule(node.target)
+        return None if _hooked(m) else _slope(m)
+    if node.op == "call_function":
+        if node.target in _RELU_FUNCS:
+            return 0.0
+        if node.target in _LEAKY_FUNCS:
+            s = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+            return float(s) if isinstance(s, (int, float)) and s >= 0 else None
+    if node.op == "call_method" and node.target in _RELU_METHODS and len(node.args) == 1:
+        return 0.0
+    return None
+
+
+def _trace(m: nn.Module) -> fx.Graph:
+    was = m.training
+    try:
+        graphs = []
+        for mode in (True, False):
+            m.training = mode
+            graphs.append(_ChildrenAreLeaves(m).trace(m))
+    finally:
+        m.training = was
+    codes = [fx.GraphModule(m, g).code for g in graphs]
+    if codes[0] != codes[1]:
+        raise _NotTraceable("its forward() depends on self.training")
+    return graphs[0]
+
+
+class _NotTraceable(Exception):
+    pass
+
+
+def _rewrite(graph: fx.Graph, root: nn.Module) -> list[str]:
+    """Replace every fusable chain in `graph` by a fused_block call; descriptions of each."""
+    done = []
+    for node in list(graph.nodes):
+        if node.op != "call_module" or node.graph is not graph:
+            continue
+        conv = root.get_submodule(node.target)
+        if not _is_conv(conv) or _hooked(conv) or len(node.args) != 1 or node.kwargs:
+            continue
+        bn_node = _only_user(node)
+        if bn_node is None or bn_node.op != "call_module" or bn_node.args != (node,) \
+                or bn_node.kwargs:
+            continue
+        bn = root.get_submodule(bn_node.target)
+        if type(bn) is not nn.BatchNorm2d or _hooked(bn) or bn.num_features != conv.out_channels:
+            continue
+        act_node, slope = _only_user(bn_node), None
+        if act_node is not None:
+            slope = _act_slope(act_node, bn_node, root)
+        last = bn_node if slope is None else act_node
+        with graph.inserting_before(node):
+            c = graph.get_attr(node.target)
+            b = graph.get_attr(bn_node.target)
+            fused = graph.call_function(fused_block, (node.args[0], c, b,
+                                                      1.0 if slope is None else slope))
+        last.replace_all_uses_with(fused)
+        for n in ((act_node, bn_node, node) if slope is not None else (bn_node, node)):
+            graph.erase_node(n)
+        desc = f"{node.target} -> {bn_node.target}"
+        if slope is not None:
+            desc += f" -> {act_node.target if act_node.op != 'call_function' else act_node.target.__name__}"
+        done.append(f"{desc} (traced forward)")
+    graph.lint()
+    return done
+
+
+def _reduce_traced(self: nn.Module, protocol: int) -> Any:
+    state = dict(self.__dict__)
+    return (_rebuild, (type(self).__dict__[_BASE], state))
+
+
+def _rebuild(base: type, state: dict) -> nn.Module:
+    m = base.__new__(base)
+    m.__dict__.update(state)
+    try:
+        convert_traced(m)
+    except Exception:  # noqa: BLE001 - an untraceable rebuild stays the original module
+        pass
+    return m
+
+
+def convert_traced(m: nn.Module) -> list[str]:
+    """Trace `m`'s forward and fuse its chains in place (class swapped). Returns what was
+    fused; raises _NotTraceable (or whatever torch.fx raised) when it cannot trace."""
+    before = set(m.__dict__)
+    try:
+        graph = _trace(m)
+        fused = _rewrite(graph, m)
+        if not fused:
+            return []
+        gm = fx.GraphModule(m, graph, class_name=type(m).__name__)
+    except Exception:
+        for k in set(m.__dict__) - before:  # tensor constants fx may have attached
+            del m.__dict__[k]
+        raise
+    base = type(m)
+    cls = type(base.__name__, (base,), {
+        "forward": type(gm).__dict__["forward"],
+        "__reduce_ex__": _reduce_traced,
+        _BASE: base,
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+        "__doc__": base.__doc__,
+    })
+    m.__class__ = cls
+    return fused
+
+
+__all__ = ["candidate", "convert_traced", "fused_block", "is_traced"]
