@@ -233,6 +233,29 @@ def test_channels_last_few_channels_matches_reference(C, dtype, tol):
 
 
 @needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 16, 5, 7), (2, 40, 9, 11), (5, 33, 1, 3), (4, 64, 32, 32)])
+def test_backward_nchw_gradient_for_channels_last_input(dtype, shape):
+    """An NCHW gradient for a channels_last input is read in place, tile by tile: the
+    same bits as with the gradient copied to channels_last first (rows that straddle
+    images, partial tiles, C not a multiple of 16, several row blocks)."""
+    x = _input(shape, dtype, True, mean=0.5, std=2.0)
+    C = shape[1]
+    w, b = torch.rand(C, dtype=dtype) + 0.5, torch.randn(C, dtype=dtype)
+    _, mean, var = torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 1e-5, 0.2)
+    g = torch.randn(shape, dtype=dtype)
+    assert g.is_contiguous() and not g.is_contiguous(memory_format=torch.channels_last)
+    for training in (True, False):
+        args = (x, w, b, mean, var, training, 1e-5, 0.2, [True, True, True])
+        mixed = torch.ops.fastgan.bn_act_backward(g, *args)
+        copied = torch.ops.fastgan.bn_act_backward(
+            g.contiguous(memory_format=torch.channels_last), *args)
+        assert mixed[0].is_contiguous(memory_format=torch.channels_last)
+        for a, c in zip(mixed, copied):
+            assert torch.equal(a, c)
+
+
+@needs_c
 def test_thread_count_does_not_change_results():
     x = _input((6, 10, 13, 17), torch.float32, False, mean=5.0, std=2.0)
     g = torch.randn_like(x)
