@@ -31,8 +31,10 @@ module keeps its identity, children, state_dict and other methods, and its class
 swapped for a same-named subclass with the rewritten forward (fastgan.nn.traced). Left
 alone, and reported: forwards that torch.fx cannot trace (control flow on tensor
 values), forwards that differ between train and eval mode, and chains whose conv output
-is used elsewhere too or whose modules have hooks. `trace=False` turns this off. These
-modules run in the caller's layout (no channels_last switch inside, unlike Sequentials).
+is used elsewhere too or whose modules have hooks. `trace=False` turns this off. Like a
+converted Sequential, a traced forward with two or more convolutions runs them in
+channels_last for an NCHW CPU input; layers that are not elementwise (views, flatten,
+other modules) and the outputs get NCHW tensors.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ code. As with FusedSequential, nothing else changes: the same object, the same c
 names, parameters, buffers, state_dict keys, hooks and other methods; `isinstance` with
 the original class still holds and the class keeps its name.
 
+Layouts: as in FusedSequential, an NCHW CPU input is relaid once and the graph's fused
+blocks and convolutions run in channels_last when it has two or more of them; every
+node that is not elementwise, and the outputs, get NCHW tensors back (_run_channels_last).
+
 What the trace cannot keep, and how that is guarded:
 - Python control flow is evaluated once, at conversion. A forward whose code depends on
   `self.training` is traced in both modes; if the two graphs differ, the module is left
@@ -30,6 +34,7 @@ never pickled), so a saved converted model loads wherever fastgan is importable.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -37,14 +42,47 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from fastgan.nn.blocks import conv_bn_act
-from fastgan.nn.sequential import _hooked, _is_conv, _slope
+from fastgan.nn.sequential import (_LAYOUT_AGNOSTIC, _PLAIN_CONVS, _hooked, _is_conv, _slope,
+                                   _wants_channels_last)
 
 _BASE = "_fastgan_traced_base"
 
 
-def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float) -> Tensor:
-    """The call a traced `act(bn(conv(x)))` chain becomes (kept importable for fx codegen)."""
+def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
+                channels_last: bool = False) -> Tensor:
+    """The call a traced `act(bn(conv(x)))` chain becomes (kept importable for fx codegen).
+    `channels_last`: the graph runs in channels_last inside (see _run_channels_last)."""
+    if channels_last:
+        return conv_bn_act(x.contiguous(memory_format=torch.channels_last), conv, bn,
+                           negative_slope, memory_format=torch.channels_last)
     return conv_bn_act(x, conv, bn, negative_slope)
+
+
+# Running a traced graph in channels_last for an NCHW input, as FusedSequential does for
+# its children (see sequential._wants_channels_last for why and when): the first input
+# is relaid on entry, fused blocks and convolutions run channels_last, elementwise
+# functions keep whatever layout they get, and everything else (views, flatten, cat,
+# ...) and the outputs get NCHW tensors back. Decided per call from the input.
+
+def layout_flag(x: Any, n_convs: int, first_conv: nn.Module) -> bool:
+    return _wants_channels_last(x, n_convs, first_conv)
+
+
+def to_channels_last(t: Any, flag: bool) -> Any:
+    return t.contiguous(memory_format=torch.channels_last) if flag and isinstance(t, Tensor) \
+        else t
+
+
+def to_nchw(t: Any, flag: bool) -> Any:
+    return t.contiguous() if flag and isinstance(t, Tensor) else t
+
+
+_ELEMENTWISE_FUNCS = {F.relu, torch.relu, F.relu_, torch.relu_, F.leaky_relu, F.leaky_relu_,
+                      torch.tanh, torch.sigmoid, F.tanh, F.sigmoid, F.hardtanh, F.elu,
+                      operator.add, operator.mul, operator.sub, operator.truediv, operator.neg,
+                      torch.add, torch.mul, torch.sub}
+_ELEMENTWISE_METHODS = {"relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "add", "add_",
+                        "mul", "mul_", "sub", "sub_", "neg", "clamp", "clamp_"}
 
 
 # activation functions and tensor methods recognised after the BatchNorm: name -> default slope
@@ -161,6 +199,55 @@ def _rewrite(graph: fx.Graph, root: nn.Module) -> list[str]:
     return done
 
 
+def _run_channels_last(graph: fx.Graph, root: nn.Module) -> None:
+    """Rewrites `graph` (already fused) so that it runs in channels_last inside when the
+    first input is an NCHW CPU tensor and the graph has two or more convolutions (the
+    condition of FusedSequential, evaluated per call)."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    fused = [n for n in graph.nodes if n.op == "call_function" and n.target is fused_block]
+    convs = [n for n in graph.nodes if n.op == "call_module"
+             and type(root.get_submodule(n.target)) in _PLAIN_CONVS]
+    if not placeholders or not fused or len(fused) + len(convs) < 2:
+        return
+    x = placeholders[-1]  # after every input: new nodes go here
+    with graph.inserting_after(x):
+        first_conv = graph.get_attr(fused[0].args[1].target)  # the first chain's conv
+    with graph.inserting_after(first_conv):
+        flag = graph.call_function(layout_flag, (placeholders[0], len(fused) + len(convs),
+                                                 first_conv))
+    x = placeholders[0]
+    with graph.inserting_after(flag):
+        entry = graph.call_function(to_channels_last, (x, flag))
+    x.replace_all_uses_with(entry, delete_user_cb=lambda n: n not in (flag, entry))
+
+    def wrap(node: fx.Node, fn) -> None:
+        def sub(a):
+            if not isinstance(a, fx.Node) or a in (flag,) or a.op == "get_attr":
+                return a
+            with graph.inserting_before(node):
+                return graph.call_function(fn, (a, flag))
+        node.args = fx.node.map_arg(node.args, sub)
+        node.kwargs = fx.node.map_arg(node.kwargs, sub)
+
+    for node in list(graph.nodes):
+        if node in (flag, entry, first_conv) or node.op in ("placeholder", "get_attr"):
+            continue
+        if node.op == "call_function" and node.target is fused_block:
+            node.args = node.args[:4] + (flag,)
+        elif node.op == "call_module" and type(root.get_submodule(node.target)) in _PLAIN_CONVS:
+            wrap(node, to_channels_last)
+        elif node.op == "call_module" and type(root.get_submodule(node.target)) in _LAYOUT_AGNOSTIC:
+            pass
+        elif node.op == "call_function" and node.target in _ELEMENTWISE_FUNCS:
+            pass
+        elif node.op == "call_method" and node.target in _ELEMENTWISE_METHODS:
+            pass
+        elif node.op == "call_function" and node.target in (to_channels_last, to_nchw, layout_flag):
+            pass
+        else:  # views, reductions, concatenations, other modules, and the outputs
+            wrap(node, to_nchw)
+
+
 def _reduce_traced(self: nn.Module, protocol: int) -> Any:
     state = dict(self.__dict__)
     return (_rebuild, (type(self).__dict__[_BASE], state))
@@ -185,6 +272,8 @@ def convert_traced(m: nn.Module) -> list[str]:
         fused = _rewrite(graph, m)
         if not fused:
             return []
+        _run_channels_last(graph, m)
+        graph.lint()
         gm = fx.GraphModule(m, graph, class_name=type(m).__name__)
     except Exception:
         for k in set(m.__dict__) - before:  # tensor constants fx may have attached
