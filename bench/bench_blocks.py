@@ -7,6 +7,8 @@ Benchmarks (issue 3):
   sample  DCGAN generator sampling: eval, no_grad, batch 128, ngf 64
   train   one DCGAN G+D training step (pytorch/examples: BCELoss, Adam(2e-4, (0.5, 0.999))),
           batch 32, ngf = ndf = 32
+  traced  the same step for the pair written with explicit calls in forward()
+          (bench/explicit_dcgan.py), which fastgan.convert fuses through torch.fx
 Each in fp32 NCHW against eager (and torch.compile for block and sample), with extra rows
 for channels_last and bf16 autocast where oneDNN convolutions gain from them.
 
@@ -31,7 +33,7 @@ from fastgan.models import Discriminator, Generator, weights_init
 
 from .common import format_table, paired_ratio, paired_timings, saved_tensor_bytes
 
-BENCHES = ("block", "sample", "train")
+BENCHES = ("block", "sample", "train", "traced")
 
 
 def _variants(mod: nn.Module, converted: nn.Module, compiled: bool):
@@ -145,11 +147,41 @@ def train_cases(extra: bool = True):
     return cases
 
 
-MAKERS = {"block": block_cases, "sample": sample_cases, "train": train_cases}
+def traced_cases(extra: bool = True):
+    """The training step of the explicit-forward pair: eager, torch.compile, fastgan."""
+    from .explicit_dcgan import ExplicitDiscriminator, ExplicitGenerator
+
+    torch.manual_seed(0)
+    G0 = ExplicitGenerator(100, 32).apply(weights_init)
+    D0 = ExplicitDiscriminator(32).apply(weights_init)
+    real = torch.randn(32, 3, 64, 64).tanh()
+    noise = torch.randn(32, 100, 1, 1)
+    pairs = {"eager": (copy.deepcopy(G0), copy.deepcopy(D0)),
+             "torch.compile": (torch.compile(copy.deepcopy(G0), dynamic=False),
+                               torch.compile(copy.deepcopy(D0), dynamic=False))}
+    Gc, rep_g = fastgan.convert(G0, report=True)
+    Dc, rep_d = fastgan.convert(D0, report=True)
+    assert len(rep_g.fused) == 4 and len(rep_d.fused) == 3, (rep_g, rep_d)
+    pairs["fastgan"] = (Gc, Dc)
+    cases = {}
+    for name, (G, D) in pairs.items():
+        optG = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+        def run(G=G, D=D, optG=optG, optD=optD):
+            _train_step(G, D, optG, optD, real, noise, False)
+
+        cases[name] = run
+    return cases
+
+
+MAKERS = {"block": block_cases, "sample": sample_cases, "train": train_cases,
+          "traced": traced_cases}
 TITLES = {
     "block": "ConvT(128->64, k4 s2 p1) + BN + LeakyReLU, fwd+bwd, (64,128,16,16)",
     "sample": "DCGAN generator sampling, eval, batch 128, ngf 64",
     "train": "DCGAN G+D training step, batch 32, ngf=ndf=32",
+    "traced": "DCGAN G+D training step, explicit forward() (torch.fx path), batch 32, ngf=ndf=32",
 }
 
 _IMPLS = ["eager", "torch.compile", "fastgan", "eager channels_last", "fastgan channels_last",

@@ -295,6 +295,12 @@ def test_traced_layouts_channels_last_inside_nchw_outside():
     z = torch.randn(4, 16, 1, 1, requires_grad=True)
     y = c(z)
     assert seen == [False] and y.is_contiguous()  # the last conv ran channels_last
+    # hooks registered after conversion still fire (that chain then runs unfused)
+    fired = []
+    h = c.b2.register_forward_hook(lambda *a: fired.append(1))
+    torch.testing.assert_close(c(z), g(z), rtol=1e-4, atol=1e-5)
+    assert fired == [1]
+    h.remove()
     y.sum().backward()
     assert z.grad.is_contiguous()
     cl = copy.deepcopy(c).to(memory_format=torch.channels_last)

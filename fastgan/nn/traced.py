@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from fastgan.nn.blocks import conv_bn_act
+from fastgan.nn.blocks import conv_bn_act, conv_forward
 from fastgan.nn.sequential import (_LAYOUT_AGNOSTIC, _PLAIN_CONVS, _hooked, _is_conv, _slope,
                                    _wants_channels_last)
 
@@ -51,7 +51,11 @@ _BASE = "_fastgan_traced_base"
 def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
                 channels_last: bool = False) -> Tensor:
     """The call a traced `act(bn(conv(x)))` chain becomes (kept importable for fx codegen).
-    `channels_last`: the graph runs in channels_last inside (see _run_channels_last)."""
+    `channels_last`: the graph runs in channels_last inside (see _run_channels_last).
+    Hooks registered on the conv or the BatchNorm after conversion are honoured: the
+    chain then runs unfused, module by module."""
+    if _hooked(conv) or _hooked(bn):
+        return F.leaky_relu(bn(conv(x)), negative_slope)
     if channels_last:
         return conv_bn_act(x.contiguous(memory_format=torch.channels_last), conv, bn,
                            negative_slope, memory_format=torch.channels_last)
@@ -71,6 +75,18 @@ def layout_flag(x: Any, n_convs: int, first_conv: nn.Module) -> bool:
 def to_channels_last(t: Any, flag: bool) -> Any:
     return t.contiguous(memory_format=torch.channels_last) if flag and isinstance(t, Tensor) \
         else t
+
+
+def plain_conv(x: Tensor, conv: nn.Module, flag: bool) -> Tensor:
+    """A convolution outside the chains, as FusedSequential runs one: conv_forward (the
+    matrix-product form of the DCGAN end layers), in channels_last when `flag`; a conv
+    given hooks after conversion is called as a module."""
+    if _hooked(conv):
+        return conv(x.contiguous(memory_format=torch.channels_last) if flag else x)
+    if flag:
+        return conv_forward(conv, x.contiguous(memory_format=torch.channels_last), conv.weight,
+                            conv.bias, memory_format=torch.channels_last)
+    return conv_forward(conv, x, conv.weight, conv.bias)
 
 
 def to_nchw(t: Any, flag: bool) -> Any:
@@ -106,16 +122,27 @@ def is_traced(m: nn.Module) -> bool:
     return _BASE in type(m).__dict__
 
 
+def _own_layers(m: nn.Module) -> list[nn.Module]:
+    """m's children, looking through ModuleList / ModuleDict containers (which m indexes
+    itself: their layers are called from m's forward)."""
+    out = []
+    for k in m._modules.values():
+        if isinstance(k, (nn.ModuleList, nn.ModuleDict)):
+            out += _own_layers(k)
+        elif k is not None:
+            out.append(k)
+    return out
+
+
 def candidate(m: nn.Module) -> bool:
-    """A user module holding a convolution and a BatchNorm2d among its direct children."""
-    if isinstance(m, nn.Sequential) or is_traced(m):
+    """A user module holding a convolution and a BatchNorm2d among its own layers."""
+    if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or is_traced(m):
         return False
     mod = type(m).__module__ or ""
     if mod.startswith(("torch.", "fastgan.")):
         return False
-    kids = list(m._modules.values())
-    return any(k is not None and _is_conv(k) for k in kids) and \
-        any(type(k) is nn.BatchNorm2d for k in kids)
+    kids = _own_layers(m)
+    return any(_is_conv(k) for k in kids) and any(type(k) is nn.BatchNorm2d for k in kids)
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -235,14 +262,23 @@ def _run_channels_last(graph: fx.Graph, root: nn.Module) -> None:
         if node.op == "call_function" and node.target is fused_block:
             node.args = node.args[:4] + (flag,)
         elif node.op == "call_module" and type(root.get_submodule(node.target)) in _PLAIN_CONVS:
-            wrap(node, to_channels_last)
+            conv = root.get_submodule(node.target)
+            if _hooked(conv) or len(node.args) != 1 or node.kwargs:
+                wrap(node, to_channels_last)
+                continue
+            with graph.inserting_before(node):
+                c = graph.get_attr(node.target)
+                new = graph.call_function(plain_conv, (node.args[0], c, flag))
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
         elif node.op == "call_module" and type(root.get_submodule(node.target)) in _LAYOUT_AGNOSTIC:
             pass
         elif node.op == "call_function" and node.target in _ELEMENTWISE_FUNCS:
             pass
         elif node.op == "call_method" and node.target in _ELEMENTWISE_METHODS:
             pass
-        elif node.op == "call_function" and node.target in (to_channels_last, to_nchw, layout_flag):
+        elif node.op == "call_function" and node.target in (to_channels_last, to_nchw,
+                                                              layout_flag, plain_conv):
             pass
         else:  # views, reductions, concatenations, other modules, and the outputs
             wrap(node, to_nchw)
