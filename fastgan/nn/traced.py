@@ -26,7 +26,9 @@ What the trace cannot keep, and how that is guarded:
   constants they were at conversion, as torch.fx always does: change them, convert again.
 - A chain is fused only when the conv result goes nowhere but the BatchNorm, the conv is
   called with the input alone, and none of the modules involved has hooks; the
-  activation joins only when it is the BatchNorm result's only use.
+  activation joins only when it is the BatchNorm result's only use. Hooks put on the conv
+  or the BatchNorm later make that chain run unfused; an activation module's call is
+  gone from the rewritten forward, so hooks put on it later are not called.
 
 Pickling and deepcopy rebuild the original class and trace it again (the rewritten code is
 never pickled), so a saved converted model loads wherever fastgan is importable.
@@ -101,7 +103,7 @@ _ELEMENTWISE_METHODS = {"relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_",
                         "mul", "mul_", "sub", "sub_", "neg", "clamp", "clamp_"}
 
 
-# activation functions and tensor methods recognised after the BatchNorm: name -> default slope
+# activations recognised after the BatchNorm (as a module: sequential._slope)
 _RELU_FUNCS = (F.relu, torch.relu, F.relu_, torch.relu_)
 _LEAKY_FUNCS = (F.leaky_relu, F.leaky_relu_)
 _RELU_METHODS = ("relu", "relu_")
