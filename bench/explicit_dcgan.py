@@ -42,3 +42,17 @@ class ExplicitDiscriminator(nn.Module):
         for conv, bn in zip(self.convs, self.bns):
             x = F.leaky_relu(bn(conv(x)), 0.2, inplace=True)
         return torch.sigmoid(self.head(x)).view(-1, 1).squeeze(1)
+
+
+def copy_weights(dst: nn.Module, src: nn.Module) -> nn.Module:
+    """Loads src's (the nn.Sequential model's) convolutions and BatchNorms into dst's, in
+    order, so that both pairs start from the same weights; returns dst."""
+    def layers(m, kinds):
+        return [x for x in m.modules() if isinstance(x, kinds)]
+
+    for kinds in ((nn.Conv2d, nn.ConvTranspose2d), (nn.BatchNorm2d,)):
+        a, b = layers(dst, kinds), layers(src, kinds)
+        assert len(a) == len(b), (len(a), len(b))
+        for x, y in zip(a, b):
+            x.load_state_dict(y.state_dict())
+    return dst

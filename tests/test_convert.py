@@ -18,6 +18,7 @@ from fastgan.models import Discriminator, Generator, weights_init
 from fastgan.nn import FusedSequential
 
 from bench.common import saved_tensor_bytes
+from bench.explicit_dcgan import ExplicitDiscriminator, ExplicitGenerator, copy_weights
 
 
 def _close_scaled(a, b, tol=1e-3):
@@ -68,11 +69,17 @@ def test_state_dict_checkpoints_and_init():
             assert torch.equal(c.state_dict()[k], v), k
 
 
-def test_dcgan_training_tracks_eager():
-    """pytorch/examples' loop: D on real and fake.detach(), then G; Adam(2e-4, (0.5, 0.999))."""
+@pytest.mark.parametrize("style", ["sequential", "explicit"])
+def test_dcgan_training_tracks_eager(style):
+    """pytorch/examples' loop: D on real and fake.detach(), then G; Adam(2e-4, (0.5, 0.999)).
+    `explicit`: the same pair calling its layers from forward() (the torch.fx path)."""
     torch.manual_seed(0)
     G, D = _pair(ngf=8, ndf=8)
-    Gc, Dc = fastgan.convert(G), fastgan.convert(D)
+    if style == "explicit":  # same weights, so the same tolerances apply
+        G = copy_weights(ExplicitGenerator(100, 8), G)
+        D = copy_weights(ExplicitDiscriminator(8), D)
+    (Gc, rep_g), (Dc, rep_d) = fastgan.convert(G, report=True), fastgan.convert(D, report=True)
+    assert len(rep_g.fused) == 4 and len(rep_d.fused) == 3
     data = torch.randn(6, 8, 3, 64, 64).tanh()
     noise = torch.randn(6, 8, 100, 1, 1)
     crit = nn.BCELoss()
@@ -102,12 +109,15 @@ def test_dcgan_training_tracks_eager():
     le, lc = train(G, D), train(Gc, Dc)
     for (de, ge), (dc, gc) in zip(le, lc):
         assert abs(dc - de) <= 1e-3 * abs(de) and abs(gc - ge) <= 1e-3 * abs(ge), (le, lc)
+    # Adam moves a weight by ~lr per step whatever the gradient's size, so where a
+    # gradient is rounding-sized the two runs may step in opposite directions: up to
+    # 2 * lr * steps apart (fp32 convolutions in channels_last round differently).
     for k, v in G.state_dict().items():
-        torch.testing.assert_close(Gc.state_dict()[k], v, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(Gc.state_dict()[k], v, rtol=1e-3, atol=2 * 2e-4 * len(data))
     # eval sampling after training (BatchNorm folded into the convolutions)
     G.eval(), Gc.eval()
     with torch.no_grad():
-        torch.testing.assert_close(Gc(noise[0]), G(noise[0]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(Gc(noise[0]), G(noise[0]), rtol=1e-3, atol=2e-4)
 
 
 @pytest.mark.parametrize("penalty", ["r1", "wgan-gp"])
@@ -232,8 +242,12 @@ def test_weight_changes_are_seen(change):
             torch.testing.assert_close(Dc(x), D(x), rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_autocast():
+@pytest.mark.parametrize("style", ["sequential", "explicit"])
+def test_bf16_autocast(style):
+    torch.manual_seed(0)
     G, D = _pair()
+    if style == "explicit":
+        G, D = copy_weights(ExplicitGenerator(100, 8), G), copy_weights(ExplicitDiscriminator(8), D)
     Gc, Dc = fastgan.convert(G), fastgan.convert(D)
     z = torch.randn(4, 100, 1, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
