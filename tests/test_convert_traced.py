@@ -182,9 +182,14 @@ class _HookedBN(_ModeDependent):
         self.b.register_forward_hook(lambda *a: None)
 
 
-class _ExtraArg(_ModeDependent):
+class _CountsCalls(_ModeDependent):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
     def forward(self, x):
-        return F.relu(self.b(self.c(x))) * 2
+        self.calls = self.calls + 1  # tracing runs this Python too
+        return F.relu(self.b(self.c(x))) * torch.ones(1)  # a tensor constant for fx
 
 
 @pytest.mark.parametrize("cls, why", [(_ModeDependent, "self.training"),
@@ -200,6 +205,15 @@ def test_traced_refusals_leave_module_unchanged(cls, why):
     x = torch.randn(2, 3, 7, 7)
     torch.testing.assert_close(c(x), m(x))
     assert set(vars(c)) == set(vars(m))  # no tensor constants or other leftovers
+
+
+def test_tracing_leaves_attributes_as_they_were():
+    m = _CountsCalls()
+    c, rep = fastgan.convert(m, inplace=True, report=True)
+    assert len(rep.fused) == 1 and c is m and m.calls == 0
+    x = torch.randn(2, 3, 7, 7)
+    y = m(x)  # the traced forward froze the counter's update (fx's rule for attributes)
+    assert y.shape == (2, 4, 5, 5)
 
 
 def test_trace_false_reports_and_nested_modules():

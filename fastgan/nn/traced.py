@@ -173,11 +173,15 @@ def _act_slope(node: fx.Node, src: fx.Node, root: nn.Module) -> float | None:
     return None
 
 
-def _trace(m: nn.Module) -> fx.Graph:
+def _trace(m: nn.Module, reset) -> fx.Graph:
+    """m's forward traced in training mode, after checking that eval mode traces to the
+    same code. `reset()` puts m's attributes back between the two traces, so that both
+    name fx's tensor constants alike."""
     was = m.training
     try:
         graphs = []
-        for mode in (True, False):
+        for mode in (False, True):
+            reset()
             m.training = mode
             graphs.append(_ChildrenAreLeaves(m).trace(m))
     finally:
@@ -185,7 +189,7 @@ def _trace(m: nn.Module) -> fx.Graph:
     codes = [fx.GraphModule(m, g).code for g in graphs]
     if codes[0] != codes[1]:
         raise _NotTraceable("its forward() depends on self.training")
-    return graphs[0]
+    return graphs[1]
 
 
 class _NotTraceable(Exception):
@@ -303,20 +307,33 @@ def _rebuild(base: type, state: dict) -> nn.Module:
 
 def convert_traced(m: nn.Module) -> list[str]:
     """Trace `m`'s forward and fuse its chains in place (class swapped). Returns what was
-    fused; raises _NotTraceable (or whatever torch.fx raised) when it cannot trace."""
-    before = set(m.__dict__)
+    fused; raises _NotTraceable (or whatever torch.fx raised) when it cannot trace.
+
+    Tracing runs the forward's Python twice (train and eval mode). Whatever it rebinds or
+    adds among m's attributes (a call counter, fx's tensor constants) is put back after,
+    except the constants the rewritten forward reads."""
+    snapshot = dict(m.__dict__)
+
+    def restore(keep: set[str]) -> None:
+        for k in [k for k in m.__dict__ if k not in snapshot and k not in keep]:
+            del m.__dict__[k]
+        for k, v in snapshot.items():
+            if m.__dict__.get(k, restore) is not v:
+                m.__dict__[k] = v
+
     try:
-        graph = _trace(m)
+        graph = _trace(m, lambda: restore(set()))
         fused = _rewrite(graph, m)
         if not fused:
+            restore(set())
             return []
         _run_channels_last(graph, m)
         graph.lint()
         gm = fx.GraphModule(m, graph, class_name=type(m).__name__)
     except Exception:
-        for k in set(m.__dict__) - before:  # tensor constants fx may have attached
-            del m.__dict__[k]
+        restore(set())
         raise
+    restore({n.target.split(".")[0] for n in graph.nodes if n.op == "get_attr"})
     base = type(m)
     cls = type(base.__name__, (base,), {
         "forward": type(gm).__dict__["forward"],
