@@ -11,6 +11,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fastgan
@@ -286,3 +287,37 @@ def test_generator_saved_activation_memory():
     # the floor: one conv output per block + the Tanh output + the noise + per-channel stats
     tanh_out, noise = 64 * 3 * 64 * 64 * 4, z.nbytes
     assert fused - block_outputs - tanh_out - noise < 64 * 1024
+
+
+@pytest.mark.parametrize("style", ["sequential", "explicit"])
+def test_spectral_norm_power_iteration_runs_once_per_call(style):
+    """A spectral-normalised conv (torch.nn.utils.parametrizations) advances its power
+    iteration on every read of `.weight` in training: a converted model must read it
+    exactly as often as eager does, or its u/v vectors, and so its weights, drift."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(spectral_norm(nn.Conv2d(3, 16, 4, 2, 1)), nn.BatchNorm2d(16),
+                        nn.LeakyReLU(0.2), spectral_norm(nn.Conv2d(16, 32, 4, 2, 1)),
+                        nn.BatchNorm2d(32), nn.LeakyReLU(0.2))
+    if style == "sequential":
+        m = seq
+    else:
+        class Explicit(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1, self.b1, self.c2, self.b2 = seq[0], seq[1], seq[3], seq[4]
+
+            def forward(self, x):
+                return F.leaky_relu(self.b2(self.c2(F.leaky_relu(self.b1(self.c1(x)), 0.2))),
+                                    0.2)
+        m = Explicit()
+    c, rep = fastgan.convert(m, report=True)
+    assert len(rep.fused) == 2, rep
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(3):
+        torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-5)
+    for k, v in m.state_dict().items():  # u and v of both power iterations included
+        torch.testing.assert_close(c.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    m.eval(), c.eval()
+    torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-5)

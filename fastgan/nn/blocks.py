@@ -137,11 +137,12 @@ def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slop
 # Eval: BatchNorm folded into the convolution.
 
 def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d,
-            memory_format: torch.memory_format = torch.contiguous_format
-            ) -> tuple[Tensor, Tensor]:
+            memory_format: torch.memory_format = torch.contiguous_format,
+            weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(weight, bias) of one convolution equal to conv followed by bn in eval mode; the
-    weight is laid out in `memory_format`."""
-    w = conv.weight
+    weight is laid out in `memory_format`. `weight`: conv.weight, if already read (a
+    parametrized weight is recomputed on every read)."""
+    w = conv.weight if weight is None else weight
     acc = torch.float64 if w.dtype == torch.float64 else torch.float32
     scale = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
     if bn.weight is not None:
@@ -169,19 +170,20 @@ def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d,
 
 def _eval_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
                   output_size: list[int] | None, memory_format) -> Tensor:
-    params = [p for p in (conv.weight, conv.bias, bn.weight, bn.bias) if p is not None]
+    weight = conv.weight  # once: a parametrization recomputes it on every read
+    params = [p for p in (weight, conv.bias, bn.weight, bn.bias) if p is not None]
     needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params)
     fmt = torch.contiguous_format
-    if (x.device.type == "cpu" and not needs_graph and conv.weight.dim() == 4
+    if (x.device.type == "cpu" and not needs_graph and weight.dim() == 4
             and (memory_format == torch.channels_last or _strictly_channels_last(x)
-                 or _strictly_channels_last(conv.weight))):
+                 or _strictly_channels_last(weight))):
         # the layout oneDNN runs the conv in (and would reorder an NCHW weight to)
         fmt = torch.channels_last
     if needs_graph or torch.compiler.is_compiling():
-        w, b = fold_bn(conv, bn, fmt)
+        w, b = fold_bn(conv, bn, fmt, weight)
     else:
         with torch.no_grad():
-            w, b = fold_bn(conv, bn, fmt)
+            w, b = fold_bn(conv, bn, fmt, weight)
     y = conv_forward(conv, x, w, b, output_size, memory_format)
     if negative_slope == 1.0:
         return y

@@ -109,8 +109,17 @@ def _wants_channels_last(x: Tensor, n_convs: int, first_conv: nn.Module | None) 
         return False
     if n_convs < 2 and torch.is_grad_enabled():
         return False
-    w = first_conv.weight if first_conv is not None else None
+    w = _stored_weight(first_conv) if first_conv is not None else None
     return w is not None and w.dim() == 4 and w.is_contiguous()
+
+
+def _stored_weight(conv: nn.Module) -> Tensor | None:
+    """The weight tensor a conv stores, without evaluating a parametrization: reading
+    `.weight` of a spectral-normalised conv in training runs a power iteration (and
+    advances its state), which only the convolution's own call may do."""
+    if parametrize.is_parametrized(conv, "weight"):
+        return conv.parametrizations.weight.original
+    return conv.weight
 
 
 class FusedSequential(nn.Sequential):
