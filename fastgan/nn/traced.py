@@ -200,7 +200,7 @@ def _rewrite(graph: fx.Graph, root: nn.Module) -> list[str]:
     """Replace every fusable chain in `graph` by a fused_block call; descriptions of each."""
     done = []
     for node in list(graph.nodes):
-        if node.op != "call_module" or node.graph is not graph:
+        if node.op != "call_module" or node._erased:  # (erased: part of an earlier chain)
             continue
         conv = root.get_submodule(node.target)
         if not _is_conv(conv) or _hooked(conv) or len(node.args) != 1 or node.kwargs:
@@ -226,7 +226,8 @@ def _rewrite(graph: fx.Graph, root: nn.Module) -> list[str]:
             graph.erase_node(n)
         desc = f"{node.target} -> {bn_node.target}"
         if slope is not None:
-            desc += f" -> {act_node.target if act_node.op != 'call_function' else act_node.target.__name__}"
+            act = act_node.target
+            desc += f" -> {act.__name__ if act_node.op == 'call_function' else act}"
         done.append(f"{desc} (traced forward)")
     graph.lint()
     return done
@@ -255,7 +256,7 @@ def _run_channels_last(graph: fx.Graph, root: nn.Module) -> None:
 
     def wrap(node: fx.Node, fn) -> None:
         def sub(a):
-            if not isinstance(a, fx.Node) or a in (flag,) or a.op == "get_attr":
+            if not isinstance(a, fx.Node) or a is flag or a.op == "get_attr":
                 return a
             with graph.inserting_before(node):
                 return graph.call_function(fn, (a, flag))
