@@ -18,8 +18,8 @@ PIP="python -m pip --disable-pip-version-check"
 if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.14.1') else 1)" 2>/dev/null; then
   # torch 2.14.1 with its CUDA libraries takes ~5.6 GB: say so plainly on a full disk
   free_kb=$(df -Pk "$(python -c 'import sys; print(sys.prefix)')" | awk 'NR==2 {print $4}')
-  if [[ -n "$free_kb" && "$free_kb" -lt 6500000 ]]; then
-    echo "[setup] error: torch==2.14.1 needs ~6 GB free for the virtualenv;" \
+  if [[ -n "$free_kb" && "$free_kb" -lt 6000000 ]]; then
+    echo "[setup] error: torch==2.14.1 needs ~6 GB free for its virtualenv (5.6 GB);" \
          "only $((free_kb / 1024)) MB free at $(python -c 'import sys; print(sys.prefix)')" >&2
     exit 1
   fi
