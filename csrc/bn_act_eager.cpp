@@ -24,6 +24,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include "cpu/bn_act_cpu.h"
 #include "py_fast_path.h"
 
 namespace fastgan {
@@ -161,14 +162,17 @@ bool plain_dispatch(const at::Tensor& t) {
 }  // namespace
 
 // bn_act_train_eager(x, weight, bias, running_mean, running_var, training, momentum, eps,
-//                    negative_slope, backend_stack) -> (y, mean, var) or None
-// Same arguments and meaning as fastgan.ops.bn_act.forward_with_stats.
+//                    negative_slope, backend_stack[, contiguous_out]) -> (y, mean, var) or None
+// Same arguments and meaning as fastgan.ops.bn_act.forward_with_stats. contiguous_out:
+// y comes back NCHW-contiguous whatever x's layout (on the CPU the kernel writes it so).
 PyObject* bn_act_train_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 10) {
-    PyErr_Format(PyExc_TypeError, "bn_act_train_eager() takes 10 arguments (%zd given)", nargs);
+  if (nargs != 10 && nargs != 11) {
+    PyErr_Format(PyExc_TypeError, "bn_act_train_eager() takes 10 or 11 arguments (%zd given)",
+                 nargs);
     return nullptr;
   }
+  const bool contiguous_out = nargs == 11 && args[10] == Py_True;
   if (g_composite == nullptr || !plain_tls()) Py_RETURN_NONE;
   at::Tensor x, w, b, rm, rv;
   double momentum = 0, eps = 0, slope = 0;
@@ -202,9 +206,18 @@ PyObject* bn_act_train_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize
   at::Tensor y, mean, var;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    std::tie(y, mean, var) =
-        forward_op().call(x, opt(w), opt(b), use_batch_stats ? c10::nullopt : opt(rm),
-                          use_batch_stats ? c10::nullopt : opt(rv), use_batch_stats, eps, slope);
+    const auto rm_arg = use_batch_stats ? c10::nullopt : opt(rm);
+    const auto rv_arg = use_batch_stats ? c10::nullopt : opt(rv);
+    if (contiguous_out && x.is_cpu()) {
+      // the CPU kernel itself (what the op's CPU registration calls), which can write an
+      // NHWC input's output NCHW in its apply pass
+      std::tie(y, mean, var) = cpu::bn_act_forward_cpu(x, opt(w), opt(b), rm_arg, rv_arg,
+                                                       use_batch_stats, eps, slope, true);
+    } else {
+      std::tie(y, mean, var) =
+          forward_op().call(x, opt(w), opt(b), rm_arg, rv_arg, use_batch_stats, eps, slope);
+      if (contiguous_out) y = y.contiguous();
+    }
   }
   if (at::GradMode::is_enabled() && torch::autograd::compute_requires_grad(x, w, b)) {
     auto node = c10::make_intrusive<BnActBackward>();

@@ -392,3 +392,78 @@ def test_dense_forms_only_where_exact():
         img, imgc = G(z), Gc(z)
         torch.testing.assert_close(imgc, img, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(Dc(imgc), D(img), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def relaid_always(monkeypatch):
+    """Makes every eligible ConvTranspose2d block take the channels_last-inside path
+    (normally only from 2**21 output values), and records that it did."""
+    from fastgan.nn import blocks
+
+    monkeypatch.setattr(blocks, "_RELAID_MIN_OUTPUT", 0)
+    taken = []
+    orig = blocks._conv_channels_last_inside
+
+    def spy(*args):
+        r = orig(*args)
+        taken.append(r)
+        return r
+
+    monkeypatch.setattr(blocks, "_conv_channels_last_inside", spy)
+    return taken
+
+
+@pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
+def test_convtranspose_channels_last_inside(relaid_always):
+    """An NCHW training ConvTranspose2d block running its conv channels_last inside:
+    NCHW output and input gradient, eager's values, recompute through a chain of such
+    blocks, one saved tensor per block (the relaid input is saved as the input itself),
+    and double backward."""
+    torch.manual_seed(0)
+    fused = nn.Sequential(ConvTranspose2dBNAct(16, 32, 4, 2, 1, negative_slope=0.0),
+                          ConvTranspose2dBNAct(32, 16, 3, 2, 1, output_padding=1),
+                          ConvTranspose2dBNAct(16, 16, 4, 2, 1))
+    eager = copy.deepcopy(nn.Sequential(
+        *[m for b in fused for m in (b.conv, b.bn, nn.LeakyReLU(b.negative_slope))]))
+    x = torch.randn(3, 16, 5, 6)
+    xi, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yi, ye = fused(xi), eager(xe)
+    assert relaid_always == [True, True, True] and yi.is_contiguous()
+    torch.testing.assert_close(yi, ye, rtol=1e-4, atol=1e-5)
+    yi.square().sum().backward()
+    ye.square().sum().backward()
+    assert xi.grad.is_contiguous()
+    assert_close_scaled(xi.grad, xe.grad, 1e-5)
+    for (n, p), q in zip(fused.named_parameters(), eager.parameters()):
+        assert_close_scaled(p.grad, q.grad, 1e-4)
+    for b, k in zip(fused, (1, 4, 7)):
+        torch.testing.assert_close(b.bn.running_mean, eager[k].running_mean)
+    # saved: the input + one conv output per block + per-channel tensors
+    got = saved_tensor_bytes(lambda: fused(x), tuple(fused.parameters()))
+    sizes = [3 * 32 * 10 * 12, 3 * 16 * 20 * 24, 3 * 16 * 40 * 48]
+    assert got - x.nbytes - 4 * sum(sizes) < 8192, got
+    # gradient penalty (create_graph) through the chain
+    for m in (fused, eager):
+        m.zero_grad()
+    outs = []
+    for m in (fused, eager):
+        xg = x.clone().requires_grad_()
+        g, = torch.autograd.grad(m(xg).square().sum(), xg, create_graph=True)
+        pen = g.square().sum()
+        pen.backward()
+        outs.append((pen.detach(), [p.grad.clone() for p in m.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-6)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        assert_close_scaled(a, b, 1e-3)
+
+
+@pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
+def test_convtranspose_channels_last_inside_bf16(relaid_always):
+    torch.manual_seed(0)
+    eager, fused = _pair(True, (4, 2, 1, 0, 1, 1), cin=16, cout=32, dtype=torch.float32)
+    x = torch.randn(4, 16, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yf, ye = fused(x), eager(x)
+    assert relaid_always == [True] and yf.dtype == ye.dtype and yf.is_contiguous()
+    ref = copy.deepcopy(eager).double()(x.double())
+    assert (yf.double() - ref).abs().max() <= 2 * (ye.double() - ref).abs().max() + 1e-3

@@ -256,6 +256,39 @@ def test_backward_nchw_gradient_for_channels_last_input(dtype, shape):
 
 
 @needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 16, 5, 7), (2, 40, 9, 11), (5, 33, 1, 3), (4, 64, 32, 32),
+                                   (2, 5, 6, 6)])
+def test_forward_nchw_output_from_channels_last_input(dtype, shape):
+    """The eager fast path's contiguous_out: y written NCHW by the kernel from an NHWC
+    input, the same bits as the channels_last y copied (and a copy for few channels)."""
+    x = _input(shape, dtype, True, mean=0.5, std=2.0)
+    C = shape[1]
+    w, b = torch.rand(C, dtype=dtype) + 0.5, torch.randn(C, dtype=dtype)
+    rm, rv = torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
+    for training in (True, False):
+        args = (x, w, b, rm.clone(), rv.clone(), training, 0.1, 1e-5, 0.2, [])
+        y, mean, var = _ext._C.bn_act_train_eager(*args, True)
+        y_cl, mean2, var2 = _ext._C.bn_act_train_eager(*args)
+        assert y.is_contiguous() and y_cl.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(y, y_cl.contiguous()) and torch.equal(mean, mean2)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (3, 33, 1, 70), (1, 3, 64, 64), (4, 128, 4, 4)])
+def test_relayout(dtype, shape):
+    x = torch.randn(shape).to(dtype)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    a, b = _ext._C.relayout(x, True), _ext._C.relayout(xc, False)
+    assert torch.equal(a, xc) and a.stride() == xc.stride()
+    assert torch.equal(b, x) and b.is_contiguous()
+    # where it does not apply: None (callers fall back to .contiguous())
+    assert _ext._C.relayout(xc, True) is None and _ext._C.relayout(x.requires_grad_(), True) is None
+    assert _ext._C.relayout(torch.ones(3, 4), True) is None
+
+
+@needs_c
 def test_thread_count_does_not_change_results():
     x = _input((6, 10, 13, 17), torch.float32, False, mean=5.0, std=2.0)
     g = torch.randn_like(x)

@@ -33,6 +33,8 @@
 #include "../bn_act_checks.h"
 #include "../bn_act_math.h"
 #include "../common.h"
+#include "bn_act_cpu.h"
+#include "transpose.h"
 #include "vec_io.h"
 
 namespace fastgan {
@@ -245,23 +247,6 @@ Moments<double> plane_moments(const scalar_t* plane, int64_t HW) {
 // Rows r of the NHWC view are (n, hw) = (r / HW, r % HW); the NCHW side of rows
 // [r0, r1) is, per image, C runs of up to HW contiguous values.
 
-// Transposes the M x N matrix src (leading dimension ld_src) into dst (ld_dst), in
-// 16 x 16 tiles, which at::vec transposes in registers for float, bf16 and fp16.
-template <typename scalar_t>
-inline void transpose_tiles(const scalar_t* src, int64_t ld_src, scalar_t* dst, int64_t ld_dst,
-                            int64_t M, int64_t N) {
-  constexpr int64_t T = 16;
-  for (int64_t i = 0; i < M; i += T) {
-    const int mi = static_cast<int>(std::min(T, M - i));
-    for (int64_t j = 0; j < N; j += T) {
-      const int nj = static_cast<int>(std::min(T, N - j));
-      at::vec::transpose_mxn<scalar_t>(src + i * ld_src + j, ld_src, dst + j * ld_dst + i,
-                                       ld_dst, mi, nj);
-    }
-  }
-}
-
-
 // buf[(r - r0) * C + c] = src_nchw[n, c, hw] for rows r in [r0, r1).
 template <typename scalar_t>
 void gather_nchw_rows(const scalar_t* src, int64_t C, int64_t HW, int64_t r0, int64_t r1,
@@ -269,6 +254,18 @@ void gather_nchw_rows(const scalar_t* src, int64_t C, int64_t HW, int64_t r0, in
   for (int64_t r = r0; r < r1;) {
     const int64_t n = r / HW, hw = r % HW, len = std::min(r1 - r, HW - hw);
     transpose_tiles<scalar_t>(src + n * C * HW + hw, HW, buf + (r - r0) * C, C, C, len);
+    r += len;
+  }
+}
+
+// dst_nchw[n, c, hw] = buf[(r - r0) * C + c] for rows r in [r0, r1), each channel's run of
+// positions written front to back (see transpose_tiles_by_dst).
+template <typename scalar_t>
+void scatter_nchw_rows(const scalar_t* buf, int64_t C, int64_t HW, int64_t r0, int64_t r1,
+                       scalar_t* dst) {
+  for (int64_t r = r0; r < r1;) {
+    const int64_t n = r / HW, hw = r % HW, len = std::min(r1 - r, HW - hw);
+    transpose_tiles_by_dst<scalar_t>(buf + (r - r0) * C, C, dst + n * C * HW + hw, HW, len, C);
     r += len;
   }
 }
@@ -702,7 +699,8 @@ void backward_nhwc_small(const at::Tensor& dy, const at::Tensor& x, at::Tensor* 
 
 template <typename scalar_t>
 void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Tensor& var_t,
-                  bool training, double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p) {
+                  bool training, double eps, double slope, const ChannelParams<acc_of_t<scalar_t>>& p,
+                  bool y_nchw = false) {
   using acc_t = acc_of_t<scalar_t>;
   using IO = VecIo<scalar_t>;
   using Vec = typename IO::Vec;
@@ -758,6 +756,29 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
   const acc_t slope_a = static_cast<acc_t>(slope);
   const acc_t* scale_p = scale.data();
   const acc_t* shift_p = shift.data();
+  if (y_nchw) {
+    // an NCHW y: rows are computed into a tile buffer, then transposed out
+    const int64_t HW = x.size(2) * x.size(3);
+    const int64_t TB = std::max<int64_t>(16, kBlockElems / C / 16 * 16);
+    at::parallel_for(0, R, TB, [=](int64_t r0, int64_t r1) {
+      const Vec vslope(slope_a);
+      std::vector<scalar_t> tile(TB * C);
+      for (int64_t s0 = r0; s0 < r1; s0 += TB) {
+        const int64_t s1 = std::min(r1, s0 + TB);
+        for (int64_t r = s0; r < s1; ++r) {
+          const scalar_t* xr = xp + r * C;
+          scalar_t* tr = tile.data() + (r - s0) * C;
+          for_channel_vectors<scalar_t>(C, [&](int64_t c, auto width) {
+            const Vec z = at::vec::fmadd(width.load(xr + c), width.load_acc(scale_p + c),
+                                         width.load_acc(shift_p + c));
+            width.store(tr + c, leaky_vec<acc_t>(z, vslope));
+          });
+        }
+        scatter_nchw_rows<scalar_t>(tile.data(), C, HW, s0, s1, yp);
+      }
+    });
+    return;
+  }
   const bool stream = stream_rows(yp, C, y.nbytes());
   at::parallel_for(0, R, std::max<int64_t>(1, kBlockElems / C), [=](int64_t r0, int64_t r1) {
     const Vec vslope(slope_a);
@@ -781,17 +802,21 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, bool training, double eps,
-    double negative_slope) {
+    double negative_slope, bool contiguous_out) {
   bn_act::check_forward(input, weight, bias, running_mean, running_var, training);
   const bool cl = is_channels_last(input);
   const at::Tensor x = cl ? input : input.contiguous();
   const auto acc_type = acc_scalar_type(x.scalar_type());
   const int64_t C = x.size(1);
-  at::Tensor y = at::empty_like(x);
+  // contiguous_out: an NCHW y from an NHWC x, written by the apply pass itself
+  const bool y_nchw = contiguous_out && cl && mixed_layout_ok(x);
+  at::Tensor y = y_nchw ? at::empty(x.sizes(), x.options()) : at::empty_like(x);
   at::Tensor mean_t, var_t;
   if (training) {
     mean_t = at::empty({C}, x.options().dtype(acc_type));
@@ -804,12 +829,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward(
     using acc_t = acc_of_t<scalar_t>;
     const auto p = channel_params<acc_t>(weight, bias, C);
     if (cl) {
-      forward_nhwc<scalar_t>(x, y, mean_t, var_t, training, eps, negative_slope, p);
+      forward_nhwc<scalar_t>(x, y, mean_t, var_t, training, eps, negative_slope, p, y_nchw);
     } else {
       forward_nchw<scalar_t>(x, y, mean_t, var_t, training, eps, negative_slope, p);
     }
   });
+  if (contiguous_out && !y.is_contiguous()) y = y.contiguous();
   return {y, mean_t, var_t};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool training, double eps,
+    double negative_slope) {
+  return bn_act_forward_cpu(input, weight, bias, running_mean, running_var, training, eps,
+                            negative_slope, /*contiguous_out=*/false);
 }
 
 // ---------------------------------------------------------------------------

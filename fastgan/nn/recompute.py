@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
+from fastgan import _backend, _ext
 from fastgan.ops import bn_act as _bn_act
 
 _local = threading.local()  # .active: a scope is open on this thread
@@ -46,7 +47,7 @@ class _Entry:
     """What it takes to recompute one block output."""
 
     __slots__ = ("ref", "version", "z", "mean", "var", "weight", "bias", "params_version",
-                 "eps", "slope", "backend", "__weakref__")
+                 "eps", "slope", "backend", "relaid", "__weakref__")
 
     def __init__(self, y: Tensor, z: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
                  bias: Tensor | None, eps: float, slope: float, backend: str) -> None:
@@ -56,6 +57,9 @@ class _Entry:
         self.bias = bias.detach() if bias is not None else None
         self.params_version = _versions(weight, bias)
         self.eps, self.slope, self.backend = eps, slope, backend
+        # y NCHW from a channels_last z (blocks._conv_channels_last_inside): recomputed y
+        # must be relaid the same way
+        self.relaid = y.is_contiguous() and not z.is_contiguous()
 
 
 _registry: dict[int, _Entry] = {}  # y's storage data_ptr -> entry, while y is alive
@@ -106,6 +110,50 @@ def _lookup(t: Tensor) -> _Entry | None:
     return entry
 
 
+_relaid: dict[int, tuple[weakref.ref, Tensor, int]] = {}  # id(copy) -> (ref, source, version)
+
+
+def register_relayout(copy: Tensor, source: Tensor) -> None:
+    """`copy` is `source` relaid to channels_last (a block's input, for a convolution run
+    in channels_last inside an NCHW caller): whoever saves `copy` keeps `source` instead,
+    packed as `source` itself would be, and relays it again on unpack; so the relayout
+    adds no saved tensor."""
+    ident = id(copy)
+
+    def forget(ref: weakref.ref) -> None:
+        if _relaid.get(ident, (None,))[0] is ref:
+            del _relaid[ident]
+
+    _relaid[ident] = (weakref.ref(copy, forget), source, copy._version)
+
+
+def to_channels_last(t: Tensor) -> Tensor:
+    """t relaid NCHW -> channels_last, no autograd (fastgan._C.relayout where it applies)."""
+    out = _relayout(t, True) if _relayout is not None else None
+    return out if out is not None else t.contiguous(memory_format=torch.channels_last)
+
+
+def to_contiguous(t: Tensor) -> Tensor:
+    """t relaid channels_last -> NCHW, no autograd (as to_channels_last)."""
+    out = _relayout(t, False) if _relayout is not None else None
+    return out if out is not None else t.contiguous()
+
+
+_relayout = getattr(_ext._C, "relayout", None) if _ext.ext_loaded() else None
+
+
+class _Relaid:
+    """A packed channels_last copy: its source, packed as the source would be."""
+
+    __slots__ = ("source", "unpack")
+
+    def __init__(self, source: Any, unpack: Callable[[Any], Tensor]) -> None:
+        self.source, self.unpack = source, unpack
+
+    def get(self) -> Tensor:
+        return to_channels_last(self.unpack(self.source))
+
+
 class _Recompute:
     """A packed block output: z (as packed by the outer hooks) and the view geometry."""
 
@@ -133,12 +181,19 @@ class _Recompute:
             elif e.backend == "triton":
                 y = _bn_act._triton_forward()(z, e.weight, e.bias, e.mean, e.var, False, e.eps,
                                               e.slope)[0]
+            elif (e.relaid and _bn_act._train_eager is not None
+                  and (out := _bn_act._train_eager(z, e.weight, e.bias, e.mean, e.var, False,
+                                                   0.0, e.eps, e.slope, _backend._stack,
+                                                   True)) is not None):
+                y = out[0]  # written NCHW by the kernel, as the forward's was
             else:
                 # every input is detached: skipping the op's registered autograd wrapper
                 # (~25 us of Python per call) changes nothing
                 with torch._C._AutoDispatchBelowAutograd():
                     y = torch.ops.fastgan.bn_act_forward.default(z, e.weight, e.bias, e.mean,
                                                                  e.var, False, e.eps, e.slope)[0]
+        if e.relaid and not y.is_contiguous():
+            y = y.contiguous()
         size, stride, offset = self.geometry
         if (y.size(), y.stride(), y.storage_offset()) == self.geometry:
             return y
@@ -168,6 +223,9 @@ class _Kept:
 
 def _make_hooks(outer: tuple | None) -> tuple[Callable, Callable]:
     def pack(t: Tensor) -> Any:
+        rel = _relaid.get(id(t)) if _relaid else None
+        if rel is not None and rel[0]() is t and t._version == rel[2]:
+            return _Relaid(pack(rel[1]), unpack)
         entry = _lookup(t)
         if entry is not None:
             return _Recompute(entry, t, outer)
@@ -233,4 +291,5 @@ def install_scope_hooks(module: torch.nn.Module) -> bool:
     return True
 
 
-__all__ = ["scope", "register", "active", "install_scope_hooks"]
+__all__ = ["scope", "register", "register_relayout", "active", "install_scope_hooks",
+           "to_channels_last", "to_contiguous"]

@@ -277,15 +277,17 @@ def module_args(bn: torch.nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None,
 
 def forward_with_stats(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                        weight: Tensor | None, bias: Tensor | None, training: bool,
-                       momentum: float, eps: float,
-                       negative_slope: float) -> tuple[Tensor, Tensor, Tensor, str]:
+                       momentum: float, eps: float, negative_slope: float,
+                       contiguous_out: bool = False) -> tuple[Tensor, Tensor, Tensor, str]:
     """batch_norm_act, also returning the statistics used (mean, biased var; fp32, or
-    fp64 for fp64 input) and the backend that ran (blocks recompute with the same one)."""
+    fp64 for fp64 input) and the backend that ran (blocks recompute with the same one).
+    `contiguous_out`: y NCHW-contiguous whatever x's layout (the CPU kernel writes a
+    channels_last x's output so directly on the eager fast path)."""
     fast = _train_eager
     if fast is not None and not torch.compiler.is_compiling():
         # the common case in one C++ call (csrc/bn_act_eager.cpp), else None
         out = fast(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                   negative_slope, _backend._stack)
+                   negative_slope, _backend._stack, contiguous_out)
         if out is not None:
             return out[0], out[1], out[2], x.device.type
     check_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
@@ -315,6 +317,8 @@ def forward_with_stats(x: Tensor, running_mean: Tensor | None, running_var: Tens
     if training and running_mean is not None:
         update_running_stats(running_mean, running_var, mean.detach(), var.detach(), momentum,
                              x.numel() // x.shape[1])
+    if contiguous_out:
+        y = y.contiguous()
     return y, mean, var, backend
 
 
