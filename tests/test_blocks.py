@@ -458,12 +458,13 @@ def test_convtranspose_channels_last_inside(relaid_always):
 
 
 @pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
-def test_convtranspose_channels_last_inside_bf16(relaid_always):
+def test_convtranspose_channels_last_inside_not_under_autocast(relaid_always):
+    """bf16 autocast keeps the NCHW path (the relayouts measured slower there)."""
     torch.manual_seed(0)
     eager, fused = _pair(True, (4, 2, 1, 0, 1, 1), cin=16, cout=32, dtype=torch.float32)
     x = torch.randn(4, 16, 6, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         yf, ye = fused(x), eager(x)
-    assert relaid_always == [True] and yf.dtype == ye.dtype and yf.is_contiguous()
+    assert relaid_always == [False] and yf.dtype == ye.dtype and yf.is_contiguous()
     ref = copy.deepcopy(eager).double()(x.double())
     assert (yf.double() - ref).abs().max() <= 2 * (ye.double() - ref).abs().max() + 1e-3

@@ -150,14 +150,16 @@ def _conv_channels_last_inside(x: Tensor, conv: nn.Module, memory_format) -> boo
     BatchNorm kernel writes y NCHW straight from the channels_last conv output, and its
     backward reads y's NCHW gradient in place. Measured on the block's forward+backward
     (paired, 40 rounds): 1.03-1.04x at that shape, but 0.95x with 4x fewer output values
-    and 0.99x for a Conv2d, hence the ConvTranspose2d-only rule and the size threshold.
+    and 0.99x for a Conv2d, hence the ConvTranspose2d-only rule and the size threshold;
+    under bf16 autocast 0.87x, hence fp32 only.
     Not taken where a layout was chosen (memory_format, channels_last tensors, a
     FusedSequential's own channels_last run), for few output channels, or under
     torch.compile."""
     if memory_format is not None or torch.compiler.is_compiling():
         return False
     if not (isinstance(conv, nn.ConvTranspose2d) and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()
+            and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and x.is_contiguous()
             and x.shape[-2] * x.shape[-1] > 1 and conv.out_channels >= 16
             and _bn_act._train_eager is not None):
         return False
