@@ -149,9 +149,9 @@ def _conv_channels_last_inside(x: Tensor, conv: nn.Module, memory_format) -> boo
     So the input is relaid (saved as the input itself: recompute.register_relayout), the
     BatchNorm kernel writes y NCHW straight from the channels_last conv output, and its
     backward reads y's NCHW gradient in place. Measured on the block's forward+backward
-    (paired, 40 rounds): 1.03-1.04x at that shape, but 0.95x with 4x fewer output values
-    and 0.99x for a Conv2d, hence the ConvTranspose2d-only rule and the size threshold;
-    under bf16 autocast 0.87x, hence fp32 only.
+    (paired runs, NCHW time / this path's): 0.98-1.16x, median ~1.08x, at that shape;
+    0.95x with 4x fewer output values and 0.99x for a Conv2d, hence the ConvTranspose2d-
+    only rule and the size threshold; 0.87x under bf16 autocast, hence fp32 only.
     Not taken where a layout was chosen (memory_format, channels_last tensors, a
     FusedSequential's own channels_last run), for few output channels, or under
     torch.compile."""
