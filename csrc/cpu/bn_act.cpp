@@ -259,13 +259,13 @@ void gather_nchw_rows(const scalar_t* src, int64_t C, int64_t HW, int64_t r0, in
 }
 
 // dst_nchw[n, c, hw] = buf[(r - r0) * C + c] for rows r in [r0, r1), each channel's run of
-// positions written front to back (see transpose_tiles_by_dst).
+// positions written front to back (transpose_tiles with ByDst).
 template <typename scalar_t>
 void scatter_nchw_rows(const scalar_t* buf, int64_t C, int64_t HW, int64_t r0, int64_t r1,
                        scalar_t* dst) {
   for (int64_t r = r0; r < r1;) {
     const int64_t n = r / HW, hw = r % HW, len = std::min(r1 - r, HW - hw);
-    transpose_tiles_by_dst<scalar_t>(buf + (r - r0) * C, C, dst + n * C * HW + hw, HW, len, C);
+    transpose_tiles<scalar_t, true>(buf + (r - r0) * C, C, dst + n * C * HW + hw, HW, len, C);
     r += len;
   }
 }

@@ -42,7 +42,7 @@ at::Tensor relayout(const at::Tensor& x, bool to_channels_last) {
         if (to_channels_last) {  // [C][HW] -> [HW][C]
           transpose_tiles<scalar_t>(src + base + p0, HW, dst + base + p0 * C, C, C, len);
         } else {  // [HW][C] -> [C][HW]
-          transpose_tiles_by_dst<scalar_t>(src + base + p0 * C, C, dst + base + p0, HW, len, C);
+          transpose_tiles<scalar_t, true>(src + base + p0 * C, C, dst + base + p0, HW, len, C);
         }
       }
     });

@@ -127,6 +127,10 @@ def register_relayout(copy: Tensor, source: Tensor) -> None:
     _relaid[ident] = (weakref.ref(copy, forget), source, copy._version)
 
 
+def _strictly_channels_last(t: Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def to_channels_last(t: Tensor) -> Tensor:
     """t relaid NCHW -> channels_last, no autograd (fastgan._C.relayout where it applies)."""
     out = _relayout(t, True) if _relayout is not None else None
@@ -151,6 +155,8 @@ class _Relaid:
         self.source, self.unpack = source, unpack
 
     def get(self) -> Tensor:
+        if isinstance(self.source, _Recompute):  # a block output: recompute it relaid
+            return self.source.materialize(channels_last=True)
         return to_channels_last(self.unpack(self.source))
 
 
@@ -165,7 +171,9 @@ class _Recompute:
         self.unpack_z = outer[1] if outer else None
         self.geometry = (t.size(), t.stride(), t.storage_offset())
 
-    def materialize(self) -> Tensor:
+    def materialize(self, channels_last: bool = False) -> Tensor:
+        """y as the forward returned it; `channels_last`: y relaid to channels_last (for
+        a _Relaid copy of y), computed in that layout directly where z already is."""
         e = self.entry
         if _versions(e.weight, e.bias) != e.params_version:
             raise RuntimeError(
@@ -181,7 +189,7 @@ class _Recompute:
             elif e.backend == "triton":
                 y = _bn_act._triton_forward()(z, e.weight, e.bias, e.mean, e.var, False, e.eps,
                                               e.slope)[0]
-            elif (e.relaid and _bn_act._train_eager is not None
+            elif (e.relaid and not channels_last and _bn_act._train_eager is not None
                   and (out := _bn_act._train_eager(z, e.weight, e.bias, e.mean, e.var, False,
                                                    0.0, e.eps, e.slope, _backend._stack,
                                                    True)) is not None):
@@ -192,12 +200,15 @@ class _Recompute:
                 with torch._C._AutoDispatchBelowAutograd():
                     y = torch.ops.fastgan.bn_act_forward.default(z, e.weight, e.bias, e.mean,
                                                                  e.var, False, e.eps, e.slope)[0]
-        if e.relaid and not y.is_contiguous():
-            y = y.contiguous()
         size, stride, offset = self.geometry
-        if (y.size(), y.stride(), y.storage_offset()) == self.geometry:
-            return y
-        return y.as_strided(size, stride, offset)
+        whole = (y.size(), y.storage_offset()) == (size, offset)
+        if channels_last and whole and _strictly_channels_last(y):
+            return y  # in z's layout: bitwise the channels_last copy of the recorded y
+        if e.relaid and not y.is_contiguous():
+            y = to_contiguous(y)
+        if (y.size(), y.stride(), y.storage_offset()) != self.geometry:
+            y = y.as_strided(size, stride, offset)
+        return to_channels_last(y) if channels_last else y
 
 
 class _Kept:
