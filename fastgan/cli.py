@@ -1,11 +1,19 @@
-"""The `fastgan` command: `fastgan info`, `fastgan bench`, `fastgan demo`."""
+"""The `fastgan` command: `fastgan train`, `fastgan sample`, `fastgan info`, `fastgan bench`,
+`fastgan demo`.
+
+A user's mistake (fastgan.errors.UserError, a bad flag) ends the command with one line on
+stderr and exit status 2; Ctrl-C outside training's own handling exits 130 quietly.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
+
+from fastgan.errors import UserError
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -87,8 +95,81 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    """`fastgan train`'s flags (DESIGN.md). Every default is None here, so a resumed run
+    knows which flags were given again; the defaults live in TrainConfig."""
+    from fastgan.train.config import AMP, IMPLS, LOSSES
+
+    a = p.add_argument
+    a("--data", help="fashion-mnist (built in, the default), a folder of PNG/JPEG images, "
+                     "or an .npz with an `images` array (N, H, W[, C]) uint8")
+    a("--image-size", type=int, help="a power of two >= 16 (default 32)")
+    a("--loss", choices=LOSSES, help="GAN loss (default ns)")
+    a("--gp", type=float, help="WGAN-GP penalty weight (default 0: off)")
+    a("--r1", type=float, help="R1 penalty weight gamma (default 0: off)")
+    a("--n-critic", type=int, help="D steps per G step (default 1)")
+    a("--clip", type=float, help="WGAN weight clipping of D to [-C, C] (default 0: off)")
+    a("--spectral-norm", action="store_true", default=None, help="spectral norm on D's layers")
+    a("--ema", type=float, help="EMA decay of the sampled generator (default 0.999; 0: off)")
+    a("--amp", choices=AMP, help="mixed precision (default none; fp16 needs CUDA)")
+    a("--impl", choices=IMPLS, help="fastgan (default), or the same model in eager PyTorch "
+                                    "or under torch.compile, to compare")
+    a("--batch-size", type=int, help="global batch size (default 64)")
+    a("--steps", type=int, help="G steps to train to (default 2000; on --resume, the new end)")
+    a("--lr", type=float, help="Adam learning rate of G and D (default 2e-4)")
+    a("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
+    a("--nz", type=int, help="noise dimension (default 100)")
+    a("--ngf", type=int, help="generator width (default 64)")
+    a("--ndf", type=int, help="discriminator width (default 64)")
+    a("--seed", type=int, help="seed of the weights, data order and noise (default 0)")
+    a("--device", help="cpu or cuda (default: cuda when available)")
+    a("--out", help="new run directory (default runs/run-<date>-<time>)")
+    a("--log-every", type=int, help="steps between metrics.jsonl lines (default 50)")
+    a("--sample-every", type=int, help="steps between sample grids (default 500; 0: at the end)")
+    a("--ckpt-every", type=int, help="steps between kept checkpoints (default 1000)")
+    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    a("--quiet", action="store_true", help="no progress output")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fastgan.train import train
+    from fastgan.train.config import TrainConfig, default_device, merge_resume, read_config
+
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("cmd", "func", "resume", "quiet")}
+    if "betas" in given:
+        given["betas"] = tuple(given["betas"])
+    if args.resume:
+        if "out" in given and os.path.abspath(given["out"]) != os.path.abspath(args.resume):
+            raise UserError(f"--out {given['out']}: a resumed run stays in its directory "
+                            f"({args.resume}); leave --out out")
+        cfg = merge_resume(read_config(args.resume), given, args.resume)
+    else:
+        cfg = TrainConfig(**{"device": default_device(), **given})
+    return train(cfg, resume=bool(args.resume), quiet=args.quiet)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from fastgan.train.sample import sample
+
+    return sample(args.ckpt, n=args.n, out=args.out, npz=args.npz, seed=args.seed,
+                  ema=not args.no_ema)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except UserError as e:
+        cmd = argv[0] if argv and not argv[0].startswith("-") else ""
+        print(f"fastgan {cmd}: error: {e}".replace("  ", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:  # its own argument parser (fastgan.bench.suite)
         from fastgan.bench.suite import main as bench_main
 
@@ -104,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--size", type=int, default=32)
     p_demo.add_argument("--iters", type=int, default=20)
     p_demo.set_defaults(func=_demo)
+    p_train = sub.add_parser("train", help="train a DCGAN (default: built-in Fashion-MNIST)")
+    _train_flags(p_train)
+    p_train.set_defaults(func=_train)
+    p_sample = sub.add_parser("sample", help="a PNG grid / .npz of samples from a checkpoint")
+    p_sample.add_argument("ckpt", metavar="CKPT", help="a checkpoint file or a run directory")
+    p_sample.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    p_sample.add_argument("--out", help="PNG grid to write (default grid.png unless --npz)")
+    p_sample.add_argument("--npz", help="also write the images, uint8 (N, H, W, C), to FILE.npz")
+    p_sample.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p_sample.add_argument("--no-ema", action="store_true", help="the trained G, not its EMA copy")
+    p_sample.set_defaults(func=_sample)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

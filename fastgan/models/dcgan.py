@@ -1,12 +1,16 @@
-"""The classic DCGAN for 64x64 images, as in pytorch/examples (dcgan/main.py).
+"""DCGAN generator and discriminator for square images of any power-of-two size >= 16.
 
-Plain torch layers in an nn.Sequential named `main`, so `fastgan.convert` applies and the
-state_dict keys are those of the original script (main.0.weight, main.1.running_mean, ...).
+pytorch/examples' dcgan (main.py) at 64x64, generalised: the generator starts from a 4x4
+map of `ngf * size/8` channels and doubles the resolution while it halves the channels
+down to `ngf`, then to `nc`; the discriminator mirrors it. Plain torch layers in an
+nn.Sequential named `main`, so `fastgan.convert` fuses them and, at 64x64, the
+state_dict keys are the original script's (main.0.weight, main.1.running_mean, ...).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations
 
 
 def weights_init(m: nn.Module) -> None:
@@ -19,52 +23,51 @@ def weights_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-class Generator(nn.Module):
-    """(N, nz, 1, 1) noise -> (N, nc, 64, 64) image in [-1, 1]."""
+def _doublings(image_size: int) -> int:
+    """log2(image_size) - 2: the stride-2 layers between a 4x4 map and the image."""
+    if (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 16
+            or image_size & (image_size - 1)):
+        raise ValueError(f"image_size must be a power of two >= 16, got {image_size!r}")
+    return image_size.bit_length() - 3
 
-    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3) -> None:
+
+class Generator(nn.Module):
+    """(N, nz, 1, 1) noise -> (N, nc, image_size, image_size) image in [-1, 1]."""
+
+    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3, image_size: int = 64) -> None:
         super().__init__()
+        n = _doublings(image_size)
         self.nz = nz
-        self.main = nn.Sequential(
-            nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(ngf * 8),
-            nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ngf * 4),
-            nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ngf * 2),
-            nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ngf),
-            nn.ReLU(True),
-            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False),
-            nn.Tanh(),
-        )
+        ch = ngf * 2 ** (n - 1)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(ch), nn.ReLU(True)]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, nc, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
 
     def forward(self, input: Tensor) -> Tensor:
         return self.main(input)
 
 
 class Discriminator(nn.Module):
-    """(N, nc, 64, 64) image -> (N,) probability of being real."""
+    """(N, nc, image_size, image_size) image -> (N,) probability of being real
+    (a logit with `sigmoid=False`, which the fused GAN loss wants)."""
 
-    def __init__(self, ndf: int = 64, nc: int = 3, sigmoid: bool = True) -> None:
+    def __init__(self, ndf: int = 64, nc: int = 3, sigmoid: bool = True,
+                 image_size: int = 64) -> None:
         super().__init__()
-        layers = [
-            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ndf * 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ndf * 4),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ndf * 8),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
-        ]
+        n = _doublings(image_size)
+        layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
+                                   nn.LeakyReLU(0.2, inplace=True)]
+        ch = ndf
+        for _ in range(n - 1):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2),
+                       nn.LeakyReLU(0.2, inplace=True)]
+            ch *= 2
+        layers.append(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))
         if sigmoid:
             layers.append(nn.Sigmoid())
         self.main = nn.Sequential(*layers)
@@ -73,4 +76,13 @@ class Discriminator(nn.Module):
         return self.main(input).view(-1, 1).squeeze(1)
 
 
-__all__ = ["Generator", "Discriminator", "weights_init"]
+def spectral_norm_(module: nn.Module) -> nn.Module:
+    """Put torch's spectral-norm parametrization on every Conv2d/ConvTranspose2d/Linear of
+    `module`, in place (Miyato et al. 2018); `fastgan.convert` keeps it."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            parametrizations.spectral_norm(m)
+    return module
+
+
+__all__ = ["Generator", "Discriminator", "weights_init", "spectral_norm_"]

@@ -1,0 +1,53 @@
+"""fastgan's GAN engine: `fastgan train` and `fastgan sample` (names in DESIGN.md, "The engine").
+
+    from fastgan.train import TrainConfig, train
+    train(TrainConfig(steps=500, out="runs/demo"))     # Fashion-MNIST 32x32, DCGAN, ns loss
+
+config.py holds the settings and their checks, loop.py the step and the run loop,
+checkpoint.py atomic files, report.py grids, metrics.jsonl, plots and progress,
+sample.py `fastgan sample`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fastgan.errors import UserError
+from fastgan.train.config import TrainConfig
+
+
+def new_run_dir(out: str) -> str:
+    """`out`, or runs/run-<time> when empty; UserError if it would mix with existing files."""
+    out = out or os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S"))
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise UserError(f"--out {out}: exists and is not a directory")
+        if os.path.exists(os.path.join(out, "config.json")):
+            raise UserError(f"--out {out}: already holds a run; continue it with "
+                            f"`fastgan train --resume {out}` or choose another --out")
+        if os.listdir(out):
+            raise UserError(f"--out {out}: exists and is not empty; choose a new or empty "
+                            "directory (nothing in it is overwritten)")
+    return out
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> int:
+    """Train (or, with `resume`, continue) the run `cfg` describes; returns the exit status
+    (0 done, 128 + signal when stopped by SIGINT/SIGTERM after saving a checkpoint)."""
+    from fastgan.data import load_dataset
+    from fastgan.train.loop import Run
+
+    cfg.check()
+    if not resume:
+        cfg.out = new_run_dir(cfg.out)
+    images = load_dataset(cfg.data, cfg.image_size)
+    if not quiet:
+        print(f"run {cfg.out}: {cfg.data} ({images.shape[0]} images, {images.shape[1]}x"
+              f"{images.shape[2]}x{images.shape[3]}), loss {cfg.loss}, impl {cfg.impl}, "
+              f"device {cfg.device}, amp {cfg.amp}, batch {cfg.batch_size}, "
+              f"steps {cfg.steps}", flush=True)
+    return Run(cfg, images, resume=resume, quiet=quiet).run()
+
+
+__all__ = ["TrainConfig", "train", "new_run_dir"]

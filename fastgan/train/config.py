@@ -1,0 +1,166 @@
+"""The configuration of a `fastgan train` run: its flags, defaults, checks and config.json.
+
+One dataclass holds every setting; the CLI builds it from the flags a user gave, a resumed
+run from its config.json plus the flags given again (which must agree, except the few in
+`RESUME_MAY_CHANGE`, which do not touch the training math). Every check lives in
+`TrainConfig.check` and raises UserError naming the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import torch
+
+from fastgan.errors import UserError
+
+LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan")
+AMP = ("none", "bf16", "fp16")
+IMPLS = ("fastgan", "eager", "compile")
+# Settings a resumed run may change: the end step, how often to log, sample and save, and
+# the device (a run may move between machines; bit-exact resume holds on one device).
+RESUME_MAY_CHANGE = ("steps", "log_every", "sample_every", "ckpt_every", "out", "device")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str = "fashion-mnist"
+    image_size: int = 32
+    loss: str = "ns"
+    gp: float = 0.0            # WGAN-GP weight (Gulrajani et al. 2017); 0 = off
+    r1: float = 0.0            # R1 weight gamma, penalty gamma/2 * |grad D(real)|^2; 0 = off
+    n_critic: int = 1          # D steps per G step
+    clip: float = 0.0          # WGAN weight clipping of D's parameters to [-clip, clip]; 0 = off
+    spectral_norm: bool = False
+    ema: float = 0.999         # decay of the EMA copy of G; 0 = no EMA
+    amp: str = "none"
+    impl: str = "fastgan"
+    batch_size: int = 64
+    steps: int = 2000          # G steps (each after n_critic D steps)
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    out: str = ""
+    log_every: int = 50
+    sample_every: int = 500
+    ckpt_every: int = 1000
+
+    def check(self) -> "TrainConfig":
+        """Raise UserError for the first setting that is out of range; return self."""
+        s = self.image_size
+        if s < 16 or s & (s - 1):
+            raise UserError(f"--image-size: expected a power of two >= 16, got {s}")
+        _choice("--loss", self.loss, LOSSES)
+        _choice("--amp", self.amp, AMP)
+        _choice("--impl", self.impl, IMPLS)
+        for flag, value in (("--batch-size", self.batch_size), ("--n-critic", self.n_critic),
+                            ("--nz", self.nz), ("--ngf", self.ngf), ("--ndf", self.ndf)):
+            if value < 1:
+                raise UserError(f"{flag}: expected a positive integer, got {value}")
+        if self.steps < 0:
+            raise UserError(f"--steps: expected a number of steps >= 0, got {self.steps}")
+        for flag, value in (("--log-every", self.log_every), ("--sample-every", self.sample_every),
+                            ("--ckpt-every", self.ckpt_every)):
+            if value < 0:
+                raise UserError(f"{flag}: expected 0 (never) or a positive interval, got {value}")
+        for flag, value in (("--gp", self.gp), ("--r1", self.r1), ("--clip", self.clip)):
+            if not value >= 0:
+                raise UserError(f"{flag}: expected a weight >= 0 (0 = off), got {value}")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema: expected a decay in [0, 1) (0 = off), got {self.ema}")
+        if not self.lr > 0:
+            raise UserError(f"--lr: expected a learning rate > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"--betas: expected two values in [0, 1), got {list(self.betas)}")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise UserError(f"--device: expected cpu or cuda, got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
+        if self.amp == "fp16" and not self.device.startswith("cuda"):
+            raise UserError("--amp fp16: needs --device cuda (fp16 with a GradScaler); "
+                            "use --amp bf16 on the CPU")
+        return self
+
+    # config.json -------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"{where}: unknown settings {unknown}; written by a newer fastgan?")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{flag}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def read_config(run_dir: str) -> TrainConfig:
+    """The TrainConfig of an existing run directory, or UserError if it holds no run."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isdir(run_dir):
+        raise UserError(f"--resume {run_dir}: no such directory")
+    if not os.path.isfile(path):
+        raise UserError(f"--resume {run_dir}: holds no fastgan run (no config.json)")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a JSON object of settings")
+    try:
+        return TrainConfig.from_json(d, path)
+    except TypeError as e:
+        raise UserError(f"{path}: not a fastgan run configuration ({e})") from None
+
+
+def merge_resume(saved: TrainConfig, given: dict[str, Any], run_dir: str) -> TrainConfig:
+    """The saved config updated with the flags given again on `--resume`: those that would
+    change the training itself must agree with the run (a UserError names each that does
+    not); steps, the intervals and out may change."""
+    clash = []
+    for name, value in given.items():
+        old = getattr(saved, name)
+        if name == "betas":
+            value = tuple(value)
+        if name in RESUME_MAY_CHANGE or value == old:
+            continue
+        clash.append(f"--{name.replace('_', '-')} {_show(value)} (the run has {_show(old)})")
+    if clash:
+        raise UserError(f"--resume {run_dir}: flags disagree with the run's config.json: "
+                        + "; ".join(clash) + ". Leave them out to keep the run's settings, "
+                        "or start a new run with --out")
+    merged = dataclasses.replace(saved, **{k: v for k, v in given.items()
+                                           if k in RESUME_MAY_CHANGE})
+    merged.out = run_dir
+    return merged.check()
+
+
+def _show(v: Any) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+
+
+__all__ = ["TrainConfig", "LOSSES", "AMP", "IMPLS", "RESUME_MAY_CHANGE", "read_config",
+           "merge_resume", "default_device"]

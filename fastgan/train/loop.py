@@ -1,0 +1,388 @@
+"""The training loop of `fastgan train`: models, optimizers, one GAN step, state, run.
+
+One step is pytorch/examples' dcgan step, generalised:
+  - `n_critic` discriminator updates, each on a fresh real batch and fresh noise; the
+    generator's last batch of fakes is made with grad and reused by the G update, so the
+    common n_critic = 1 case runs G forward once per step, as the original does;
+  - the D loss of `--loss` (real and fake batches through D separately, so BatchNorm sees
+    each on its own), plus R1 on the real batch (Mescheder et al. 2018) or the WGAN-GP
+    penalty on real/fake interpolates (Gulrajani et al. 2017), then weight clipping;
+  - the G update with D's parameters frozen (no weight gradients computed for D);
+  - the EMA copy of G (decay min(ema, (1 + t) / (10 + t)), so short runs are not
+    dominated by the initial weights; buffers copied).
+
+Every source of randomness is a seeded torch.Generator of the trainer, and all of them,
+the data order, the optimizers, the GradScalers and the EMA are in the checkpoint: on the
+CPU, N steps + resume + N steps give bit-identical state to 2N steps straight.
+
+`impl` picks what runs the same model: "fastgan" (fastgan.convert + the fused loss),
+"eager" (plain PyTorch layers and the loss as plain torch expressions) or "compile"
+(torch.compile of the plain model and loss).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+import fastgan
+from fastgan.data import Batches, to_float
+from fastgan.errors import UserError
+from fastgan.functional import GANLosses, gan_loss
+from fastgan.models import Discriminator, Generator, spectral_norm_, weights_init
+from fastgan.ops.gan_loss import reference_forward
+from fastgan.train.checkpoint import load_checkpoint, save_checkpoint, write_json
+from fastgan.train.config import TrainConfig
+from fastgan.train.report import MetricsLog, Progress, plot_metrics, save_grid
+
+N_FIXED = 64          # samples in each grid
+# what metrics.jsonl averages over a logging interval, in this order
+TRACKED = ("d_loss", "g_loss", "d_real", "d_fake", "penalty")
+
+
+def build_models(cfg: TrainConfig, nc: int) -> tuple[nn.Module, nn.Module]:
+    """The plain DCGAN pair of a config, initialised from `cfg.seed` (pytorch/examples' init)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        G = Generator(cfg.nz, cfg.ngf, nc, cfg.image_size).apply(weights_init)
+        D = Discriminator(cfg.ndf, nc, sigmoid=False, image_size=cfg.image_size)
+        D.apply(weights_init)
+        if cfg.spectral_norm:
+            spectral_norm_(D)
+    return G, D
+
+
+def _reference_loss(real_logits: Tensor, fake_logits: Tensor, kind: str) -> GANLosses:
+    return GANLosses(*reference_forward(real_logits, fake_logits, kind, "mean", 1.0))
+
+
+def _fused_loss(real_logits: Tensor, fake_logits: Tensor, kind: str) -> GANLosses:
+    return gan_loss(real_logits, fake_logits, kind)
+
+
+def _grad(out: Tensor, inp: Tensor, scaler: torch.amp.GradScaler) -> Tensor:
+    """d out.sum() / d inp with a graph (for a penalty), computed on the GradScaler's scale
+    so fp16 gradients do not underflow, then unscaled (torch.amp's gradient-penalty recipe)."""
+    (g,) = torch.autograd.grad(scaler.scale(out.float().sum()), inp, create_graph=True)
+    return g.float() / scaler.get_scale() if scaler.is_enabled() else g.float()
+
+
+class Trainer:
+    """Owns a run's models, optimizers, data stream and random generators."""
+
+    def __init__(self, cfg: TrainConfig, images: Tensor) -> None:
+        self.cfg = cfg
+        self.device = dev = torch.device(cfg.device)
+        G, D = build_models(cfg, images.shape[1])
+        G, D = G.to(dev), D.to(dev)
+        G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema > 0 else None
+        if cfg.impl == "fastgan":
+            G, D = fastgan.convert(G, inplace=True), fastgan.convert(D, inplace=True)
+            G_ema = fastgan.convert(G_ema, inplace=True) if G_ema is not None else None
+        self.G, self.D, self.G_ema = G, D, G_ema           # own the parameters and state
+        self.G_fwd, self.D_fwd = G, D                       # what the step calls
+        self.loss_fn: Callable[[Tensor, Tensor, str], GANLosses] = (
+            _fused_loss if cfg.impl == "fastgan" else _reference_loss)
+        if cfg.impl == "compile":
+            self.G_fwd, self.D_fwd = torch.compile(G), torch.compile(D)
+            self.loss_fn = torch.compile(_reference_loss)
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
+        fp16 = cfg.amp == "fp16"
+        self.scaler_g = torch.amp.GradScaler(dev.type, enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler(dev.type, enabled=fp16)
+        self.nc = images.shape[1]
+        self.batches = Batches(images.to(dev), cfg.batch_size, cfg.seed)
+        self.noise = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+        fixed = torch.Generator().manual_seed(cfg.seed + 2)
+        self.fixed_noise = torch.randn(N_FIXED, cfg.nz, 1, 1, generator=fixed).to(dev)
+        self.step = 0
+        self._acc = torch.zeros(len(TRACKED), dtype=torch.float64, device=dev)
+        self._acc_n = 0
+
+    # one step -------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.cfg.amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _z(self, n: int) -> Tensor:
+        return torch.randn(n, self.cfg.nz, 1, 1, generator=self.noise, device=self.device)
+
+    def _d_step(self, real: Tensor, fake: Tensor) -> tuple[GANLosses, Tensor]:
+        cfg, D = self.cfg, self.D
+        self.opt_d.zero_grad(set_to_none=True)
+        if cfg.r1:
+            real = real.detach().requires_grad_(True)
+        with self._autocast():
+            # torch.compile has no double backward: a penalised forward runs the module itself
+            real_logits = (D if cfg.r1 else self.D_fwd)(real)
+            fake_logits = self.D_fwd(fake)
+            losses = self.loss_fn(real_logits, fake_logits, cfg.loss)
+        penalty = torch.zeros((), device=self.device)
+        if cfg.r1:
+            g = _grad(real_logits, real, self.scaler_d)
+            penalty = penalty + cfg.r1 / 2 * g.square().flatten(1).sum(1).mean()
+        if cfg.gp:
+            alpha = torch.rand(real.shape[0], 1, 1, 1, generator=self.noise, device=self.device)
+            mix = torch.lerp(fake.detach().float(), real.detach().float(), alpha)
+            mix.requires_grad_(True)
+            with self._autocast():
+                out = D(mix)
+            g = _grad(out, mix, self.scaler_d)
+            penalty = penalty + cfg.gp * (g.flatten(1).norm(dim=1) - 1).square().mean()
+        self.scaler_d.scale(losses.d_loss + penalty).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        if cfg.clip:
+            with torch.no_grad():
+                for p in D.parameters():
+                    p.clamp_(-cfg.clip, cfg.clip)
+        return losses, penalty.detach()
+
+    def _g_step(self, fake: Tensor, real_logits: Tensor) -> GANLosses:
+        self.opt_g.zero_grad(set_to_none=True)
+        self.D.requires_grad_(False)
+        try:
+            with self._autocast():
+                losses = self.loss_fn(real_logits, self.D_fwd(fake), self.cfg.loss)
+            self.scaler_g.scale(losses.g_loss).backward()
+        finally:
+            self.D.requires_grad_(True)
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        return losses
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.G_ema is None:
+            return
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()),
+                             1.0 - decay)
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    def train_step(self) -> None:
+        """One G step after n_critic D steps."""
+        cfg = self.cfg
+        for i in range(cfg.n_critic):
+            real = to_float(self.batches.next(), self.device)
+            z = self._z(cfg.batch_size)
+            with torch.set_grad_enabled(i == cfg.n_critic - 1), self._autocast():
+                fake = self.G_fwd(z)
+            d_losses, penalty = self._d_step(real, fake.detach())
+        real_logits = torch.zeros(1, device=self.device)  # g_loss reads only the fakes
+        g_losses = self._g_step(fake, real_logits)
+        self.step += 1
+        self._update_ema()
+        self._acc += torch.stack([d_losses.d_loss.detach().double(),
+                                  g_losses.g_loss.detach().double(),
+                                  d_losses.d_real.double(), d_losses.d_fake.double(),
+                                  penalty.double()])
+        self._acc_n += 1
+
+    def take_metrics(self) -> dict[str, float]:
+        """Means over the steps since the last call (one device sync)."""
+        vals = (self._acc / max(self._acc_n, 1)).tolist()
+        self._acc.zero_()
+        self._acc_n = 0
+        return dict(zip(TRACKED, vals))
+
+    # sampling ---------------------------------------------------------------------------
+
+    def sampler(self, ema: bool = True) -> nn.Module:
+        G = self.G_ema if ema and self.G_ema is not None else self.G
+        return sampling_generator(G, self.cfg.nz, self.device, self.cfg.seed)
+
+    # state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": self.cfg.to_json(),
+            "nc": self.nc,
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "batches": self.batches.state_dict(),
+            "noise_rng": self.noise.get_state(),
+            "fixed_noise": self.fixed_noise.cpu(),
+            "torch_rng": torch.get_rng_state(),
+            "metrics_acc": (self._acc.cpu(), self._acc_n),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
+        self.batches.load_state_dict(state["batches"])
+        self.noise.set_state(state["noise_rng"])
+        self.fixed_noise = state["fixed_noise"].to(self.device)
+        torch.set_rng_state(state["torch_rng"])
+        acc, self._acc_n = state["metrics_acc"]
+        self._acc = acc.to(self.device)
+        self.step = state["step"]
+
+
+@torch.no_grad()
+def sampling_generator(G: nn.Module, nz: int, device: torch.device | str, seed: int,
+                       batches: int = 8, batch_size: int = 64) -> nn.Module:
+    """A copy of G in eval mode whose BatchNorm statistics are its own.
+
+    An EMA generator's running statistics were collected by other weights (the training
+    G's), so it is put through `batches` noise batches in training mode with cumulative
+    averaging (momentum=None) first: BigGAN's "standing statistics". Deterministic in
+    `seed`; G itself is untouched."""
+    Gs = copy.deepcopy(G)
+    bns = [m for m in Gs.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if bns:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        Gs.train()
+        gen = torch.Generator(device=device).manual_seed(seed + 3)
+        for _ in range(batches):
+            Gs(torch.randn(batch_size, nz, 1, 1, generator=gen, device=device))
+    return Gs.eval()
+
+
+class _Stop:
+    """SIGINT/SIGTERM while training: finish the step, save, exit. A second signal aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stop":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: signals stay as they were
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Run:
+    """A run directory and the loop that fills it: config.json, metrics.jsonl, samples/,
+    checkpoints/ and losses.png."""
+
+    def __init__(self, cfg: TrainConfig, images: Tensor, resume: bool = False,
+                 quiet: bool = False) -> None:
+        self.cfg, self.dir, self.quiet = cfg, cfg.out, quiet
+        self.trainer = Trainer(cfg, images)
+        ckpt = os.path.join(self.dir, "checkpoints", "last.pt")
+        if resume:
+            state = load_checkpoint(ckpt, "--resume")
+            if state.get("nc") != images.shape[1]:
+                raise UserError(f"--resume {self.dir}: the checkpoint's images have "
+                                f"{state.get('nc')} channels, the data has {images.shape[1]}")
+            self.trainer.load_state_dict(state)
+            if cfg.steps <= self.trainer.step:
+                raise UserError(f"--steps {cfg.steps}: the run in {self.dir} is already at step "
+                                f"{self.trainer.step}; pass a larger --steps to continue it")
+        os.makedirs(os.path.join(self.dir, "samples"), exist_ok=True)
+        write_json(cfg.to_json(), os.path.join(self.dir, "config.json"))
+        self.metrics = MetricsLog(os.path.join(self.dir, "metrics.jsonl"),
+                                  self.trainer.step if resume else None)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    def save(self) -> None:
+        t = self.trainer
+        state = t.state_dict()
+        save_checkpoint(state, self.path("checkpoints", "last.pt"))
+        if self.cfg.ckpt_every and t.step % self.cfg.ckpt_every == 0:
+            save_checkpoint(state, self.path("checkpoints", f"step_{t.step:06d}.pt"))
+        plot_metrics(self.path("metrics.jsonl"), self.path("losses.png"))
+
+    def sample(self) -> str:
+        t = self.trainer
+        path = self.path("samples", f"step_{t.step:06d}.png")
+        with torch.no_grad():
+            save_grid(t.sampler()(t.fixed_noise), path)
+        return path
+
+    def run(self) -> int:
+        """Train to cfg.steps; 0 when done, 128 + signal number when stopped by a signal."""
+        cfg, t = self.cfg, self.trainer
+        progress = Progress(t.step, cfg.steps, self.quiet)
+        every = lambda n: n and t.step % n == 0  # noqa: E731
+        t_log, n_log = time.perf_counter(), t.step
+        first_step_s = None
+        saved_at = sampled_at = None
+        with _Stop() as stop:
+            try:
+                while t.step < cfg.steps and stop.signum is None:
+                    t0 = time.perf_counter()
+                    t.train_step()
+                    if first_step_s is None:
+                        first_step_s = time.perf_counter() - t0
+                        progress.write(f"first step took {first_step_s:.2f} s "
+                                       f"(impl {cfg.impl}, includes warm-up)")
+                    progress.step(t.step)
+                    if every(cfg.log_every) or t.step == cfg.steps:
+                        now = time.perf_counter()
+                        imgs = (t.step - n_log) * cfg.batch_size * cfg.n_critic
+                        rec = {"step": t.step, **t.take_metrics(),
+                               "img_per_s": imgs / max(now - t_log, 1e-9)}
+                        self.metrics.append(rec)
+                        progress.log(rec)
+                        if not all(math.isfinite(rec[k]) for k in TRACKED):
+                            progress.write(f"warning: non-finite losses at step {t.step}: {rec}")
+                        t_log, n_log = now, t.step
+                    if every(cfg.sample_every):
+                        self.sample()
+                        sampled_at = t.step
+                    if every(cfg.ckpt_every):
+                        self.save()
+                        saved_at = t.step
+                    if t.step in (sampled_at, saved_at):  # img/s counts training time only
+                        t_log, n_log = time.perf_counter(), t.step
+            finally:
+                progress.close()
+            if saved_at != t.step:
+                self.save()
+            if sampled_at != t.step:
+                self.sample()
+        if stop.signum is not None:
+            name = signal.Signals(stop.signum).name
+            print(f"{name}: stopped at step {t.step}; checkpoint saved to "
+                  f"{self.path('checkpoints', 'last.pt')}. Continue with: "
+                  f"fastgan train --resume {self.dir}", flush=True)
+            return 128 + stop.signum
+        if not self.quiet:
+            print(f"done: step {t.step}; samples in {self.path('samples')}, "
+                  f"checkpoint {self.path('checkpoints', 'last.pt')}, "
+                  f"plots {self.path('losses.png')}", flush=True)
+        return 0
+
+
+__all__ = ["Trainer", "Run", "build_models", "sampling_generator", "N_FIXED", "TRACKED"]

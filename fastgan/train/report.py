@@ -1,0 +1,171 @@
+"""What a run shows: sample grids (PNG), metrics.jsonl, loss plots (PNG) and progress.
+
+Progress is a tqdm bar when stderr is a terminal and one plain line per logging interval
+otherwise (CI logs, `nohup`, pipes), so logs stay readable either way.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastgan.train.checkpoint import write_atomic
+
+
+def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:
+    """(N, C, H, W) images in [-1, 1] -> one (H', W', C) uint8 grid, `nrow` images a row
+    (default: a square-ish grid), separated by `padding` black pixels."""
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    img = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    grid = torch.zeros(c, rows * (h + padding) + padding, nrow * (w + padding) + padding,
+                       dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + k * (w + padding)
+        grid[:, y:y + h, x:x + w] = img[i]
+    return grid.permute(1, 2, 0).contiguous()
+
+
+def save_grid(images: Tensor, path: str, nrow: int | None = None) -> None:
+    """Write a PNG grid of (N, C, H, W) images in [-1, 1] to `path`, atomically."""
+    from PIL import Image
+
+    grid = image_grid(images, nrow).numpy()
+    pic = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
+
+    def write(f):
+        buf = io.BytesIO()
+        pic.save(buf, format="PNG")
+        f.write(buf.getvalue())
+
+    write_atomic(path, write)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged step, appended and flushed line by line.
+
+    On resume, lines past the checkpoint's step (written after the last checkpoint by a
+    run that was then killed) are dropped, so the file reads as one continuous run."""
+
+    def __init__(self, path: str, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and os.path.exists(path):
+            keep = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+            write_atomic(path, lambda f: f.write("".join(json.dumps(r) + "\n"
+                                                         for r in keep).encode()))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:  # a line torn by a kill mid-write: skip it
+                    continue
+    return out
+
+
+def plot_metrics(metrics_path: str, out_path: str) -> bool:
+    """losses.png: D and G losses, and D(x) / D(G(z)), against the step. False when
+    matplotlib is missing or there is nothing to plot."""
+    records = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+    if not records:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    steps = [r["step"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for key, label in (("d_loss", "D loss"), ("g_loss", "G loss")):
+        ax1.plot(steps, [r[key] for r in records], label=label)
+    if any(r.get("penalty") for r in records):
+        ax1.plot(steps, [r.get("penalty", 0.0) for r in records], label="penalty")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    for key, label in (("d_real", "D(x)"), ("d_fake", "D(G(z))")):
+        ax2.plot(steps, [r[key] for r in records], label=label)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("mean sigmoid(D)")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_atomic(out_path, lambda f: f.write(buf.getvalue()))
+    return True
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain log lines elsewhere; `quiet` silences both."""
+
+    def __init__(self, start: int, end: int, quiet: bool = False) -> None:
+        self.start, self.end, self.quiet = start, end, quiet
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=end, initial=start, unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def step(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
+    def log(self, record: dict[str, Any]) -> None:
+        fields = (f"d_loss {record['d_loss']:.4f}  g_loss {record['g_loss']:.4f}  "
+                  f"D(x) {record['d_real']:.3f}  D(G(z)) {record['d_fake']:.3f}  "
+                  f"{record['img_per_s']:.0f} img/s")
+        if self.bar is not None:
+            self.bar.set_postfix_str(fields.replace("  ", " "), refresh=True)
+        elif not self.quiet:
+            done = record["step"] - self.start
+            left = self.end - record["step"]
+            elapsed = time.perf_counter() - self.t0
+            eta = _duration(elapsed / done * left) if done > 0 else "?"
+            print(f"step {record['step']}/{self.end}  {fields}  eta {eta}", flush=True)
+
+    def write(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+__all__ = ["image_grid", "save_grid", "MetricsLog", "read_metrics", "plot_metrics", "Progress"]

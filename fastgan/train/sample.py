@@ -1,0 +1,82 @@
+"""`fastgan sample CKPT`: images from a training checkpoint, as a PNG grid and/or an .npz.
+
+The EMA generator by default (`ema=False`: the trained G), in eval mode with its own
+BatchNorm statistics (loop.sampling_generator). The .npz holds `images`, uint8
+(N, H, W, C): the format `fastgan train --data` and `fastgan eval --images` read.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+import fastgan
+from fastgan.errors import UserError
+from fastgan.train.checkpoint import load_checkpoint, write_atomic
+from fastgan.train.config import TrainConfig, default_device
+from fastgan.train.loop import build_models, sampling_generator
+from fastgan.train.report import save_grid
+
+
+def load_generator(ckpt: str, ema: bool = True, device: str | None = None,
+                   what: str = "CKPT") -> tuple[torch.nn.Module, TrainConfig, bool]:
+    """(G ready to sample, the run's config, whether it is the EMA copy) from a checkpoint
+    file or a run directory."""
+    state = load_checkpoint(ckpt, what)
+    cfg = TrainConfig.from_json(state["config"], ckpt)
+    device = device or default_device()
+    G, _ = build_models(cfg, state["nc"])
+    use_ema = ema and state.get("G_ema") is not None
+    G.load_state_dict(state["G_ema"] if use_ema else state["G"])
+    G = fastgan.convert(G.to(device), inplace=True)
+    return sampling_generator(G, cfg.nz, device, cfg.seed), cfg, use_ema
+
+
+@torch.no_grad()
+def generate(G: torch.nn.Module, nz: int, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
+    """n images in [-1, 1] on the CPU, from noise seeded by `seed` (independent of batch_size)."""
+    device = next(G.parameters()).device
+    z = torch.randn(n, nz, 1, 1, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([G(z[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, n, batch_size)])
+
+
+def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def sample(ckpt: str, n: int = 64, out: str | None = None, npz: str | None = None,
+           seed: int = 0, ema: bool = True) -> int:
+    """Write a PNG grid (`out`; grid.png when neither `out` nor `npz` is given) and/or an
+    .npz of `n` samples."""
+    if out is None and npz is None:
+        out = "grid.png"
+    if n < 1:
+        raise UserError(f"--n: expected a positive number of images, got {n}")
+    if npz is not None and not npz.endswith(".npz"):
+        raise UserError(f"--npz {npz}: expected a file name ending in .npz")
+    G, cfg, used_ema = load_generator(ckpt, ema)
+    images = generate(G, cfg.nz, n, seed)
+    written = []
+    if out:
+        save_grid(images, out)
+        written.append(out)
+    if npz:
+        arr = to_uint8_nhwc(images)
+
+        def write(f):
+            buf = io.BytesIO()
+            np.savez(buf, images=arr)
+            f.write(buf.getvalue())
+
+        write_atomic(npz, write)
+        written.append(npz)
+    which = "EMA generator" if used_ema else "generator" + (" (the run has no EMA copy)"
+                                                            if ema else "")
+    print(f"{n} samples from the {which} of {ckpt}: {', '.join(written)}")
+    return 0
+
+
+__all__ = ["sample", "load_generator", "generate", "to_uint8_nhwc"]
