@@ -1,5 +1,5 @@
 """fastgan.data: the shipped Fashion-MNIST files, the loaders of `--data` (built-in,
-image folders, .npz), their errors, and fit_to_size."""
+image folders, .npz), their errors, fit_to_size, and the resumable batch stream."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastgan.data import (BUILTIN_DATASETS, fit_to_size, load_dataset, load_fashion_mnist,
-                          load_image_folder, load_npz)
+from fastgan.data import (BUILTIN_DATASETS, Batches, fit_to_size, load_dataset, load_fashion_mnist,
+                          load_image_folder, load_npz, to_float)
 from fastgan.data.fashion_mnist import DEFAULT_ROOT, FILES
 from fastgan.errors import UserError
 
@@ -242,3 +242,80 @@ def test_bad_inputs(tmp_path):
     raises(r"flat.npz: `images` has shape \(2, 256\)", tmp_path / "flat.npz")
     np.savez(tmp_path / "none.npz", images=np.zeros((0, 16, 16), np.uint8))
     raises(r"none.npz: `images` holds no images", tmp_path / "none.npz")
+
+
+# ---------------------------------------------------------------------------- Batches
+
+
+def _ids(n=103):
+    """Images whose first pixel is their index (n <= 256), so a batch names its images."""
+    x = torch.zeros((n, 1, 2, 2), dtype=torch.uint8)
+    x[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    return x
+
+
+def _take(batches, k):
+    return [batches.next()[:, 0, 0, 0].tolist() for _ in range(k)]
+
+
+def test_batches_epochs_and_seed():
+    data = _ids()
+    b = Batches(data, 10, seed=3)
+    assert b.batches_per_epoch == 10
+    batch = b.next()
+    assert batch.shape == (10, 1, 2, 2) and batch.dtype == torch.uint8
+    epoch0 = [batch[:, 0, 0, 0].tolist()] + _take(b, 9)
+    seen = sum(epoch0, [])
+    assert len(set(seen)) == 100  # no repetition; 3 of the 103 images dropped this epoch
+    assert b.state_dict() == {"epoch": 1, "index": 0, "seed": 3}
+    epoch1 = _take(b, 10)
+    assert len(set(sum(epoch1, []))) == 100 and epoch1 != epoch0
+    assert _take(Batches(data, 10, seed=3), 20) == epoch0 + epoch1
+    assert _take(Batches(data, 10, seed=4), 10) != epoch0
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert _take(Batches(data, 10, seed=3), 10) == epoch0
+    assert [x[:, 0, 0, 0].tolist() for _, x in zip(range(3), Batches(data, 10, seed=3))] == epoch0[:3]
+
+
+@pytest.mark.parametrize("stop", [4, 9, 10, 13])  # mid-epoch, last batch, boundary, next epoch
+def test_batches_resume(stop):
+    data = _ids()
+    straight = _take(Batches(data, 10, seed=7), 25)
+    first = Batches(data, 10, seed=7)
+    assert _take(first, stop) == straight[:stop]
+    state = first.state_dict()
+    resumed = Batches(data, 10, seed=0)  # the state carries the seed
+    resumed.load_state_dict(dict(state))
+    assert _take(resumed, 25 - stop) == straight[stop:]
+
+
+def test_batches_two_ranks():
+    data = _ids()
+    single = _take(Batches(data, 8, seed=5), 12)  # 103 // 8 = 12 batches
+    r0 = _take(Batches(data, 4, seed=5, rank=0, world_size=2), 12)  # 103 // 8 = 12 steps
+    r1 = _take(Batches(data, 4, seed=5, rank=1, world_size=2), 12)
+    ids0, ids1 = sum(r0, []), sum(r1, [])
+    assert not set(ids0) & set(ids1)
+    assert sorted(ids0 + ids1) == sorted(sum(single, []))
+    assert [a + b for a, b in zip(r0, r1)] == single  # each step is one single-rank batch
+
+
+def test_batches_bad_sizes():
+    data = _ids(50)
+    for bs in (0, -1, 51):
+        with pytest.raises(UserError, match=rf"--batch-size: got {bs}, expected 1 to 50 \(the data has 50 images\)"):
+            Batches(data, bs, seed=0)
+    with pytest.raises(UserError, match="--batch-size: got 26, expected 1 to 25 .*over 2 ranks"):
+        Batches(data, 26, seed=0, world_size=2)
+    assert Batches(data, 50, seed=0).batches_per_epoch == 1
+    b = Batches(data, 10, seed=0)
+    with pytest.raises(UserError, match="--batch-size: the saved data position"):
+        b.load_state_dict({"epoch": 0, "index": 5, "seed": 0})
+
+
+def test_to_float():
+    x = torch.tensor([0, 127, 128, 255], dtype=torch.uint8)
+    y = to_float(x, "cpu")
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.tensor([-1.0, 127 / 127.5 - 1, 128 / 127.5 - 1, 1.0]))
+    assert to_float(x, "cpu", torch.bfloat16).dtype == torch.bfloat16

@@ -1,8 +1,10 @@
 """The data of `fastgan train`: `--data` names the built-in Fashion-MNIST, a folder of
 PNG/JPEG images or an .npz file, and `load_dataset` turns it into one uint8 tensor
-(N, C, S, S) held in memory.
+(N, C, S, S) held in memory; `Batches` streams shuffled, resumable batches of it.
 
     images = load_dataset("fashion-mnist", 32)     # (60000, 1, 32, 32) uint8
+    batches = Batches(images, batch_size=128, seed=0)
+    x = to_float(batches.next(), "cuda")            # (128, 1, 32, 32) float32 in [-1, 1]
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 
 import torch
 
+from fastgan.data.batches import Batches, to_float
 from fastgan.data.fashion_mnist import load_fashion_mnist
 from fastgan.data.images import fit_to_size, load_image_folder, load_npz
 from fastgan.errors import UserError
@@ -45,5 +48,5 @@ def load_dataset(spec: str, image_size: int, split: str = "train") -> torch.Tens
     raise UserError(f"--data: {spec!r} is not a built-in dataset nor an existing folder; {_EXPECTED}")
 
 
-__all__ = ["BUILTIN_DATASETS", "fit_to_size", "load_dataset", "load_fashion_mnist",
-           "load_image_folder", "load_npz"]
+__all__ = ["BUILTIN_DATASETS", "Batches", "fit_to_size", "load_dataset", "load_fashion_mnist",
+           "load_image_folder", "load_npz", "to_float"]
