@@ -1,5 +1,5 @@
 """Copy the Fashion-MNIST files of Debian's `dataset-fashion-mnist` package into
-fastgan/data/fashion_mnist/, where `fastgan train --data fashion-mnist` reads them, and
+fastgan/data/fashion-mnist/, where `fastgan train --data fashion-mnist` reads them, and
 check each file's SHA-256 against the checksums below (also in that folder's SHA256SUMS).
 
     python scripts/fetch_fashion_mnist.py [SOURCE_DIR]   # default /usr/share/datasets/fashion-mnist
@@ -17,7 +17,7 @@ import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEST = os.path.join(ROOT, "fastgan", "data", "fashion_mnist")
+DEST = os.path.join(ROOT, "fastgan", "data", "fashion-mnist")
 DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
 
 # SHA-256 of the files of Debian's dataset-fashion-mnist (gzip streams as Debian ships them).

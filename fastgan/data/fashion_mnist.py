@@ -1,5 +1,5 @@
 """Fashion-MNIST, the built-in dataset: its IDX files ship gzipped inside the package
-(fastgan/data/fashion_mnist/, from Debian's dataset-fashion-mnist; see the LICENSE there).
+(fastgan/data/fashion-mnist/, from Debian's dataset-fashion-mnist; see the LICENSE there).
 
 The IDX format is parsed here with gzip and numpy, no download and no torchvision: a
 big-endian header (magic number, then one int32 per dimension) followed by the raw uint8
@@ -17,7 +17,9 @@ import torch
 
 from fastgan.errors import UserError
 
-DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist")
+# A hyphen, not fashion_mnist: a folder named like this module would look like a second,
+# namespace package of the same name (setuptools warns on every build).
+DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion-mnist")
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
