@@ -1,0 +1,52 @@
+"""The data of `fastgan train`: `--data` names the built-in Fashion-MNIST, a folder of
+PNG/JPEG images or an .npz file, and `load_dataset` turns it into one uint8 tensor
+(N, C, S, S) held in memory; `Batches` streams shuffled, resumable batches of it.
+
+    images = load_dataset("fashion-mnist", 32)     # (60000, 1, 32, 32) uint8
+    batches = Batches(images, batch_size=128, seed=0)
+    x = to_float(batches.next(), "cuda")            # (128, 1, 32, 32) float32 in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fastgan.data.batches import Batches, to_float
+from fastgan.data.fashion_mnist import load_fashion_mnist
+from fastgan.data.images import fit_to_size, load_image_folder, load_npz
+from fastgan.errors import UserError
+
+BUILTIN_DATASETS = ("fashion-mnist",)
+
+# Other spellings accepted for the built-in datasets.
+_ALIASES = {"fashion-mnist": "fashion-mnist", "fmnist": "fashion-mnist"}
+
+_EXPECTED = "expected fashion-mnist, a folder of PNG/JPEG images or an .npz file"
+
+
+def load_dataset(spec: str, image_size: int, split: str = "train") -> torch.Tensor:
+    """The images named by `--data` spec, uint8 (N, C, image_size, image_size), C 1 or 3.
+
+    spec: "fashion-mnist" (or "fmnist"), a folder of PNG/JPEG images, or an .npz file with
+    an `images` array. split ("train" or "test") applies to the built-in dataset only.
+    image_size: a power of two >= 16 (the DCGAN models halve it down to 4).
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) \
+            or image_size < 16 or image_size & (image_size - 1):
+        raise UserError(f"--image-size: got {image_size}, expected a power of two >= 16 (16, 32, 64, ...)")
+    if spec.lower() in _ALIASES:
+        images, _ = load_fashion_mnist(split)
+        return fit_to_size(images, image_size)
+    if os.path.isdir(spec):
+        return load_image_folder(spec, image_size)
+    if spec.lower().endswith(".npz"):
+        return load_npz(spec, image_size)
+    if os.path.exists(spec):
+        raise UserError(f"--data: {spec} is neither a folder nor an .npz file; {_EXPECTED}")
+    raise UserError(f"--data: {spec!r} is not a built-in dataset nor an existing folder; {_EXPECTED}")
+
+
+__all__ = ["BUILTIN_DATASETS", "Batches", "fit_to_size", "load_dataset", "load_fashion_mnist",
+           "load_image_folder", "load_npz", "to_float"]
