@@ -1,7 +1,7 @@
 """The trainer's batch stream: endless shuffled batches of a uint8 image tensor, with a
 state small enough to store in a checkpoint and restore exactly.
 
-Epoch e's order is a permutation drawn from a generator seeded with seed + e, so it depends
+Epoch e's order is a permutation drawn from a generator seeded with (seed, e), so it depends
 on nothing else (not the global RNG, not how many batches were drawn before a restart):
 resuming needs only (seed, epoch, index). With several ranks, each epoch's permutation is
 cut into steps of world_size * batch_size images and rank r takes the r-th batch of each
@@ -42,7 +42,9 @@ class Batches:
     def _epoch_order(self) -> torch.Tensor:
         """This rank's image indices for the current epoch, (batches_per_epoch, batch_size)."""
         if self._order_epoch != self.epoch:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            # (seed, epoch) -> one seed that neighbouring seeds do not share within a
+            # million epochs (the CPU generator keeps only 32 bits of its seed)
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**32)
             perm = torch.randperm(self.images.shape[0], generator=g)
             used = self.batches_per_epoch * self.world_size * self.batch_size
             steps = perm[:used].view(self.batches_per_epoch, self.world_size, self.batch_size)
