@@ -93,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per row")
     p.add_argument("--out", default="bench_out", help="folder for results.json and chart.png")
     p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--no-first-step", action="store_true",
+                   help="skip the time-to-first-training-step row (fresh processes; "
+                        "torch.compile's cold compile takes ~40 s of it on a 2-core CPU; "
+                        "--quick skips it too)")
     p.add_argument("--malloc", choices=["default", "tuned"], default="default",
                    help="'tuned' keeps freed large blocks in glibc's heap (no page faults "
                         "on every fresh activation); applies to all implementations")
@@ -246,6 +250,24 @@ def machine_info(cfg: Config) -> dict:
     return info
 
 
+def first_steps(cfg: Config) -> dict[str, float]:
+    """`fastgan train`'s time to first step (trainer construction + step 1, default run at
+    this batch) with --impl eager, compile and fastgan, each in a fresh process with empty
+    compile caches (bench.bench_train.cold_start)."""
+    from .bench_train import IMPLS, cold_start
+
+    print(f"\ntime to first training step (fastgan train's default run, batch {cfg.batch}, "
+          "fresh process, empty compile caches):", flush=True)
+    out = {}
+    for impl in IMPLS:
+        try:
+            out[impl] = cold_start(impl, 1, cfg.batch, 32, cfg.device)["first_step_s"]
+            print(f"  --impl {impl:<8} {out[impl]:7.2f} s", flush=True)
+        except RuntimeError as e:
+            print(f"  --impl {impl:<8} failed: {str(e).splitlines()[-1][:160]}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = make_config(args)
@@ -271,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
           "per-round ratios, > 1 means fastgan is faster; saved MB = bytes autograd keeps "
           "for backward, weights excluded; on CUDA, peak MB = torch.cuda.max_memory_allocated "
           "above the baseline during one call)")
+    first = None if args.no_first_step or cfg.quick else first_steps(cfg)
     os.makedirs(args.out, exist_ok=True)
-    out = {"config": {"batch": cfg.batch, "dtype": dt, "channels_last": cfg.channels_last,
+    out = {"first_step": first, "config": {"batch": cfg.batch, "dtype": dt, "channels_last": cfg.channels_last,
                       "device": cfg.device, "backends": cfg.backends, "rounds": cfg.rounds,
                       "quick": cfg.quick, "malloc": args.malloc},
            "machine": machine_info(cfg), "rows": results}

@@ -26,9 +26,10 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
   echo "[setup] installing torch==2.14.1"
   $PIP install -q "torch==2.14.1"
 fi
-if ! python -c "import setuptools, ninja, pytest, pytest_benchmark, expecttest, numpy, matplotlib" 2>/dev/null; then
-  echo "[setup] installing build and test tools"
-  $PIP install -q "setuptools>=64" wheel ninja numpy "pytest>=8" "pytest-benchmark>=4" expecttest matplotlib
+if ! python -c "import setuptools, ninja, pytest, pytest_benchmark, expecttest, numpy, matplotlib, PIL, tqdm" 2>/dev/null; then
+  echo "[setup] installing build and test tools, and fastgan's dependencies"
+  $PIP install -q "setuptools>=64" wheel ninja numpy "pytest>=8" "pytest-benchmark>=4" expecttest \
+    matplotlib pillow tqdm
 fi
 # Build the CUDA kernels whenever a CUDA toolkit is present, GPU or not, so every
 # change is compile-checked (FASTGAN_CUDA=0 skips them).

@@ -32,3 +32,14 @@ def test_fastgan_bench_rejects_unusable_backend():
                         "--backends", "cuda"], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "not usable" in r.stderr
+
+
+def test_train_cold_start_worker():
+    """bench_train's fresh-process measurement (the time-to-first-step row) runs and
+    reports sane numbers (not timed here: benchmarks are not asserted in tests)."""
+    from bench.bench_train import cold_start
+
+    for impl in ("eager", "fastgan"):
+        r = cold_start(impl, steps=2, batch_size=8, image_size=16, device="cpu")
+        assert r["impl"] == impl and r["steps"] == 2
+        assert r["first_step_s"] > 0 and r["img_per_s_with_warmup"] > 0
