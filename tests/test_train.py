@@ -119,6 +119,27 @@ def test_eager_and_fastgan_give_the_same_losses(tmp_path, npz_data):
             assert ra[k] == pytest.approx(rb[k], rel=1e-3, abs=1e-4), (ra["step"], k)
 
 
+@pytest.mark.slow
+def test_compile_impl_trains_like_eager(tmp_path, npz_data):
+    """--impl compile (torch.compile of G, D and the loss; a penalised D step through the
+    module itself, since compiled graphs have no double backward) gives eager's losses."""
+    a = metrics(run(tmp_path, "compile", npz_data, impl="compile", r1=1.0, steps=2))
+    b = metrics(run(tmp_path, "eager", npz_data, impl="eager", r1=1.0, steps=2))
+    for ra, rb in zip(a, b):
+        for k in ("d_loss", "g_loss", "d_real", "d_fake", "penalty"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-3, abs=1e-4), (ra["step"], k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["fastgan", "eager"])
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_train_on_cuda(tmp_path, npz_data, impl, amp):
+    out = run(tmp_path, "cuda", npz_data, device="cuda", impl=impl, amp=amp, r1=1.0, steps=4)
+    recs = metrics(out)
+    assert all(np.isfinite(r[k]) for r in recs for k in ("d_loss", "g_loss", "penalty"))
+    assert main(["sample", out, "--n", "8", "--npz", str(tmp_path / "s.npz")]) == 0
+
+
 def _state_equal(a, b, where=""):
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b), where
@@ -163,6 +184,9 @@ def test_write_atomic_keeps_the_old_file(tmp_path):
         write_atomic(path, broken)
     assert open(path, "rb").read() == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as open() would make it
 
 
 def _cli(*args: str) -> list[str]:
@@ -264,8 +288,35 @@ def test_bad_input_is_one_clear_line(tmp_path, npz_data, capsys):
     err = _error(capsys, ["train", "--resume", out, "--steps", "5", "--loss", "hinge"])
     assert "--loss hinge" in err and "ns" in err
     assert "already at step 3" in _error(capsys, ["train", "--resume", out, "--steps", "3"])
+    # a config.json edited so that the checkpoint no longer fits
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    cfg["ngf"] = 16
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
+    assert "does not fit" in _error(capsys, ["train", "--resume", out, "--steps", "5"])
     # sample: not a checkpoint
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert "junk.pt" in _error(capsys, ["sample", str(junk)])
     assert "no such file" in _error(capsys, ["sample", str(tmp_path / "none.pt")])
+
+
+def test_sampling_generator_standing_statistics():
+    """Sampling recomputes G's BatchNorm statistics from its own samples (cumulative
+    average), leaves G alone, and gives the same result converted or not."""
+    import fastgan
+    from fastgan.models import Generator, weights_init
+    from fastgan.train.loop import sampling_generator
+
+    G = Generator(nz=8, ngf=4, nc=1, image_size=16).apply(weights_init)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    Gs = sampling_generator(G, 8, "cpu", seed=0, batches=3, batch_size=16)
+    assert not Gs.training
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    bn = Gs.main[1]
+    assert bn.num_batches_tracked.item() == 3 and not torch.equal(bn.running_mean, before["main.1.running_mean"])
+    Gf = sampling_generator(fastgan.convert(G), 8, "cpu", seed=0, batches=3, batch_size=16)
+    for (k, a), b in zip(Gs.state_dict().items(), Gf.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    z = torch.randn(5, 8, 1, 1)
+    torch.testing.assert_close(Gs(z), Gf(z), rtol=1e-5, atol=1e-5)

@@ -18,6 +18,8 @@ import torch
 from fastgan.errors import UserError
 
 FORMAT = "fastgan-train/1"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def write_atomic(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -26,6 +28,7 @@ def write_atomic(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

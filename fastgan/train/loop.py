@@ -124,10 +124,13 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         if cfg.r1:
             real = real.detach().requires_grad_(True)
+        # torch.compile has no double backward, so a penalised D step runs the module
+        # itself (all of it: an eager graph's saved BatchNorm buffers must not be bumped
+        # by a compiled graph's in-place running-stat update before backward)
+        D_fwd = D if cfg.r1 or cfg.gp else self.D_fwd
         with self._autocast():
-            # torch.compile has no double backward: a penalised forward runs the module itself
-            real_logits = (D if cfg.r1 else self.D_fwd)(real)
-            fake_logits = self.D_fwd(fake)
+            real_logits = D_fwd(real)
+            fake_logits = D_fwd(fake)
             losses = self.loss_fn(real_logits, fake_logits, cfg.loss)
         penalty = torch.zeros((), device=self.device)
         if cfg.r1:
@@ -303,7 +306,14 @@ class Run:
             if state.get("nc") != images.shape[1]:
                 raise UserError(f"--resume {self.dir}: the checkpoint's images have "
                                 f"{state.get('nc')} channels, the data has {images.shape[1]}")
-            self.trainer.load_state_dict(state)
+            try:
+                self.trainer.load_state_dict(state)
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:
+                if isinstance(e, UserError):
+                    raise
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(f"--resume {self.dir}: checkpoints/last.pt does not fit the "
+                                f"run's config.json ({first[:300]})") from None
             if cfg.steps <= self.trainer.step:
                 raise UserError(f"--steps {cfg.steps}: the run in {self.dir} is already at step "
                                 f"{self.trainer.step}; pass a larger --steps to continue it")

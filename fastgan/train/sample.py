@@ -29,7 +29,12 @@ def load_generator(ckpt: str, ema: bool = True, device: str | None = None,
     device = device or default_device()
     G, _ = build_models(cfg, state["nc"])
     use_ema = ema and state.get("G_ema") is not None
-    G.load_state_dict(state["G_ema"] if use_ema else state["G"])
+    try:
+        G.load_state_dict(state["G_ema"] if use_ema else state["G"])
+    except (RuntimeError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{what} {ckpt}: the generator's weights do not fit the checkpoint's "
+                        f"config ({first[:300]})") from None
     G = fastgan.convert(G.to(device), inplace=True)
     return sampling_generator(G, cfg.nz, device, cfg.seed), cfg, use_ema
 
