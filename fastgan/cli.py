@@ -1,5 +1,5 @@
-"""The `fastgan` command: `fastgan train`, `fastgan sample`, `fastgan info`, `fastgan bench`,
-`fastgan demo`.
+"""The `fastgan` command: `fastgan train`, `fastgan sample`, `fastgan eval`, `fastgan info`,
+`fastgan bench`, `fastgan demo`.
 
 A user's mistake (fastgan.errors.UserError, a bad flag) ends the command with one line on
 stderr and exit status 2; Ctrl-C outside training's own handling exits 130 quietly.
@@ -127,6 +127,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     a("--log-every", type=int, help="steps between metrics.jsonl lines (default 50)")
     a("--sample-every", type=int, help="steps between sample grids (default 500; 0: at the end)")
     a("--ckpt-every", type=int, help="steps between kept checkpoints (default 1000)")
+    a("--eval-every", type=int, help="steps between FID/KID/IS evaluations with the "
+                                     "fastgan-fmnist features (default 0: never)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     a("--quiet", action="store_true", help="no progress output")
 
@@ -154,6 +156,14 @@ def _sample(args: argparse.Namespace) -> int:
 
     return sample(args.ckpt, n=args.n, out=args.out, npz=args.npz, seed=args.seed,
                   ema=not args.no_ema)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fastgan.metrics.evaluate import eval_command
+
+    return eval_command(args.ckpt, args.images, args.data, args.n, args.metrics, args.features,
+                        args.weights, args.json, split=args.split, image_size=args.image_size,
+                        no_ema=args.no_ema, seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +206,25 @@ def _main(argv: list[str]) -> int:
     p_sample.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p_sample.add_argument("--no-ema", action="store_true", help="the trained G, not its EMA copy")
     p_sample.set_defaults(func=_sample)
+    p_eval = sub.add_parser("eval", help="FID/KID/IS of a checkpoint or of images, offline")
+    p_eval.add_argument("ckpt", metavar="CKPT", nargs="?", help="a checkpoint or run directory")
+    p_eval.add_argument("--images", help="evaluate these images instead: a folder or an .npz")
+    p_eval.add_argument("--data", help="reference dataset (default: the run's data, or "
+                                       "fashion-mnist)")
+    p_eval.add_argument("--split", choices=("train", "test"), default="train",
+                        help="split of the built-in reference data (default train)")
+    p_eval.add_argument("--n", type=int, default=10000, help="samples to evaluate (default 10000)")
+    p_eval.add_argument("--metrics", default="fid,kid,is", help="subset of fid,kid,is")
+    p_eval.add_argument("--features", default="fastgan-fmnist",
+                        help="fastgan-fmnist (default, shipped) or inception (needs --weights)")
+    p_eval.add_argument("--weights", help="Inception weights file (TorchScript "
+                                          "inception-2015-12-05.pt or pytorch-fid's .pth)")
+    p_eval.add_argument("--json", help="also write the results to this JSON file")
+    p_eval.add_argument("--image-size", type=int,
+                        help="with --images: size to load them at (default 32)")
+    p_eval.add_argument("--no-ema", action="store_true", help="the trained G, not its EMA copy")
+    p_eval.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p_eval.set_defaults(func=_eval)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -31,6 +31,13 @@ if ! python -c "import setuptools, ninja, pytest, pytest_benchmark, expecttest, 
   $PIP install -q "setuptools>=64" wheel ninja numpy "pytest>=8" "pytest-benchmark>=4" expecttest \
     matplotlib pillow tqdm
 fi
+# The metrics tests check fastgan's FID against pytorch-fid's (plain code; its weights are
+# not needed). pytorch-fid imports torchvision, pinned to the torchvision of torch 2.14.
+if ! python -c "import scipy, torchvision, pytorch_fid" 2>/dev/null; then
+  echo "[setup] installing the metrics tests' cross-checks (scipy, torchvision, pytorch-fid)"
+  $PIP install -q "scipy<1.18" "torchvision==0.29.*"  # pytorch-fid passes sqrtm(disp=), gone in 1.18
+  $PIP install -q --no-deps "pytorch-fid==0.3.0"
+fi
 # Build the CUDA kernels whenever a CUDA toolkit is present, GPU or not, so every
 # change is compile-checked (FASTGAN_CUDA=0 skips them).
 if [[ -z "${FASTGAN_CUDA:-}" ]] && python scripts/cuda_toolkit.py >/dev/null 2>&1; then

@@ -20,9 +20,10 @@ from fastgan.errors import UserError
 LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan")
 AMP = ("none", "bf16", "fp16")
 IMPLS = ("fastgan", "eager", "compile")
-# Settings a resumed run may change: the end step, how often to log, sample and save, and
+# Settings a resumed run may change: the end step, how often to log, sample, save and evaluate, and
 # the device (a run may move between machines; bit-exact resume holds on one device).
-RESUME_MAY_CHANGE = ("steps", "log_every", "sample_every", "ckpt_every", "out", "device")
+RESUME_MAY_CHANGE = ("steps", "log_every", "sample_every", "ckpt_every", "eval_every", "out",
+                     "device")
 
 
 @dataclasses.dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 500
     ckpt_every: int = 1000
+    eval_every: int = 0        # steps between FID/KID/IS evaluations (fastgan-fmnist); 0 = never
 
     def check(self) -> "TrainConfig":
         """Raise UserError for the first setting that is out of range; return self."""
@@ -67,7 +69,7 @@ class TrainConfig:
         if self.steps < 0:
             raise UserError(f"--steps: expected a number of steps >= 0, got {self.steps}")
         for flag, value in (("--log-every", self.log_every), ("--sample-every", self.sample_every),
-                            ("--ckpt-every", self.ckpt_every)):
+                            ("--ckpt-every", self.ckpt_every), ("--eval-every", self.eval_every)):
             if value < 0:
                 raise UserError(f"{flag}: expected 0 (never) or a positive interval, got {value}")
         for flag, value in (("--gp", self.gp), ("--r1", self.r1), ("--clip", self.clip)):

@@ -44,6 +44,7 @@ from fastgan.train.config import TrainConfig
 from fastgan.train.report import MetricsLog, Progress, plot_metrics, save_grid
 
 N_FIXED = 64          # samples in each grid
+EVAL_N = 10_000       # samples per --eval-every evaluation (fastgan eval's default too)
 # what metrics.jsonl averages over a logging interval, in this order
 TRACKED = ("d_loss", "g_loss", "d_real", "d_fake", "penalty")
 
@@ -321,6 +322,14 @@ class Run:
         write_json(cfg.to_json(), os.path.join(self.dir, "config.json"))
         self.metrics = MetricsLog(os.path.join(self.dir, "metrics.jsonl"),
                                   self.trainer.step if resume else None)
+        self.extractor = self.reference = None
+        if cfg.eval_every:
+            from fastgan.metrics.evaluate import reference_stats
+            from fastgan.metrics.features import get_extractor
+
+            self.extractor = get_extractor("fastgan-fmnist", device=cfg.device)
+            self.reference = reference_stats(cfg.data, "train", cfg.image_size, self.extractor,
+                                             quiet)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
@@ -340,6 +349,14 @@ class Run:
             save_grid(t.sampler()(t.fixed_noise), path)
         return path
 
+    def evaluate(self) -> dict[str, float]:
+        """FID, KID and IS (fastgan-fmnist features) of EVAL_N samples of the sampled G."""
+        from fastgan.metrics.evaluate import generator_metrics
+
+        t = self.trainer
+        return generator_metrics(t.sampler(), self.cfg.nz, EVAL_N, self.reference,
+                                 self.extractor, seed=self.cfg.seed)
+
     def run(self) -> int:
         """Train to cfg.steps; 0 when done, 128 + signal number when stopped by a signal."""
         cfg, t = self.cfg, self.trainer
@@ -358,16 +375,21 @@ class Run:
                         progress.write(f"first step took {first_step_s:.2f} s "
                                        f"(impl {cfg.impl}, includes warm-up)")
                     progress.step(t.step)
-                    if every(cfg.log_every) or t.step == cfg.steps:
+                    evaluate = cfg.eval_every and (every(cfg.eval_every) or t.step == cfg.steps)
+                    if every(cfg.log_every) or t.step == cfg.steps or evaluate:
                         now = time.perf_counter()
                         imgs = (t.step - n_log) * cfg.batch_size * cfg.n_critic
                         rec = {"step": t.step, **t.take_metrics(),
                                "img_per_s": imgs / max(now - t_log, 1e-9)}
+                        if evaluate:
+                            rec.update(self.evaluate())
+                            progress.write(f"step {t.step}: FID (fastgan-fmnist) {rec['fid']:.3f}"
+                                           f"  KID x1e3 {rec['kid'] * 1e3:.3f}  IS {rec['is']:.3f}")
                         self.metrics.append(rec)
                         progress.log(rec)
                         if not all(math.isfinite(rec[k]) for k in TRACKED):
                             progress.write(f"warning: non-finite losses at step {t.step}: {rec}")
-                        t_log, n_log = now, t.step
+                        t_log, n_log = time.perf_counter(), t.step
                     if every(cfg.sample_every):
                         self.sample()
                         sampled_at = t.step

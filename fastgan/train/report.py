@@ -83,8 +83,8 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 
 
 def plot_metrics(metrics_path: str, out_path: str) -> bool:
-    """losses.png: D and G losses, and D(x) / D(G(z)), against the step. False when
-    matplotlib is missing or there is nothing to plot."""
+    """losses.png: D and G losses, D(x) / D(G(z)) and, when the run evaluates, FID and KID
+    against the step. False when matplotlib is missing or there is nothing to plot."""
     records = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
     if not records:
         return False
@@ -96,7 +96,9 @@ def plot_metrics(metrics_path: str, out_path: str) -> bool:
     except ImportError:
         return False
     steps = [r["step"] for r in records]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    evals = [r for r in records if "fid" in r]
+    fig, axes = plt.subplots(3 if evals else 2, 1, figsize=(7, 8.5 if evals else 6), sharex=True)
+    ax1, ax2 = axes[0], axes[1]
     for key, label in (("d_loss", "D loss"), ("g_loss", "G loss")):
         ax1.plot(steps, [r[key] for r in records], label=label)
     if any(r.get("penalty") for r in records):
@@ -106,10 +108,24 @@ def plot_metrics(metrics_path: str, out_path: str) -> bool:
     ax1.grid(alpha=0.3)
     for key, label in (("d_real", "D(x)"), ("d_fake", "D(G(z))")):
         ax2.plot(steps, [r[key] for r in records], label=label)
-    ax2.set_xlabel("step")
     ax2.set_ylabel("mean sigmoid(D)")
     ax2.legend()
     ax2.grid(alpha=0.3)
+    if evals:
+        ax3 = axes[2]
+        ax3.plot([r["step"] for r in evals], [r["fid"] for r in evals], "o-", label="FID")
+        ax3.set_ylabel("FID (fastgan-fmnist)")
+        ax3.set_yscale("log")
+        ax3.grid(alpha=0.3, which="both")
+        if any("kid" in r for r in evals):
+            k = ax3.twinx()
+            k.plot([r["step"] for r in evals], [r["kid"] * 1e3 for r in evals], "s--",
+                   color="tab:red", label="KID x 1e3")
+            k.set_ylabel("KID x 1e3")  # linear: the unbiased estimate can be < 0
+            h1, l1 = ax3.get_legend_handles_labels()
+            h2, l2 = k.get_legend_handles_labels()
+            ax3.legend(h1 + h2, l1 + l2)
+    axes[-1].set_xlabel("step")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
