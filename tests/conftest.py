@@ -18,3 +18,18 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _metrics_cache(tmp_path_factory):
+    """Reference statistics of the metrics go to a per-session folder, not ~/.cache
+    (computed once per test session, shared by the tests that need them)."""
+    import os
+
+    old = os.environ.get("FASTGAN_CACHE")
+    os.environ["FASTGAN_CACHE"] = str(tmp_path_factory.mktemp("fastgan-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FASTGAN_CACHE", None)
+    else:
+        os.environ["FASTGAN_CACHE"] = old

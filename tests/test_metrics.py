@@ -103,3 +103,125 @@ def test_inception_score_closed_forms():
     confident = np.eye(k)[np.arange(100) % k]          # sure of each class, classes balanced
     mean, std = inception_score(confident * (1 - 1e-12) + 1e-13, splits=10)
     assert mean == pytest.approx(k, rel=1e-6) and std < 1e-6
+
+
+# --- feature networks and fastgan eval --------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+from fastgan.cli import main  # noqa: E402
+from fastgan.errors import UserError  # noqa: E402
+from fastgan.metrics import evaluate  # noqa: E402
+from fastgan.metrics.features import get_extractor  # noqa: E402
+
+
+class _StandInInception(torch.nn.Module):
+    """The call interface of the TorchScript inception-2015-12-05.pt (uint8 RGB in; 2048
+    features with return_features=True, 1008 probabilities with no_output_bias=True)."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False,
+                no_output_bias: bool = False) -> torch.Tensor:
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        f = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 4).flatten(1)
+        f = f.repeat(1, 43)[:, :2048]
+        if return_features:
+            return f
+        return torch.softmax(f[:, :1008] * 10, 1)
+
+
+@pytest.fixture(scope="module")
+def standin_weights(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("w") / "inception-2015-12-05.pt")
+    torch.jit.script(_StandInInception()).save(path)
+    return path
+
+
+def test_inception_torchscript_path(standin_weights):
+    ex = get_extractor("inception", standin_weights)
+    assert ex.name == "Inception" and ex.dim == 2048 and ex.key.startswith("inception-ts-")
+    imgs = torch.randint(0, 256, (5, 1, 32, 32), dtype=torch.uint8)   # gray -> RGB
+    f, p = ex(imgs, probs=True)
+    assert f.shape == (5, 2048) and f.dtype == torch.float64
+    assert p.shape == (5, 1008) and torch.allclose(p.sum(1), torch.ones(5, dtype=torch.float64))
+
+
+def test_inception_needs_a_file(tmp_path):
+    with pytest.raises(UserError, match="inception-2015-12-05.pt"):
+        get_extractor("inception")
+    with pytest.raises(UserError, match="no such file"):
+        get_extractor("inception", str(tmp_path / "missing.pt"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"junk")
+    with pytest.raises(UserError, match="junk.pth"):
+        get_extractor("inception", str(junk))
+    with pytest.raises(UserError, match="--features"):
+        get_extractor("resnet")
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    from fastgan.data import load_dataset
+
+    return load_dataset("fashion-mnist", 32, split="test"), get_extractor("fastgan-fmnist")
+
+
+def _fid(images, ref, ex):
+    return evaluate.compute_metrics(evaluate._uint8_batches(images), ref, ex, ("fid",))["fid"]
+
+
+def test_fid_orders_real_degraded_and_noise(fmnist):
+    """Against the train split: the test split is close, a blurred copy of it farther,
+    noise far; the reference statistics are cached and reused."""
+    test, ex = fmnist
+    ref = evaluate.reference_stats("fashion-mnist", "train", 32, ex, quiet=True)
+    assert int(ref["n"]) == 60000 and ref["mu"].shape == (ex.dim,)
+    assert len(os.listdir(evaluate.cache_dir())) >= 1
+    again = evaluate.reference_stats("fashion-mnist", "train", 32, ex, quiet=True)
+    np.testing.assert_array_equal(again["sigma"], ref["sigma"])
+    real = _fid(test, ref, ex)
+    blurred = torch.nn.functional.avg_pool2d(test.float(), 3, 1, 1).round().to(torch.uint8)
+    degraded = _fid(blurred, ref, ex)
+    noise = _fid(torch.randint(0, 256, test.shape, dtype=torch.uint8), ref, ex)
+    assert real < degraded < noise, (real, degraded, noise)
+    assert real < 0.05 * noise
+
+
+def test_fid_independent_of_batch_size(fmnist, monkeypatch):
+    test, ex = fmnist
+    ref = evaluate.reference_stats("fashion-mnist", "train", 32, ex, quiet=True)
+    a = _fid(test[:3000], ref, ex)
+    monkeypatch.setattr(evaluate, "BATCH", 37)
+    b = _fid(test[:3000], ref, ex)
+    assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_fastgan_eval_cli(tmp_path, standin_weights, capsys):
+    from fastgan.train import TrainConfig, train
+
+    out = str(tmp_path / "run")
+    cfg = TrainConfig(image_size=16, ngf=8, ndf=8, nz=16, batch_size=16, steps=2, out=out,
+                      log_every=1, sample_every=0, ckpt_every=0, device="cpu")
+    assert train(cfg, quiet=True) == 0
+    js = str(tmp_path / "m.json")
+    assert main(["eval", out, "--n", "500", "--json", js]) == 0
+    res = json.load(open(js))
+    assert {"fid", "kid", "kid_std", "is", "is_std"} <= set(res)
+    assert res["features"] == "fastgan-fmnist" and res["reference"]["n"] == 60000
+    printed = capsys.readouterr().out
+    assert "FID (fastgan-fmnist)" in printed and "not with published Inception" in printed
+    # images from an npz, against the built-in test split, Inception from a local file
+    npz = str(tmp_path / "s.npz")
+    assert main(["sample", out, "--n", "40", "--npz", npz]) == 0
+    assert main(["eval", "--images", npz, "--image-size", "16", "--split", "test", "--metrics",
+                 "fid,is", "--features", "inception", "--weights", standin_weights,
+                 "--json", js]) == 0
+    res = json.load(open(js))
+    assert res["features"] == "Inception" and "kid" not in res and res["n"] == 40
+    capsys.readouterr()
+    for argv, needle in ((["eval"], "either a checkpoint"),
+                         (["eval", out, "--metrics", "fid,lpips"], "--metrics"),
+                         (["eval", out, "--features", "inception"], "--weights PATH")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err

@@ -75,21 +75,33 @@ def _mean_image_gap(G, data: torch.Tensor, nz: int) -> float:
 
 def test_generator_learns_fashion_mnist(tmp_path):
     """150 steps on the built-in data at 16x16: the samples' mean image must move most of
-    the way to the data's. A generator that is not updated (or updated the wrong way)
+    the way to the data's, and FID (fastgan-fmnist, --eval-every) must fall well below
+    the untrained generator's. A generator that is not updated (or updated the wrong way)
     stays at the initial grey: the gap would stay where it started (~0.3)."""
     from fastgan.data import load_dataset
-    from fastgan.train.loop import build_models, sampling_generator
+    from fastgan.metrics.evaluate import generator_metrics, reference_stats
+    from fastgan.metrics.features import get_extractor
+    from fastgan.train.loop import EVAL_N, build_models, sampling_generator
 
     cfg = TrainConfig(**{**TINY, "ngf": 16, "ndf": 16, "batch_size": 32, "steps": 150,
-                         "log_every": 50, "out": str(tmp_path / "fm"), "lr": 5e-4})
+                         "log_every": 50, "out": str(tmp_path / "fm"), "lr": 5e-4,
+                         "eval_every": 75})
     data = load_dataset("fashion-mnist", 16)[:2048]
     G0, _ = build_models(cfg, 1)
-    before = _mean_image_gap(sampling_generator(G0, cfg.nz, "cpu", 0), data, cfg.nz)
+    G0 = sampling_generator(G0, cfg.nz, "cpu", 0)
+    before = _mean_image_gap(G0, data, cfg.nz)
     assert train(cfg, quiet=True) == 0
     from fastgan.train.sample import load_generator
     G, _, _ = load_generator(cfg.out)
     after = _mean_image_gap(G, data, cfg.nz)
     assert after < 0.25 * before, (before, after)
+    evals = [r for r in metrics(cfg.out) if "fid" in r]
+    assert [r["step"] for r in evals] == [75, 150]
+    assert all({"kid", "is", "d_loss"} <= set(r) for r in evals)
+    ex = get_extractor("fastgan-fmnist")
+    fid0 = generator_metrics(G0, cfg.nz, EVAL_N, reference_stats("fashion-mnist", "train", 16, ex),
+                             ex, ("fid",))["fid"]
+    assert evals[-1]["fid"] < 0.5 * fid0, (fid0, evals)
 
 
 @pytest.mark.parametrize("kw", [

@@ -191,13 +191,15 @@ def eval_command(ckpt: str | None, images: str | None, data: str | None, n: int,
         G, cfg, used_ema = load_generator(ckpt, ema=not no_ema, device=device)
         data = data or cfg.data
         size = cfg.image_size
+        count = n
         source = f"{n} samples of the {'EMA ' if used_ema else ''}generator in {ckpt}"
         batches = _generated_batches(G, cfg.nz, n, seed)
     else:
         data = data or "fashion-mnist"
         size = image_size or 32
         imgs = load_dataset(images, size)[:n]
-        source = f"{imgs.shape[0]} images of {images}"
+        count = imgs.shape[0]
+        source = f"{count} images of {images}"
         batches = _uint8_batches(imgs)
     ref = reference_stats(data, split, size, extractor)
     print(f"fastgan eval: {source} vs {data} ({split}, {int(ref['n'])} images), "
@@ -211,7 +213,7 @@ def eval_command(ckpt: str | None, images: str | None, data: str | None, n: int,
         out = {**res, "features": extractor.name, "feature_key": extractor.key,
                "source": source, "reference": {"data": data, "split": split,
                                                "n": int(ref["n"])},
-               "image_size": size, "n": n}
+               "image_size": size, "n": count}
         write_atomic(json_path, lambda f: f.write((json.dumps(out, indent=2) + "\n").encode()))
         print(f"wrote {json_path}")
     return 0
