@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -77,7 +78,9 @@ class TorchScriptInception(Extractor):
     has_probs = True
 
     def __init__(self, path: str, digest: str, device: torch.device) -> None:
-        self.model = torch.jit.load(path, map_location=device).eval()
+        with warnings.catch_warnings():  # the file is TorchScript; torch calls that deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model = torch.jit.load(path, map_location=device).eval()
         self.key = f"inception-ts-{digest[:12]}"
         self.device = device
 
