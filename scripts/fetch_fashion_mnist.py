@@ -30,11 +30,8 @@ SHA256 = {
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    with open(path, "rb") as f:  # at most 27 MB: read whole
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ and returns float64 features and, when asked, float64 probabilities.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from fastgan.errors import UserError
+from fastgan.metrics.fmnist_net import sha256_file
 
 FEATURE_NETS = ("fastgan-fmnist", "inception")
 INCEPTION_HELP = ("the TorchScript inception-2015-12-05.pt that StyleGAN2-ADA, StyleGAN3 and "
@@ -126,14 +126,6 @@ class PytorchFidInception(Extractor):
         return self.model(x)[0].flatten(1).double().cpu(), None
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def get_extractor(name: str = "fastgan-fmnist", weights: str | None = None,
                   device: torch.device | str = "cpu") -> Extractor:
     """The feature network `name` ("fastgan-fmnist", or "inception" with `weights`)."""
@@ -149,7 +141,7 @@ def get_extractor(name: str = "fastgan-fmnist", weights: str | None = None,
         raise UserError(f"--features inception needs --weights PATH: {INCEPTION_HELP}")
     if not os.path.isfile(weights):
         raise UserError(f"--weights {weights}: no such file (expected {INCEPTION_HELP})")
-    digest = _sha256(weights)
+    digest = sha256_file(weights)
     try:
         return TorchScriptInception(weights, digest, device)
     except RuntimeError:  # not TorchScript: try pytorch-fid's state dict
