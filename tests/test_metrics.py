@@ -225,3 +225,28 @@ def test_fastgan_eval_cli(tmp_path, standin_weights, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_inception_pytorch_fid_path(tmp_path, monkeypatch):
+    """pytorch-fid's weights file, end to end through pytorch-fid's own network: a file
+    with its FID Inception's keys (random weights: the real file is not here) loads
+    without any download, and gives 2048-d pool3 features of uint8 images."""
+    pfi = pytest.importorskip("pytorch_fid.inception")
+    with monkeypatch.context() as m:   # build pytorch-fid's network without its weights
+        m.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None)
+        state = pfi.fid_inception_v3().state_dict()
+    path = str(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    torch.save(state, path)
+
+    def no_download(*a, **k):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(pfi, "load_state_dict_from_url", no_download)
+    ex = get_extractor("inception", path)
+    assert ex.key.startswith("inception-pfid-") and not ex.has_probs
+    assert pfi.load_state_dict_from_url is no_download     # restored after loading
+    f, p = ex(torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8))
+    assert f.shape == (2, 2048) and p is None and torch.isfinite(f).all()
+    with pytest.raises(UserError, match="TorchScript"):
+        ex(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), probs=True)
