@@ -43,5 +43,19 @@ fi
 if [[ -z "${FASTGAN_CUDA:-}" ]] && python scripts/cuda_toolkit.py >/dev/null 2>&1; then
   export FASTGAN_CUDA=1
 fi
-echo "[setup] building and installing fastgan (editable; FASTGAN_CUDA=${FASTGAN_CUDA:-auto})"
-MAX_JOBS="${MAX_JOBS:-2}" $PIP install -q --no-build-isolation --no-deps -e ".[dev]"
+# The editable install picks up Python changes by itself; rebuild only when what the
+# build reads changed: the C++/CUDA sources, setup.py, pyproject.toml, the build knobs,
+# torch, or the checkout the venv points at.
+STAMP_FILE="$(python -c 'import sys; print(sys.prefix)')/.fastgan-build-stamp"
+STAMP="$( { cat setup.py pyproject.toml; find csrc -type f | LC_ALL=C sort | xargs cat;
+            echo "${FASTGAN_CUDA:-} ${TORCH_CUDA_ARCH_LIST:-} ${FASTGAN_CPU_ISA:-} ${CUDA_HOME:-}";
+            python -c 'import torch; print(torch.__version__)'; echo "$ROOT"; } | sha256sum)"
+if [[ -f "$STAMP_FILE" && "$(cat "$STAMP_FILE")" == "$STAMP" ]] \
+    && python -c "import fastgan._C" 2>/dev/null; then
+  echo "[setup] fastgan's build is up to date (no source or build setting changed)"
+else
+  echo "[setup] building and installing fastgan (editable; FASTGAN_CUDA=${FASTGAN_CUDA:-auto})"
+  rm -f "$STAMP_FILE"
+  MAX_JOBS="${MAX_JOBS:-2}" $PIP install -q --no-build-isolation --no-deps -e ".[dev]"
+  echo "$STAMP" > "$STAMP_FILE"
+fi

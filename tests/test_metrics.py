@@ -133,7 +133,11 @@ class _StandInInception(torch.nn.Module):
 @pytest.fixture(scope="module")
 def standin_weights(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("w") / "inception-2015-12-05.pt")
-    torch.jit.script(_StandInInception()).save(path)
+    import warnings
+
+    with warnings.catch_warnings():  # the real file is TorchScript, deprecated or not
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(_StandInInception()).save(path)
     return path
 
 

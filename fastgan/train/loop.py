@@ -172,8 +172,8 @@ class Trainer:
         if self.G_ema is None:
             return
         decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
-        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()),
-                             1.0 - decay)
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.lerp_(p, 1.0 - decay)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
@@ -205,8 +205,9 @@ class Trainer:
 
     # sampling ---------------------------------------------------------------------------
 
-    def sampler(self, ema: bool = True) -> nn.Module:
-        G = self.G_ema if ema and self.G_ema is not None else self.G
+    def sampler(self) -> nn.Module:
+        """The generator that grids and evaluations use: the EMA copy when there is one."""
+        G = self.G_ema if self.G_ema is not None else self.G
         return sampling_generator(G, self.cfg.nz, self.device, self.cfg.seed)
 
     # state ------------------------------------------------------------------------------
