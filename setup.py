@@ -2,8 +2,11 @@
 
 C++ CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built. The CUDA kernels of
 csrc/cuda/*.cu are built when FASTGAN_CUDA=1, or when it is unset and a GPU is
-visible; FASTGAN_CUDA=0 skips them. Environment:
+visible; FASTGAN_CUDA=0 skips them. FASTGAN_BUILD_EXT=0, or a machine without a C++
+compiler, installs fastgan without _C (pure Python: reference and triton backends).
+Environment:
 
+  FASTGAN_BUILD_EXT     1 / 0 / unset (auto: build when a C++ compiler is found)
   FASTGAN_CUDA          1 / 0 / unset (auto)
   TORCH_CUDA_ARCH_LIST  CUDA archs (default "8.0;9.0")
   FASTGAN_CPU_ISA       avx512 / avx2 / default (default: the best this machine has)
@@ -144,6 +147,27 @@ def _build_ext_class(base):
     return BuildExt
 
 
-exts, build_ext = _extensions()
-setup(ext_modules=exts,
-      cmdclass={"build_ext": _build_ext_class(build_ext.with_options(use_ninja=True))})
+def _build_ext_wanted() -> bool:
+    """FASTGAN_BUILD_EXT=0 installs without fastgan._C; unset, so does a machine without a
+    C++ compiler (one clear line says so): the reference and triton backends need none."""
+    flag = os.environ.get("FASTGAN_BUILD_EXT", "").strip().lower()
+    if flag in ("0", "false", "no"):
+        print("[fastgan build] FASTGAN_BUILD_EXT=0: installing without the compiled extension "
+              "fastgan._C (backends: reference, and triton on CUDA)")
+        return False
+    if flag and flag not in ("1", "true", "yes"):
+        _fail(f"FASTGAN_BUILD_EXT must be 1 or 0 (or unset for auto), got {flag!r}")
+    if not flag and shutil.which(os.environ.get("CXX", "c++")) is None:
+        print(f"[fastgan build] no C++ compiler found ({os.environ.get('CXX', 'c++')}): "
+              "installing without fastgan._C (backends: reference, and triton on CUDA); "
+              "install g++ and reinstall for the cpu and cuda backends")
+        return False
+    return True
+
+
+if _build_ext_wanted():
+    exts, build_ext = _extensions()
+    setup(ext_modules=exts,
+          cmdclass={"build_ext": _build_ext_class(build_ext.with_options(use_ninja=True))})
+else:
+    setup()

@@ -6,6 +6,7 @@ A missing or broken build warns once (saying why) and leaves the `reference` and
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import Any
 
@@ -19,14 +20,19 @@ class FastganWarning(UserWarning):
 _C: Any = None
 _error: str | None = None
 
-try:
-    from fastgan import _C as _C  # noqa: F811  (registers the fastgan:: ops)
-except Exception as e:  # ImportError, OSError (bad .so), undefined symbols, ISA check
-    _error = f"{type(e).__name__}: {e}"
+if importlib.util.find_spec("fastgan._C") is None:
+    _error = ("not installed: fastgan was installed without its compiled extension (no C++ "
+              "compiler, or FASTGAN_BUILD_EXT=0)")
+else:
+    try:
+        from fastgan import _C as _C  # noqa: F811  (registers the fastgan:: ops)
+    except Exception as e:  # ImportError, OSError (bad .so), undefined symbols, ISA check
+        _error = f"{type(e).__name__}: {e}"
+if _error is not None:
     warnings.warn(
         f"fastgan: compiled extension fastgan._C is unavailable ({_error}); the 'cpu' and "
-        "'cuda' backends are off, 'reference' (and 'triton' on CUDA) still work. Rebuild "
-        "with `pip install --no-build-isolation -e .` (see README).",
+        "'cuda' backends are off, 'reference' (and 'triton' on CUDA) still work. Build it "
+        "with a C++ compiler: `pip install --no-build-isolation .` (see README).",
         FastganWarning,
         stacklevel=2,
     )
