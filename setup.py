@@ -8,7 +8,8 @@ Environment:
 
   FASTGAN_BUILD_EXT     1 / 0 / unset (auto: build when a C++ compiler is found)
   FASTGAN_CUDA          1 / 0 / unset (auto)
-  TORCH_CUDA_ARCH_LIST  CUDA archs (default "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST  CUDA archs (default scripts/cuda_toolkit.py's DEFAULT_CUDA_ARCHS,
+                        "7.5;8.0;8.6;8.9;9.0+PTX")
   FASTGAN_CPU_ISA       avx512 / avx2 / default (default: the best this machine has)
   MAX_JOBS              parallel compile jobs (ninja)
   CUDA_HOME             CUDA toolkit root (found from nvcc when unset)
@@ -29,7 +30,7 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from cuda_toolkit import find_cuda_home  # noqa: E402
+from cuda_toolkit import DEFAULT_CUDA_ARCHS, find_cuda_home  # noqa: E402
 
 
 def _fail(msg: str) -> None:
@@ -92,7 +93,7 @@ def _extensions():
 
     with_cuda = _want_cuda(torch)
     isa = _cpu_isa()
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or "8.0;9.0"
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or DEFAULT_CUDA_ARCHS
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     if with_cuda and not cuda_home:

@@ -114,6 +114,10 @@ def backend_status() -> dict[str, tuple[bool, str | None]]:
         cuda_reason = "fastgan._C was built without CUDA kernels (rebuild with FASTGAN_CUDA=1)"
     if cuda_reason is None and not torch.cuda.is_available():
         cuda_reason = "no CUDA device"
+    if cuda_reason is None:
+        ok, how = _ext.cuda_arch_support(_ext.build_info()["cuda_archs"],
+                                         torch.cuda.get_device_capability())
+        cuda_reason = None if ok else how
     status = {
         "reference": None,
         "cpu": ext_reason,

@@ -49,3 +49,24 @@ def ext_error() -> str | None:
 def build_info() -> dict:
     """What _C was built with ({} when it is not loaded)."""
     return dict(_C.build_info()) if _C is not None else {}
+
+
+def cuda_arch_support(archs: str, capability: tuple[int, int]) -> tuple[bool, str]:
+    """(usable, how) for _C's CUDA kernels, built for `archs` ("7.5;8.0;9.0+PTX"), on a
+    GPU of compute `capability`: a cubin of its arch, a cubin of the same major and a
+    lower minor (binary compatible), PTX of an arch <= it (JIT-compiled by the driver on
+    first use), or nothing (then only the triton backend runs there)."""
+    dev = capability[0] * 10 + capability[1]
+    entries = [(int(a.replace("+PTX", "").replace(".", "")), a.endswith("+PTX"))
+               for a in archs.split(";") if a.strip()]
+    cubins = sorted(n for n, _ in entries)
+    if dev in cubins:
+        return True, f"native kernels (sm_{dev})"
+    same_major = [n for n in cubins if n // 10 == dev // 10 and n < dev]
+    if same_major:
+        return True, f"sm_{same_major[-1]} kernels (binary compatible with sm_{dev})"
+    ptx = sorted(n for n, p in entries if p and n <= dev)
+    if ptx:
+        return True, f"PTX of compute_{ptx[-1]}, JIT-compiled by the driver on first use"
+    return False, (f"no kernels for sm_{dev} (built for {archs}); rebuild with "
+                   f"TORCH_CUDA_ARCH_LIST including {capability[0]}.{capability[1]}, or use triton")

@@ -35,7 +35,11 @@ def _info(_args: argparse.Namespace) -> int:
           f"{torch.backends.cpu.get_cpu_capability()})")
     print(f"triton    {triton_v}")
     if torch.cuda.is_available():
-        print(f"device    {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
+        cap = torch.cuda.get_device_capability()
+        how = (_ext.cuda_arch_support(_ext.build_info()["cuda_archs"], cap)[1]
+               if _ext.build_info().get("cuda") else "no CUDA kernels built")
+        print(f"device    {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]}): _C's CUDA "
+              f"kernels: {how}")
     else:
         print("device    no CUDA device")
     if _ext.ext_loaded():

@@ -1,7 +1,8 @@
-"""Compile every CUDA kernel in csrc/cuda for sm_80 and sm_90 with `-Xptxas -v` and fail
-on compile errors or register spills. Needs nvcc, not a GPU (CI runs it).
+"""Compile every CUDA kernel in csrc/cuda for every default arch (sm_75 ... sm_90, the
+list of scripts/cuda_toolkit.py) with `-Xptxas -v` and fail on compile errors or register
+spills. Needs nvcc, not a GPU (CI runs it).
 
-    python scripts/check_cuda.py [--archs 80 90] [--keep-going]
+    python scripts/check_cuda.py [--archs 75 80 86 89 90]
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import re
 import subprocess
 import sysconfig
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archs", nargs="*", default=["80", "90"])
+    from cuda_toolkit import DEFAULT_CUDA_ARCHS, find_cuda_home, sm_list  # scripts/, beside this file
+
+    ap.add_argument("--archs", nargs="*", default=sm_list(DEFAULT_CUDA_ARCHS))
     args = ap.parse_args()
-    from cuda_toolkit import find_cuda_home  # scripts/, beside this file
 
     cuda_home = find_cuda_home()
     if not cuda_home:
@@ -38,40 +41,45 @@ def main() -> int:
     failed = False
     print(f"check_cuda: nvcc {nvcc}")
     print(f"{'kernel':<70} {'arch':>5} {'regs':>5} {'smem':>6} {'spill st':>9} {'spill ld':>9}")
-    for src in sources:
-        for arch in args.archs:
-            with tempfile.TemporaryDirectory() as tmp:
-                cmd = [nvcc, "-c", src, "-o", os.path.join(tmp, "k.o"), "-std=c++20", "-O3",
-                       f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v",
-                       "--expt-relaxed-constexpr", "-DFASTGAN_WITH_CUDA",
-                       "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-                       "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-                       "-Xcompiler", "-fPIC"] + [f"-I{i}" for i in incs]
-                r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                print(r.stdout[-4000:], r.stderr[-8000:])
-                print(f"check_cuda: FAILED to compile {os.path.relpath(src, ROOT)} for sm_{arch}")
-                failed = True
-                continue
-            fn = None
-            for line in r.stderr.splitlines():
-                m = re.search(r"Compiling entry function '(\w+)'", line)
-                if m:
-                    fn = m.group(1)
-                    spill = None
-                m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
-                if m and fn:
-                    spill = (int(m.group(1)), int(m.group(2)))
-                m = re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?", line)
-                if m and fn:
-                    smem = re.search(r"(\d+) bytes smem", line)
-                    name = demangle(fn)
-                    st, ld = spill or (0, 0)
-                    print(f"{name[:70]:<70} {arch:>5} {m.group(1):>5} "
-                          f"{smem.group(1) if smem else '0':>6} {st:>9} {ld:>9}")
-                    if st or ld:
-                        failed = True
-                    fn = None
+    def compile_one(src: str, arch: str) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [nvcc, "-c", src, "-o", os.path.join(tmp, "k.o"), "-std=c++20", "-O3",
+                   f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v",
+                   "--expt-relaxed-constexpr", "-DFASTGAN_WITH_CUDA",
+                   "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                   "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                   "-Xcompiler", "-fPIC"] + [f"-I{i}" for i in incs]
+            return subprocess.run(cmd, capture_output=True, text=True)
+
+    jobs = [(src, arch) for src in sources for arch in args.archs]
+    workers = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # one nvcc per core
+        results = list(pool.map(lambda job: compile_one(*job), jobs))
+    for (src, arch), r in zip(jobs, results):
+        if r.returncode != 0:
+            print(r.stdout[-4000:], r.stderr[-8000:])
+            print(f"check_cuda: FAILED to compile {os.path.relpath(src, ROOT)} for sm_{arch}")
+            failed = True
+            continue
+        fn = None
+        for line in r.stderr.splitlines():
+            m = re.search(r"Compiling entry function '(\w+)'", line)
+            if m:
+                fn = m.group(1)
+                spill = None
+            m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+            if m and fn:
+                spill = (int(m.group(1)), int(m.group(2)))
+            m = re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?", line)
+            if m and fn:
+                smem = re.search(r"(\d+) bytes smem", line)
+                name = demangle(fn)
+                st, ld = spill or (0, 0)
+                print(f"{name[:70]:<70} {arch:>5} {m.group(1):>5} "
+                      f"{smem.group(1) if smem else '0':>6} {st:>9} {ld:>9}")
+                if st or ld:
+                    failed = True
+                fn = None
     print("check_cuda:", "FAILED" if failed else "ok (compiled, no spills)")
     return 1 if failed else 0
 

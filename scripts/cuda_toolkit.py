@@ -1,10 +1,22 @@
-"""Finds the CUDA toolkit root (shared by setup.py and scripts/check_cuda.py)."""
+"""The CUDA toolkit root and the default GPU architectures (shared by setup.py and
+scripts/check_cuda.py)."""
 
 from __future__ import annotations
 
 import glob
 import os
 import shutil
+
+# Native kernels for the GPUs people train on: T4 (7.5), A100 (8.0), A10/RTX 30xx (8.6),
+# L4/RTX 40xx (8.9), H100/H200 (9.0), plus PTX of 9.0 that newer GPUs (Blackwell, 10.x
+# and 12.x) JIT-compile. nvcc 13 builds for compute_75 and newer (`nvcc --list-gpu-arch`):
+# Volta (7.0) and older are gone from it.
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+
+def sm_list(archs: str) -> list[str]:
+    """"7.5;8.0;9.0+PTX" -> ["75", "80", "90"]."""
+    return [a.replace("+PTX", "").replace(".", "") for a in archs.split(";") if a.strip()]
 
 
 def find_cuda_home() -> str | None:

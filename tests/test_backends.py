@@ -149,3 +149,21 @@ def test_import_stays_light():
                 "print('ok')\n")
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
+
+
+@pytest.mark.parametrize("cap,usable,says", [
+    ((7, 5), True, "native kernels (sm_75)"),
+    ((9, 0), True, "native kernels (sm_90)"),
+    ((8, 7), True, "sm_86 kernels (binary compatible with sm_87)"),
+    ((10, 0), True, "PTX of compute_90"),
+    ((12, 0), True, "PTX of compute_90"),
+    ((7, 0), False, "no kernels for sm_70"),
+])
+def test_cuda_arch_support(cap, usable, says):
+    """What `fastgan info` says and whether the cuda backend runs, per GPU arch, for the
+    default build (scripts/cuda_toolkit.py)."""
+    from fastgan._ext import cuda_arch_support
+
+    ok, how = cuda_arch_support("7.5;8.0;8.6;8.9;9.0+PTX", cap)
+    assert ok == usable and says in how, how
+    assert cuda_arch_support("8.0;9.0", (10, 0))[0] is False   # no PTX: nothing for Blackwell

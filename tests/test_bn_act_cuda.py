@@ -37,7 +37,7 @@ def test_every_cpu_kernel_has_a_cuda_kernel():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.isdir("/usr/local/cuda"),
                     reason="no CUDA toolkit")
-def test_cuda_kernels_compile_for_sm80_sm90_without_spills():
+def test_cuda_kernels_compile_for_every_default_arch_without_spills():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "check_cuda.py")],
                        capture_output=True, text=True, timeout=1800)
     print(r.stdout[-6000:])
@@ -118,3 +118,25 @@ def test_cuda_matches_cpu_kernel_and_opcheck():
                            [True, False, False]))
     ref, *_ = bn_act_op.reference_forward(args[0], None, None, None, None, True, 1e-5, 0.0)
     assert_close_scaled(y, ref, 2e-5)
+
+
+def test_built_extension_carries_every_arch():
+    """The built _C holds a cubin for each arch it was built for, and PTX where the list
+    says +PTX (read with the cuobjdump that ships in triton's wheel)."""
+    from fastgan import _ext
+
+    info = _ext.build_info()
+    if not info.get("cuda"):
+        pytest.skip("fastgan._C was built without CUDA kernels")
+    triton = pytest.importorskip("triton")
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.isfile(tool):
+        pytest.skip("no cuobjdump in the triton wheel")
+    so = _ext._C.__file__
+    elf = subprocess.run([tool, "--list-elf", so], capture_output=True, text=True).stdout
+    ptx = subprocess.run([tool, "--list-ptx", so], capture_output=True, text=True).stdout
+    for arch in info["cuda_archs"].split(";"):
+        sm = arch.replace("+PTX", "").replace(".", "")
+        assert f"sm_{sm}.cubin" in elf, (arch, elf)
+        if arch.endswith("+PTX"):
+            assert f"sm_{sm}.ptx" in ptx, (arch, ptx)
