@@ -73,3 +73,54 @@ def test_pure_python_install(tmp_path, how):
     r = subprocess.run([sys.executable, "-c", SMOKE, str(site), str(tmp_path)], env=env,
                        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "smoke ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+WHEEL_SMOKE = r"""
+import os, sys
+import fastgan
+from fastgan import _ext
+assert fastgan.__file__.startswith(sys.prefix), (fastgan.__file__, sys.prefix)
+assert _ext.ext_loaded(), _ext.ext_error()
+assert "cpu" in fastgan.available_backends()
+from fastgan.cli import main
+assert main(["info"]) == 0
+assert main(["train", "--image-size", "16", "--ngf", "8", "--ndf", "8", "--nz", "16",
+             "--batch-size", "16", "--steps", "3", "--device", "cpu", "--out", "run",
+             "--quiet"]) == 0
+assert main(["sample", "run", "--n", "16", "--out", "grid.png"]) == 0
+print("wheel smoke ok")
+"""
+
+
+@pytest.mark.slow
+def test_wheel_installs_in_a_fresh_venv(tmp_path):
+    """scripts/build_wheel.sh's wheel (with _C) installs into a new virtual environment,
+    away from the source tree, and imports, reports and trains there. The new venv gets
+    torch and the other dependencies from the development venv through a path entry
+    (not its .pth files, so not the editable install)."""
+    import sysconfig
+
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "build_wheel.sh"),
+                        str(tmp_path / "dist")], capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (wheel,) = glob.glob(str(tmp_path / "dist" / "fastgan-*.whl"))
+    assert not wheel.endswith("-none-any.whl"), wheel     # platform wheel: it holds _C
+    with zipfile.ZipFile(wheel) as z:
+        assert any(n.startswith("fastgan/_C") and n.endswith(".so") for n in z.namelist())
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    venv_site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(venv_site, "fastgan_test_deps.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")   # torch & co., read-only
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
+                   check=True, timeout=600, capture_output=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "FASTGAN_BACKEND")}
+    work = tmp_path / "work"
+    work.mkdir()
+    r = subprocess.run([py, "-c", WHEEL_SMOKE], cwd=str(work), env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "wheel smoke ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (work / "grid.png").is_file()
