@@ -88,9 +88,6 @@ def _extensions():
     except ImportError as e:
         _fail(f"torch is needed to build fastgan._C ({e}). Install it first "
               "(pip install torch==2.14.1), then pip install --no-build-isolation .")
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        _fail("no C++ compiler found (looked for $CXX or c++); install g++ to build fastgan._C")
-
     with_cuda = _want_cuda(torch)
     isa = _cpu_isa()
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or DEFAULT_CUDA_ARCHS
@@ -158,10 +155,13 @@ def _build_ext_wanted() -> bool:
         return False
     if flag and flag not in ("1", "true", "yes"):
         _fail(f"FASTGAN_BUILD_EXT must be 1 or 0 (or unset for auto), got {flag!r}")
-    if not flag and shutil.which(os.environ.get("CXX", "c++")) is None:
-        print(f"[fastgan build] no C++ compiler found ({os.environ.get('CXX', 'c++')}): "
-              "installing without fastgan._C (backends: reference, and triton on CUDA); "
-              "install g++ and reinstall for the cpu and cuda backends")
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        if flag:
+            _fail(f"FASTGAN_BUILD_EXT=1 but no C++ compiler found ({cxx}); install g++")
+        print(f"[fastgan build] no C++ compiler found ({cxx}): installing without fastgan._C "
+              "(backends: reference, and triton on CUDA); install g++ and reinstall for the "
+              "cpu and cuda backends")
         return False
     return True
 

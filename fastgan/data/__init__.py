@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from fastgan.data.batches import Batches, to_float
+from fastgan.data.batches import Batches, to_float, to_uint8
 from fastgan.data.fashion_mnist import load_fashion_mnist
 from fastgan.data.images import fit_to_size, load_image_folder, load_npz
 from fastgan.errors import UserError
@@ -26,17 +26,28 @@ _ALIASES = {"fashion-mnist": "fashion-mnist", "fmnist": "fashion-mnist"}
 _EXPECTED = "expected fashion-mnist, a folder of PNG/JPEG images or an .npz file"
 
 
+def check_image_size(image_size: int) -> None:
+    """UserError naming --image-size unless it is a power of two >= 16 (the DCGAN models
+    halve it down to 4)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) \
+            or image_size < 16 or image_size & (image_size - 1):
+        raise UserError(f"--image-size: got {image_size}, expected a power of two >= 16 (16, 32, 64, ...)")
+
+
+def builtin_name(spec: str) -> str | None:
+    """The built-in dataset a --data value names ("fmnist" -> "fashion-mnist"), or None."""
+    return _ALIASES.get(spec.lower())
+
+
 def load_dataset(spec: str, image_size: int, split: str = "train") -> torch.Tensor:
     """The images named by `--data` spec, uint8 (N, C, image_size, image_size), C 1 or 3.
 
     spec: "fashion-mnist" (or "fmnist"), a folder of PNG/JPEG images, or an .npz file with
     an `images` array. split ("train" or "test") applies to the built-in dataset only.
-    image_size: a power of two >= 16 (the DCGAN models halve it down to 4).
+    image_size: a power of two >= 16 (check_image_size).
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) \
-            or image_size < 16 or image_size & (image_size - 1):
-        raise UserError(f"--image-size: got {image_size}, expected a power of two >= 16 (16, 32, 64, ...)")
-    if spec.lower() in _ALIASES:
+    check_image_size(image_size)
+    if builtin_name(spec):
         images, _ = load_fashion_mnist(split)
         return fit_to_size(images, image_size)
     if os.path.isdir(spec):
@@ -49,4 +60,5 @@ def load_dataset(spec: str, image_size: int, split: str = "train") -> torch.Tens
 
 
 __all__ = ["BUILTIN_DATASETS", "Batches", "fit_to_size", "load_dataset", "load_fashion_mnist",
-           "load_image_folder", "load_npz", "to_float"]
+           "load_image_folder", "load_npz", "to_float", "to_uint8", "check_image_size",
+           "builtin_name"]

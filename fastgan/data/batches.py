@@ -89,4 +89,10 @@ def to_float(batch: torch.Tensor, device: torch.device | str, dtype: torch.dtype
     return x.to(dtype)
 
 
-__all__ = ["Batches", "to_float"]
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8 [0, 255] (round((x + 1) * 127.5), clamped): what a saved PNG holds,
+    and the inverse of to_float on the 256 levels."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+__all__ = ["Batches", "to_float", "to_uint8"]

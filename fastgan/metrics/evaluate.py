@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastgan.data.batches import to_uint8
 from fastgan.errors import UserError
 from fastgan.metrics.distances import FeatureStats, frechet_distance, inception_score, kid
 from fastgan.metrics.features import Extractor, get_extractor
@@ -40,10 +41,10 @@ def _data_key(data: str) -> str:
     """A file-name-safe identity of a dataset: the built-in name, or the path's base name
     plus a hash of its absolute path and its files' sizes and times (a changed folder
     gets new statistics)."""
-    from fastgan.data import BUILTIN_DATASETS
+    from fastgan.data import builtin_name
 
-    if data.lower() in BUILTIN_DATASETS or data.lower() == "fmnist":
-        return "fashion-mnist"
+    if builtin_name(data):
+        return builtin_name(data)
     path = os.path.abspath(data)
     h = hashlib.sha1(path.encode())
     if os.path.isdir(path):
@@ -67,13 +68,9 @@ def _uint8_batches(images: Tensor) -> Iterator[Tensor]:
 
 def _generated_batches(G: torch.nn.Module, nz: int, n: int, seed: int) -> Iterator[Tensor]:
     """n samples of G as uint8 images (PNG quantisation), from noise seeded by `seed`."""
-    device = next(G.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for i in range(0, n, BATCH):
-            z = torch.randn(min(BATCH, n - i), nz, 1, 1, generator=gen).to(device)
-            x = G(z).float()
-            yield ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    from fastgan.train.sample import generate_batches
+
+    return (to_uint8(x) for x in generate_batches(G, nz, n, seed))
 
 
 def _extract(extractor: Extractor, batches: Iterator[Tensor], probs: bool,
@@ -94,10 +91,10 @@ def _extract(extractor: Extractor, batches: Iterator[Tensor], probs: bool,
 def reference_stats(data: str, split: str, image_size: int, extractor: Extractor,
                     quiet: bool = False) -> dict:
     """{"mu", "sigma", "n", "kid_features"} of a dataset, from the cache or computed now."""
-    from fastgan.data import load_dataset
+    from fastgan.data import builtin_name, load_dataset
 
     key = _data_key(data)
-    split_key = split if key == "fashion-mnist" else "all"  # splits exist for the built-in only
+    split_key = split if builtin_name(data) else "all"  # splits exist for the built-in only
     path = os.path.join(cache_dir(), f"{key}-{split_key}-{extractor.key}-{image_size}.npz")
     if os.path.isfile(path):
         try:

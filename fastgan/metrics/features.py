@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from fastgan.errors import UserError
-from fastgan.metrics.fmnist_net import sha256_file
+from fastgan.metrics.fmnist_net import FEATURE_DIM, load_fmnist_net, prepare, sha256_file
 
 FEATURE_NETS = ("fastgan-fmnist", "inception")
 INCEPTION_HELP = ("the TorchScript inception-2015-12-05.pt that StyleGAN2-ADA, StyleGAN3 and "
@@ -49,16 +49,12 @@ class FmnistFeatures(Extractor):
     has_probs = True
 
     def __init__(self, device: torch.device) -> None:
-        from fastgan.metrics.fmnist_net import FEATURE_DIM, load_fmnist_net
-
         self.net = load_fmnist_net(device)
         self.device = device
         self.dim = FEATURE_DIM
 
     @torch.no_grad()
     def __call__(self, images: Tensor, probs: bool = False) -> tuple[Tensor, Tensor | None]:
-        from fastgan.metrics.fmnist_net import prepare
-
         feats, logits = self.net.features_and_logits(prepare(images.to(self.device)))
         p = torch.softmax(logits.double(), 1).cpu() if probs else None
         return feats.double().cpu(), p

@@ -42,12 +42,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> int
     if not resume:
         cfg.out = new_run_dir(cfg.out)
     images = load_dataset(cfg.data, cfg.image_size)
+    run = Run(cfg, images, resume=resume, quiet=quiet)  # checks a resumed run before any output
     if not quiet:
         print(f"run {cfg.out}: {cfg.data} ({images.shape[0]} images, {images.shape[1]}x"
               f"{images.shape[2]}x{images.shape[3]}), loss {cfg.loss}, impl {cfg.impl}, "
               f"device {cfg.device}, amp {cfg.amp}, batch {cfg.batch_size}, "
               f"steps {cfg.steps}", flush=True)
-    return Run(cfg, images, resume=resume, quiet=quiet).run()
+    return run.run()
 
 
 __all__ = ["TrainConfig", "train", "new_run_dir"]

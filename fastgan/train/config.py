@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fastgan.data import check_image_size
 from fastgan.errors import UserError
 
 LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan")
@@ -56,9 +57,7 @@ class TrainConfig:
 
     def check(self) -> "TrainConfig":
         """Raise UserError for the first setting that is out of range; return self."""
-        s = self.image_size
-        if s < 16 or s & (s - 1):
-            raise UserError(f"--image-size: expected a power of two >= 16, got {s}")
+        check_image_size(self.image_size)
         _choice("--loss", self.loss, LOSSES)
         _choice("--amp", self.amp, AMP)
         _choice("--impl", self.impl, IMPLS)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastgan.data.batches import to_uint8
 from fastgan.train.checkpoint import write_atomic
 
 
@@ -26,7 +27,7 @@ def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2) -> Ten
     n, c, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
-    img = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    img = to_uint8(images).cpu()
     grid = torch.zeros(c, rows * (h + padding) + padding, nrow * (w + padding) + padding,
                        dtype=torch.uint8)
     for i in range(n):

@@ -8,11 +8,13 @@ BatchNorm statistics (loop.sampling_generator). The .npz holds `images`, uint8
 from __future__ import annotations
 
 import io
+from typing import Iterator
 
 import numpy as np
 import torch
 
 import fastgan
+from fastgan.data.batches import to_uint8
 from fastgan.errors import UserError
 from fastgan.train.checkpoint import load_checkpoint, write_atomic
 from fastgan.train.config import TrainConfig, default_device
@@ -39,17 +41,22 @@ def load_generator(ckpt: str, ema: bool = True, device: str | None = None,
     return sampling_generator(G, cfg.nz, device, cfg.seed), cfg, use_ema
 
 
+GEN_BATCH = 250
+
+
 @torch.no_grad()
-def generate(G: torch.nn.Module, nz: int, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
-    """n images in [-1, 1] on the CPU, from noise seeded by `seed` (independent of batch_size)."""
+def generate_batches(G: torch.nn.Module, nz: int, n: int, seed: int) -> Iterator[torch.Tensor]:
+    """n images of G in [-1, 1], GEN_BATCH at a time on G's device, from CPU noise seeded
+    by `seed` (the same images whatever the device)."""
     device = next(G.parameters()).device
-    z = torch.randn(n, nz, 1, 1, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([G(z[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, n, batch_size)])
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(0, n, GEN_BATCH):
+        yield G(torch.randn(min(GEN_BATCH, n - i), nz, 1, 1, generator=gen).to(device))
 
 
-def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+def generate(G: torch.nn.Module, nz: int, n: int, seed: int) -> torch.Tensor:
+    """n images in [-1, 1], float32 on the CPU (generate_batches, concatenated)."""
+    return torch.cat([x.float().cpu() for x in generate_batches(G, nz, n, seed)])
 
 
 def sample(ckpt: str, n: int = 64, out: str | None = None, npz: str | None = None,
@@ -69,7 +76,7 @@ def sample(ckpt: str, n: int = 64, out: str | None = None, npz: str | None = Non
         save_grid(images, out)
         written.append(out)
     if npz:
-        arr = to_uint8_nhwc(images)
+        arr = to_uint8(images).permute(0, 2, 3, 1).numpy()
 
         def write(f):
             buf = io.BytesIO()
@@ -84,4 +91,4 @@ def sample(ckpt: str, n: int = 64, out: str | None = None, npz: str | None = Non
     return 0
 
 
-__all__ = ["sample", "load_generator", "generate", "to_uint8_nhwc"]
+__all__ = ["sample", "load_generator", "generate", "generate_batches"]
