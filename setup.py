@@ -1,6 +1,8 @@
 """Builds fastgan._C with torch.utils.cpp_extension.
 
-C++ CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built. The CUDA kernels of
+C++ CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built; the kernel sources of
+csrc/cpu/kernels/ once per instruction set (default, and AVX2 and AVX-512 on x86-64),
+one copy chosen when _C is loaded (csrc/cpu/dispatch.h). The CUDA kernels of
 csrc/cuda/*.cu are built when FASTGAN_CUDA=1, or when it is unset and a GPU is
 visible; FASTGAN_CUDA=0 skips them. FASTGAN_BUILD_EXT=0, or a machine without a C++
 compiler, installs fastgan without _C (pure Python: reference and triton backends).
@@ -10,7 +12,6 @@ Environment:
   FASTGAN_CUDA          1 / 0 / unset (auto)
   TORCH_CUDA_ARCH_LIST  CUDA archs (default scripts/cuda_toolkit.py's DEFAULT_CUDA_ARCHS,
                         "7.5;8.0;8.6;8.9;9.0+PTX")
-  FASTGAN_CPU_ISA       avx512 / avx2 / default (default: the best this machine has)
   MAX_JOBS              parallel compile jobs (ninja)
   CUDA_HOME             CUDA toolkit root (found from nvcc when unset)
 
@@ -38,28 +39,18 @@ def _fail(msg: str) -> None:
     raise SystemExit(1)
 
 
-def _cpu_isa() -> str:
-    isa = os.environ.get("FASTGAN_CPU_ISA", "").strip().lower()
-    if isa:
-        if isa not in ("avx512", "avx2", "default"):
-            _fail(f"FASTGAN_CPU_ISA must be avx512, avx2 or default, got {isa!r}")
-        return isa
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return "default"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return "default"
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "avx512"
-    if {"avx2", "fma"} <= flags:
-        return "avx2"
-    return "default"
+def _cpu_variants() -> list[str]:
+    """Instruction sets compiled besides the baseline: AVX2 and AVX-512 on x86-64 (the
+    CPU that builds need not have them), none elsewhere."""
+    return ["avx2", "avx512"] if platform.machine().lower() in ("x86_64", "amd64") else []
 
+
+# compiled once per instruction set (the rest of csrc/ once, for the baseline)
+KERNEL_SOURCES = sorted(glob.glob("csrc/cpu/kernels/*.cpp"))
 
 ISA_FLAGS = {
-    # at::vec picks its implementation from CPU_CAPABILITY_*; the flags must match.
+    # at::vec picks its implementation from CPU_CAPABILITY_*; the flags must match (and
+    # csrc/cpu/dispatch.cpp checks the CPU for each copy's -m flags).
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
@@ -89,9 +80,9 @@ def _extensions():
         _fail(f"torch is needed to build fastgan._C ({e}). Install it first "
               "(pip install torch==2.14.1), then pip install --no-build-isolation .")
     with_cuda = _want_cuda(torch)
-    isa = _cpu_isa()
+    variants = _cpu_variants()
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or DEFAULT_CUDA_ARCHS
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp")) + KERNEL_SOURCES
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     if with_cuda and not cuda_home:
         _fail("FASTGAN_CUDA=1 but no CUDA toolkit found (no include/cuda_runtime.h under "
@@ -99,8 +90,8 @@ def _extensions():
     if with_cuda and not cuda_sources:
         print("[fastgan build] no CUDA sources in csrc/cuda yet; building CPU only")
         with_cuda = False
-    cxx = ["-O3", "-fopenmp", "-DFASTGAN_CPU_ISA=\"" + isa + "\"",
-           f"-DFASTGAN_TORCH_VERSION=\"{torch.__version__}\""] + ISA_FLAGS[isa]
+    cxx = ["-O3", "-fopenmp", f"-DFASTGAN_TORCH_VERSION=\"{torch.__version__}\""]
+    cxx += [f"-DFASTGAN_CPU_{v.upper()}" for v in variants] + ISA_FLAGS["default"]
     define_macros = []
     extra = {"cxx": cxx}
     if with_cuda:
@@ -118,7 +109,8 @@ def _extensions():
                                          define_macros=define_macros)
     print("[fastgan build] configuration:")
     print(f"  torch {torch.__version__}   python {platform.python_version()}")
-    print(f"  CPU kernels: yes, ISA {isa}, OpenMP")
+    print(f"  CPU kernels: yes, for {', '.join(['default'] + variants)} (chosen at run time), "
+          "OpenMP")
     print(f"  CUDA kernels: {'yes, archs ' + archs if with_cuda else 'no'}"
           f"   (FASTGAN_CUDA={os.environ.get('FASTGAN_CUDA', 'unset')}, CUDA_HOME={cuda_home})")
     print(f"  MAX_JOBS={os.environ.get('MAX_JOBS', 'unset')}   ninja: "
@@ -128,7 +120,29 @@ def _extensions():
 
 def _build_ext_class(base):
     class BuildExt(base):
-        """BuildExtension that says what failed in plain words."""
+        """BuildExtension that compiles csrc/cpu/kernels/ once more per instruction set,
+        and says what failed in plain words."""
+
+        def build_extension(self, ext):
+            # The baseline copy of the kernels is among ext.sources (compiled with the
+            # extension's flags, CPU_CAPABILITY=DEFAULT); each further copy is compiled
+            # here with its -m flags and linked after it. The linker keeps the first copy
+            # of any inline function that several objects emit (std::, c10::), so the
+            # baseline's, then AVX2's, wins: code the CPU may lack never stands in for
+            # code every CPU runs.
+            base = [f for f in ext.extra_compile_args["cxx"] if f not in ISA_FLAGS["default"]]
+            objects = []
+            for isa in _cpu_variants():
+                # GCC 12's avx512fintrin.h trips its own -Wmaybe-uninitialized
+                # (`__m512 __Y = __Y;`) over a thousand times per build
+                quiet = ["-Wno-maybe-uninitialized", "-Wno-uninitialized"] if isa == "avx512" else []
+                args = dict(ext.extra_compile_args, cxx=base + ISA_FLAGS[isa] + quiet)
+                objects += self.compiler.compile(
+                    KERNEL_SOURCES, output_dir=os.path.join(self.build_temp, f"cpu-{isa}"),
+                    macros=ext.define_macros, include_dirs=ext.include_dirs,
+                    extra_postargs=args, depends=ext.depends)
+            ext.extra_objects = objects
+            super().build_extension(ext)
 
         def build_extensions(self):
             try:
@@ -138,8 +152,7 @@ def _build_ext_class(base):
                     "\n[fastgan build] ERROR: compiling fastgan._C failed: "
                     f"{type(e).__name__}: {e}\n"
                     "  The compiler output above names the file and line. Set "
-                    "FASTGAN_CUDA=0 to build without CUDA, FASTGAN_CPU_ISA=default to "
-                    "build without AVX.\n\n")
+                    "FASTGAN_CUDA=0 to build without CUDA.\n\n")
                 raise
 
     return BuildExt

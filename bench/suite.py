@@ -242,6 +242,7 @@ def machine_info(cfg: Config) -> dict:
         "python": platform.python_version(), "machine": platform.machine(),
         "processor": platform.processor(), "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "fastgan_cpu_capability": _ext.cpu_capability(),
         "build": _ext.build_info(), "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "argv": sys.argv[1:],
     }

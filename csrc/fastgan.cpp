@@ -1,19 +1,18 @@
-// The Python module fastgan._C: build information, and a check that this CPU can run
-// the instruction set the kernels were compiled for. Importing it registers every
-// fastgan:: op (their TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL blocks run at load).
+// The Python module fastgan._C: build information, the CPU kernels' instruction set
+// (chosen at import, csrc/cpu/dispatch.cpp), and the eager fast paths. Importing it
+// registers every fastgan:: op (their TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL blocks
+// run at load).
 #include <Python.h>
 #include <torch/extension.h>
 
 #include <string>
 #include <string_view>
 
-#ifndef FASTGAN_CPU_ISA
-#define FASTGAN_CPU_ISA "default"
-#endif
 #ifndef FASTGAN_CUDA_ARCHS
 #define FASTGAN_CUDA_ARCHS ""
 #endif
 
+#include "cpu/dispatch.h"
 #include "gan_loss_math.h"
 #include "py_fast_path.h"
 
@@ -28,21 +27,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_call
 
 namespace {
 
-bool cpu_supports_build_isa() {
-#if defined(__x86_64__) || defined(__i386__)
-  const std::string isa = FASTGAN_CPU_ISA;
-  if (isa == "avx512") {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  }
-  if (isa == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-  return true;
-}
-
 pybind11::dict build_info() {
   pybind11::dict d;
-  d["cpu_isa"] = FASTGAN_CPU_ISA;
+  d["cpu_capabilities"] = fastgan::cpu::built_capabilities();
 #ifdef FASTGAN_WITH_CUDA
   d["cuda"] = true;
   d["cuda_archs"] = FASTGAN_CUDA_ARCHS;
@@ -139,13 +126,16 @@ PyMethodDef kRawMethods[] = {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  if (!cpu_supports_build_isa()) {
-    throw pybind11::import_error(std::string("fastgan._C was compiled for the ") +
-                                 FASTGAN_CPU_ISA +
-                                 " instruction set, which this CPU lacks; rebuild with "
-                                 "FASTGAN_CPU_ISA=avx2 or FASTGAN_CPU_ISA=default");
+  try {
+    fastgan::cpu::capability();  // chosen now, so a bad FASTGAN_CPU_CAPABILITY fails the import
+  } catch (const c10::Error& e) {
+    throw pybind11::import_error(e.what_without_backtrace());
   }
   m.doc() = "fastgan compiled kernels (CPU, and CUDA when built with it)";
   m.def("build_info", &build_info, "How this extension was built");
+  m.def("cpu_capability", &fastgan::cpu::capability,
+        "The instruction set of the CPU kernels in use: default, avx2 or avx512");
+  m.def("cpu_capabilities_supported", &fastgan::cpu::supported_capabilities,
+        "The instruction sets this build has CPU kernels for that this CPU runs");
   if (PyModule_AddFunctions(m.ptr(), kRawMethods) != 0) throw pybind11::error_already_set();
 }

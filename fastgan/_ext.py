@@ -51,6 +51,12 @@ def build_info() -> dict:
     return dict(_C.build_info()) if _C is not None else {}
 
 
+def cpu_capability() -> str | None:
+    """The instruction set of the CPU kernels in use ("default", "avx2" or "avx512":
+    the best this CPU runs, or $FASTGAN_CPU_CAPABILITY), None when _C is not loaded."""
+    return _C.cpu_capability() if _C is not None else None
+
+
 def cuda_arch_support(archs: str, capability: tuple[int, int]) -> tuple[bool, str]:
     """(usable, how) for _C's CUDA kernels, built for `archs` ("7.5;8.0;9.0+PTX"), on a
     GPU of compute `capability`: a cubin of its arch, a cubin of the same major and a

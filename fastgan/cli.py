@@ -45,8 +45,12 @@ def _info(_args: argparse.Namespace) -> int:
     if _ext.ext_loaded():
         bi = _ext.build_info()
         cuda = f"CUDA archs {bi['cuda_archs']}" if bi.get("cuda") else "no CUDA kernels"
-        print(f"_C        built: CPU kernels ({bi['cpu_isa']}, OpenMP {'on' if bi.get('openmp') else 'off'}), "
-              f"{cuda}; against torch {bi.get('torch_version')}")
+        forced = os.environ.get("FASTGAN_CPU_CAPABILITY")
+        how = f"FASTGAN_CPU_CAPABILITY={forced}" if forced else "the best this CPU runs"
+        print(f"_C        built: CPU kernels for {', '.join(bi['cpu_capabilities'])} "
+              f"(OpenMP {'on' if bi.get('openmp') else 'off'}), {cuda}; against torch "
+              f"{bi.get('torch_version')}")
+        print(f"          CPU kernels in use: {_ext.cpu_capability()} ({how})")
     else:
         print(f"_C        not loaded: {_ext.ext_error()}")
     print(f"backend   requested: {requested_backend()}")

@@ -48,7 +48,7 @@ fi
 # torch, or the checkout the venv points at.
 STAMP_FILE="$(python -c 'import sys; print(sys.prefix)')/.fastgan-build-stamp"
 STAMP="$( { cat setup.py pyproject.toml; find csrc -type f | LC_ALL=C sort | xargs cat;
-            echo "${FASTGAN_CUDA:-} ${TORCH_CUDA_ARCH_LIST:-} ${FASTGAN_CPU_ISA:-} ${CUDA_HOME:-}";
+            echo "${FASTGAN_CUDA:-} ${TORCH_CUDA_ARCH_LIST:-} ${CUDA_HOME:-}";
             python -c 'import torch; print(torch.__version__)'; echo "$ROOT"; } | sha256sum)"
 if [[ -f "$STAMP_FILE" && "$(cat "$STAMP_FILE")" == "$STAMP" ]] \
     && python -c "import fastgan._C" 2>/dev/null; then

@@ -1,9 +1,19 @@
-"""Shared test setup: the `gpu` marker skips without a CUDA device."""
+"""Shared test setup: the header names the CPU kernels in use; the `gpu` marker skips
+without a CUDA device."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+
+def pytest_report_header(config):
+    from fastgan import _ext
+
+    if not _ext.ext_loaded():
+        return f"fastgan._C not loaded: {_ext.ext_error()}"
+    return f"fastgan CPU kernels: {_ext.cpu_capability()} (built: " \
+           f"{', '.join(_ext.build_info()['cpu_capabilities'])})"
 
 
 def pytest_collection_modifyitems(config, items):

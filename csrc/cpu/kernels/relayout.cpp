@@ -1,27 +1,26 @@
-// NCHW <-> channels_last copies of 4-D CPU tensors by tile transposes:
-// fastgan._C.relayout(x, to_channels_last) -> Tensor, or None where it does not apply.
+// NCHW <-> channels_last copies of 4-D CPU tensors by tile transposes (Python:
+// fastgan._C.relayout(x, to_channels_last), csrc/cpu/dispatch.cpp).
 //
 // A training ConvTranspose2d block that runs its convolution in channels_last for an
 // NCHW caller (fastgan/nn/blocks.py) relays its input forward, again in backward (the
 // saved input is the caller's tensor), and the input's gradient back. ATen's strided
 // copy does that element by element: 1.5-4.6 ms against 0.55-1.3 ms here for 8-16 MiB
 // of fp32 (BENCHMARKS.md).
-#include <Python.h>
-#include <torch/csrc/autograd/python_variable.h>
-#include <torch/csrc/utils/pybind.h>
-
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
-#include "../common.h"
+#include "../../common.h"
+#include "kernels.h"
 #include "transpose.h"
 
 namespace fastgan {
 namespace cpu {
-namespace {
+namespace CPU_CAPABILITY {
 
+namespace {
 constexpr int64_t kPos = 64;  // positions per task: C x kPos values move per task
+}  // namespace
 
 at::Tensor relayout(const at::Tensor& x, bool to_channels_last) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -50,31 +49,6 @@ at::Tensor relayout(const at::Tensor& x, bool to_channels_last) {
   return out;
 }
 
-}  // namespace
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
-
-// relayout(x, to_channels_last): x NCHW-contiguous (to_channels_last=True) or strictly
-// channels_last (False), 4-D, floating, on the CPU, not requiring grad; else None.
-PyObject* relayout_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  if (nargs != 2 || !THPVariable_Check(args[0]) || !PyBool_Check(args[1])) {
-    PyErr_SetString(PyExc_TypeError, "relayout(x: Tensor, to_channels_last: bool)");
-    return nullptr;
-  }
-  const at::Tensor& x = THPVariable_Unpack(args[0]);
-  const bool to_cl = args[1] == Py_True;
-  const bool ok_layout = to_cl ? x.is_contiguous() : is_channels_last(x);
-  if (!x.is_cpu() || x.dim() != 4 || !at::isFloatingType(x.scalar_type()) || !ok_layout ||
-      x.requires_grad() || x.numel() == 0 || x.is_conj() || x.is_neg()) {
-    Py_RETURN_NONE;
-  }
-  at::Tensor out;
-  {
-    pybind11::gil_scoped_release no_gil;
-    out = cpu::relayout(x, to_cl);
-  }
-  return THPVariable_Wrap(std::move(out));
-  END_HANDLE_TH_ERRORS
-}
-
 }  // namespace fastgan

@@ -14,10 +14,11 @@
 
 #include <type_traits>
 
-#include "../common.h"
+#include "../../common.h"
 
 namespace fastgan {
 namespace cpu {
+namespace CPU_CAPABILITY {
 
 template <typename scalar_t, typename Enable = void>
 struct VecIo {
@@ -112,5 +113,6 @@ inline at::vec::Vectorized<acc_t> leaky_grad_vec(const at::vec::Vectorized<acc_t
   return Vec::blendv(slope, Vec(acc_t(1)), z > Vec(acc_t(0)));
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace fastgan

@@ -9,6 +9,7 @@
 
 namespace fastgan {
 namespace cpu {
+namespace CPU_CAPABILITY {
 
 // Transposes the M x N matrix src (leading dimension ld_src) into dst (ld_dst), in
 // 16 x 16 tiles, which at::vec transposes in registers for float, bf16 and fp16.
@@ -37,5 +38,6 @@ inline void transpose_tiles(const scalar_t* src, int64_t ld_src, scalar_t* dst, 
   }
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace fastgan

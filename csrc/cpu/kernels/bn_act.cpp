@@ -30,15 +30,16 @@
 #include <type_traits>
 #include <vector>
 
-#include "../bn_act_checks.h"
-#include "../bn_act_math.h"
-#include "../common.h"
-#include "bn_act_cpu.h"
+#include "../../bn_act_checks.h"
+#include "../../bn_act_math.h"
+#include "../../common.h"
+#include "kernels.h"
 #include "transpose.h"
 #include "vec_io.h"
 
 namespace fastgan {
 namespace cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 using bn_act::merge_moments;
@@ -804,7 +805,7 @@ void forward_nhwc(const at::Tensor& x, at::Tensor& y, at::Tensor& mean_t, at::Te
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, bool training, double eps,
@@ -839,15 +840,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_cpu(
 }
 
 namespace {
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward(
-    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, bool training, double eps,
-    double negative_slope) {
-  return bn_act_forward_cpu(input, weight, bias, running_mean, running_var, training, eps,
-                            negative_slope, /*contiguous_out=*/false);
-}
 
 // ---------------------------------------------------------------------------
 // Backward.
@@ -1045,6 +1037,8 @@ void backward_nhwc(const at::Tensor& dy, const at::Tensor& x, at::Tensor* dx, co
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward(
     const at::Tensor& grad_out, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var,
@@ -1094,12 +1088,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward(
   return {dx.defined() ? dx : at::empty({0}, x.options()), dw, db};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
-  m.impl("bn_act_forward", &bn_act_forward);
-  m.impl("bn_act_backward", &bn_act_backward);
-}
-
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace fastgan

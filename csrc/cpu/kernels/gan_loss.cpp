@@ -22,12 +22,14 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../gan_loss_checks.h"
-#include "../gan_loss_math.h"
+#include "../../gan_loss_checks.h"
+#include "../../gan_loss_math.h"
+#include "kernels.h"
 #include "vec_io.h"
 
 namespace fastgan {
 namespace cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 using gan_loss::Kind;
@@ -112,6 +114,8 @@ std::array<double, kSums> total(const c10::SmallVectorImpl<double>& runs) {
   return s;
 }
 
+}  // namespace
+
 // ---------------------------------------------------------------------------
 // Forward: (d_loss, g_loss, d_real, d_fake), 0-dim, fp32 (fp64 for fp64 input).
 
@@ -167,6 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward(
 // Backward: grad_real = gd * s_r * dD/dr,  grad_fake = s_f * (gd * dD/df + gg * dG/df),
 // with s = 1/N for "mean" and 1 for "sum". Outputs masked off are empty.
 
+namespace {
+
 // out = body(x) over x[0..n), in parallel over runs.
 template <typename scalar_t, typename Body>
 void map_elements(const scalar_t* x, scalar_t* out, int64_t n, Body&& body) {
@@ -191,6 +197,8 @@ acc_t scalar_value(const at::Tensor& t, const char* name) {
              ? *t.const_data_ptr<acc_t>()
              : t.item<acc_t>();
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> gan_loss_backward(
     const at::Tensor& grad_d_loss, const at::Tensor& grad_g_loss, const at::Tensor& real_logits,
@@ -237,12 +245,6 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward(
   return {grad_real, grad_fake};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
-  m.impl("gan_loss_forward", &gan_loss_forward);
-  m.impl("gan_loss_backward", &gan_loss_backward);
-}
-
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace fastgan

@@ -1,0 +1,18 @@
+// This instruction set's KernelTable (see kernels.h). Constant-initialised: no code runs
+// at load time.
+#include "kernels.h"
+
+namespace fastgan {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+namespace {
+constexpr KernelTable kTable{&bn_act_forward, &bn_act_backward, &gan_loss_forward,
+                             &gan_loss_backward, &relayout};
+}  // namespace
+
+const KernelTable& kernel_table() { return kTable; }
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace fastgan
