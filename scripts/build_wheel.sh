@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a wheel of fastgan with its compiled extension into dist/ (or $1):
-#   - fastgan._C with the C++ CPU kernels (for this machine's best ISA, FASTGAN_CPU_ISA to
-#     choose) and, when a CUDA toolkit is found, the CUDA kernels for the default archs
+#   - fastgan._C with the C++ CPU kernels (baseline, AVX2 and AVX-512 copies, one chosen
+#     at import) and, when a CUDA toolkit is found, the CUDA kernels for the default archs
 #     (sm_75, 80, 86, 89, 90 + PTX; TORCH_CUDA_ARCH_LIST to choose);
 #   - the Triton kernels, the built-in Fashion-MNIST and the metrics' feature network.
 # The wheel is tied to the torch it was built against (torch==2.14.1) and to this
