@@ -82,6 +82,9 @@ from fastgan import _ext
 assert fastgan.__file__.startswith(sys.prefix), (fastgan.__file__, sys.prefix)
 assert _ext.ext_loaded(), _ext.ext_error()
 assert "cpu" in fastgan.available_backends()
+import platform
+if platform.machine() == "x86_64":  # one wheel for every x86-64 CPU
+    assert _ext.build_info()["cpu_capabilities"] == ["default", "avx2", "avx512"], _ext.build_info()
 from fastgan.cli import main
 assert main(["info"]) == 0
 assert main(["train", "--image-size", "16", "--ngf", "8", "--ndf", "8", "--nz", "16",
