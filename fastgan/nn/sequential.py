@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from fastgan.nn import recompute
 from fastgan.nn.blocks import conv_bn_act, conv_forward
+from fastgan.nn.bn_act import BatchNormAct2d
 from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
 
 
@@ -58,7 +59,7 @@ def bn_slope(m: nn.Module | None) -> float | None:
     None for anything else."""
     if type(m) is nn.BatchNorm2d:
         return 1.0
-    if type(m) is SyncBatchNormAct2d:
+    if type(m) in (SyncBatchNormAct2d, BatchNormAct2d):
         return m.negative_slope
     return None
 

@@ -77,4 +77,18 @@ def synchronize_(bn: nn.modules.batchnorm._BatchNorm, negative_slope: float = 1.
     return bn
 
 
-__all__ = ["SyncBatchNormAct2d", "synchronize_"]
+def desynchronize_(module: nn.Module) -> nn.Module:
+    """Every SyncBatchNormAct2d in `module` becomes a BatchNormAct2d in place (same
+    parameters, buffers, slope and state_dict): for a copy that one process runs on its
+    own, in training mode too (a sampling generator's standing statistics), where a
+    collective would wait for processes that never join it."""
+    from fastgan.nn.bn_act import BatchNormAct2d
+
+    for m in module.modules():
+        if type(m) is SyncBatchNormAct2d:
+            m.__class__ = BatchNormAct2d
+            del m.process_group
+    return module
+
+
+__all__ = ["SyncBatchNormAct2d", "synchronize_", "desynchronize_"]

@@ -207,6 +207,9 @@ def sync_batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Ten
     C = x.shape[1]
     acc = _bn_act._acc_dtype(x)
     total = fc.all_reduce(_LocalSums.apply(x), "sum", group)
+    if isinstance(total, fc.AsyncCollectiveTensor):  # a plain tensor (autograd kept), now:
+        total = total.wait()  # the statistics are needed at once, and saved-tensor hooks
+        # (fastgan.nn.recompute) cannot look into the wrapper
     s1, s2, count = total[:C], total[C:2 * C], total[2 * C]
     mean64 = s1 / count
     var64 = (s2 / count - mean64 * mean64).clamp_min(0.0)
