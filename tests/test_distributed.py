@@ -130,9 +130,20 @@ def _sync_bn_worker(rank: int, world: int) -> dict:
     return out
 
 
+def _worker(rank: int, world: int) -> dict:
+    """Everything the 2-process tests below check, in one spawn (starting processes that
+    import torch is most of the time these tests take)."""
+    return {"sync_bn": _sync_bn_worker(rank, world), "convert": _convert_worker(rank, world)}
+
+
 @pytest.fixture(scope="module")
-def sync_bn_results(tmp_path_factory):
-    return spawn(_sync_bn_worker, tmp_path_factory.mktemp("syncbn"))
+def worker_results(tmp_path_factory):
+    return spawn(_worker, tmp_path_factory.mktemp("workers"))
+
+
+@pytest.fixture(scope="module")
+def sync_bn_results(worker_results):
+    return [r["sync_bn"] for r in worker_results]
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -154,6 +165,169 @@ def test_sync_bn_act_matches_whole_batch(sync_bn_results, name, oracle):
                                        msg=lambda m: f"rank {rank} {k}: {m}")
     for k in ("rm", "rv"):  # identical on every rank, bit for bit
         assert torch.equal(sync_bn_results[0][name][k], sync_bn_results[1][name][k])
+
+
+# ---------------------------------------------------------------------------------------
+# fastgan.convert(sync_bn=True): both conversion styles, and models holding nn.SyncBatchNorm
+
+class Explicit(nn.Module):
+    """Layers called from forward(): converted by tracing (fastgan.nn.traced)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = torch.nn.functional.leaky_relu(self.bn1(self.conv1(x)), 0.2)
+        return torch.relu(self.bn2(self.conv2(x)))
+
+
+def _plain_models() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                        nn.LeakyReLU(0.2), nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False),
+                        nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1),
+                        nn.BatchNorm2d(2))
+    explicit = Explicit()
+    for m in (seq, explicit):
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                with torch.no_grad():
+                    bn.weight.uniform_(0.5, 1.5)
+                    bn.bias.uniform_(-0.5, 0.5)
+    import copy
+    return {"sequential": seq, "explicit": explicit,
+            "torch_syncbn": nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(seq))}
+
+
+def _model_data(n: int = 6):
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(n, 3, 6, 6, generator=g) + 1.0, torch.randn(n, 4, 12, 12, generator=g)
+
+
+def _run_model(m: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> dict:
+    m.train()
+    x = x.detach().requires_grad_(True)
+    m(x.detach())
+    y = m(x)
+    gy = gy[:, :y.shape[1]]
+    params = list(m.parameters())
+    grads = torch.autograd.grad((y * gy).sum(), [x, *params])
+    bufs = {k: v.clone() for k, v in m.state_dict().items()}
+    return {"y": y.detach(), "gx": grads[0], "grads": list(grads[1:]), "state": bufs}
+
+
+def _count_all_reduces(fn) -> list[int]:
+    """numel of every all-reduce dispatched while fn() runs (forward and backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops._c10d_functional.all_reduce.default:
+                seen.append(args[0].numel())
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return seen
+
+
+def _convert_worker(rank: int, world: int) -> dict:
+    out = {}
+    x, gy = _model_data()
+    sl = slice(rank * 3, rank * 3 + 3)
+    for name, model in _plain_models().items():
+        m, rep = fastgan.convert(model, sync_bn=True, report=True)
+        r = _run_model(m, x[sl], gy[sl])
+        for g in r["grads"]:
+            dist.all_reduce(g)
+        r["fused"], r["synchronized"] = len(rep.fused), len(rep.synchronized)
+        out[name] = r
+    # one all-reduce of 2C + 1 values forward and one backward, per layer
+    layer = SyncBatchNormAct2d(5)
+    xs = torch.randn(2, 5, 3, 3, requires_grad=True)
+    fwd = _count_all_reduces(lambda: out.__setitem__("y", layer(xs)))
+    bwd = _count_all_reduces(lambda: out["y"].sum().backward())
+    out["counts"] = (fwd, bwd)
+    # eval mode: no collective (rank 1 alone would wait forever otherwise)
+    layer.eval()
+    out["eval_counts"] = _count_all_reduces(lambda: layer(xs))
+    return out
+
+
+@pytest.fixture(scope="module")
+def convert_results(worker_results):
+    return [r["convert"] for r in worker_results]
+
+
+@pytest.mark.parametrize("name", ["sequential", "explicit", "torch_syncbn"])
+def test_convert_sync_bn_matches_whole_batch(convert_results, name):
+    x, gy = _model_data()
+    ref = _run_model(_plain_models()[name], x, gy)  # eager, one process, all 6 samples
+    for rank, res in enumerate(convert_results):
+        r = res[name]
+        assert r["fused"] == 2 + (name != "explicit") and r["synchronized"] == 3 - (name == "explicit")
+        sl = slice(rank * 3, rank * 3 + 3)
+        torch.testing.assert_close(r["y"], ref["y"][sl], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(r["gx"], ref["gx"][sl], rtol=1e-4, atol=1e-4)
+        for g, g_ref in zip(r["grads"], ref["grads"]):
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+        assert r["state"].keys() == ref["state"].keys()
+        for k, v in ref["state"].items():
+            torch.testing.assert_close(r["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_one_collective_each_way(convert_results):
+    for res in convert_results:
+        assert res["counts"] == ([2 * 5 + 1], [2 * 5 + 1])
+        assert res["eval_counts"] == []
+
+
+def test_convert_sync_bn_structure():
+    """Without torch.distributed: every 2-D BatchNorm becomes SyncBatchNormAct2d in place,
+    state_dict unchanged, and it computes what the eager model does."""
+    for name, model in _plain_models().items():
+        m, rep = fastgan.convert(model, sync_bn=True, report=True)
+        bns = [k for k in m.modules() if isinstance(k, nn.modules.batchnorm._BatchNorm)]
+        assert bns and all(type(k) is SyncBatchNormAct2d for k in bns), name
+        assert len(rep.synchronized) == len(bns)
+        assert m.state_dict().keys() == model.state_dict().keys()
+        x, gy = _model_data()
+        a, b = _run_model(m, x, gy), _run_model(model, x, gy)
+        torch.testing.assert_close(a["y"], b["y"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a["gx"], b["gx"], rtol=1e-4, atol=1e-4)
+    one_d = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    _, rep = fastgan.convert(one_d, sync_bn=True, report=True)
+    assert not rep.synchronized and "BatchNorm1d is not a 2-D BatchNorm" in rep.skipped[0]
+
+
+def test_sync_bn_act_without_a_group_is_batch_norm_act():
+    fused, _ = _reference(C, torch.float64)
+    m = SyncBatchNormAct2d(C, negative_slope=SLOPE, dtype=torch.float64)
+    m.load_state_dict(fused.state_dict())
+    x, gy, _, _ = _case_data("even_fp64")
+    a, b = _run_layer(m, x, gy, True), _run_layer(fused, x, gy, True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12)
+    assert isinstance(m, nn.SyncBatchNorm)
+    assert m.state_dict().keys() == nn.SyncBatchNorm(C).state_dict().keys()
+    with pytest.raises(ValueError, match="expected 4-D input"):
+        m(torch.zeros(2, C))
+
+
+def test_batch_must_split_evenly():
+    from fastgan.errors import UserError
+    from fastgan.train.distributed import Dist
+
+    assert Dist(1, 4).shard(64) == 16
+    with pytest.raises(UserError, match="--batch-size 10: the global batch must split evenly "
+                                        "over the 4 processes"):
+        Dist(1, 4).shard(10)
 
 
 # ---------------------------------------------------------------------------------------
@@ -234,16 +408,6 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
     # another world size: the 2-process run's checkpoint, continued in one process
     _one_process(npz_data, two, steps=5, resume=True)
     _assert_same_losses(_metrics(two), ref)
-
-
-def test_torchrun_batch_must_split_evenly(tmp_path, npz_data):
-    flags = [f if f != "8" or i != TRAIN_FLAGS.index("--batch-size") + 1 else "7"
-             for i, f in enumerate(TRAIN_FLAGS)]
-    cmd = torchrun("--data", npz_data, "--out", str(tmp_path / "r"), "--steps", "1", *flags,
-                   extra=("--master_port", str(_free_port())))
-    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0
-    assert "--batch-size 7: the global batch must split evenly over the 2 processes" in p.stderr
 
 
 def test_two_nodes_on_localhost(tmp_path, npz_data):
