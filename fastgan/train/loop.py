@@ -15,6 +15,11 @@ Every source of randomness is a seeded torch.Generator of the trainer, and all o
 the data order, the optimizers, the GradScalers and the EMA are in the checkpoint: on the
 CPU, N steps + resume + N steps give bit-identical state to 2N steps straight.
 
+Under torchrun (fastgan/train/distributed.py) each process runs this step on its slice of
+every global batch of data and noise, with BatchNorm statistics merged across processes
+and gradients averaged by one explicit all-reduce per network per update (why not DDP:
+that file's docstring); rank 0 alone writes the run directory.
+
 `impl` picks what runs the same model: "fastgan" (fastgan.convert + the fused loss),
 "eager" (plain PyTorch layers and the loss as plain torch expressions) or "compile"
 (torch.compile of the plain model and loss).
