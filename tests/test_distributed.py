@@ -136,10 +136,37 @@ def _sync_bn_worker(rank: int, world: int) -> dict:
     return out
 
 
+def _helpers_worker(rank: int, world: int) -> dict:
+    """fastgan.train.distributed.Dist's collectives."""
+    from fastgan.errors import UserError
+    from fastgan.train.distributed import Dist
+
+    d = Dist(rank, world)
+    out = {"value": d.from_main(lambda: f"made by rank {rank}")}
+
+    def fail():
+        raise UserError("--out x: exists")
+    try:
+        d.from_main(fail)
+    except UserError as e:
+        out["error"] = str(e)
+    out["mean"] = d.mean(torch.tensor([float(rank), 10.0]))
+    out["any"] = (d.any(rank == 1, "cpu"), d.any(False, "cpu"))
+    lin = nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.fill_(1.0 + rank)  # different until broadcast
+    d.broadcast_module(lin)
+    lin(torch.full((1, 2), float(rank + 1))).sum().backward()
+    d.average_gradients(lin)
+    out["weight"], out["grad"] = lin.weight.detach().clone(), lin.weight.grad.clone()
+    return out
+
+
 def _worker(rank: int, world: int) -> dict:
     """Everything the 2-process tests below check, in one spawn (starting processes that
     import torch is most of the time these tests take)."""
-    return {"sync_bn": _sync_bn_worker(rank, world), "convert": _convert_worker(rank, world)}
+    return {"sync_bn": _sync_bn_worker(rank, world), "convert": _convert_worker(rank, world),
+            "helpers": _helpers_worker(rank, world)}
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +359,16 @@ def test_sync_bn_act_without_a_group_is_batch_norm_act():
     assert m.state_dict().keys() == nn.SyncBatchNorm(C).state_dict().keys()
     with pytest.raises(ValueError, match="expected 4-D input"):
         m(torch.zeros(2, C))
+
+
+def test_dist_helpers(worker_results):
+    for r in (w["helpers"] for w in worker_results):
+        assert r["value"] == "made by rank 0"
+        assert r["error"] == "--out x: exists"  # rank 0's error, raised on every rank
+        assert r["mean"].tolist() == [0.5, 10.0]
+        assert r["any"] == (True, False)
+        assert r["weight"].tolist() == [[1.0, 1.0]]  # rank 0's
+        assert r["grad"].tolist() == [[1.5, 1.5]]  # the mean of 1 and 2
 
 
 def test_batch_must_split_evenly():
