@@ -5,7 +5,7 @@
 set -euo pipefail
 F="--steps 60 --log-every 10 --batch-size 64 --sample-every 0 --ckpt-every 0 --ema 0 --device cpu --quiet"
 export PYTHONWARNINGS=ignore
-get() { python -c "import json,sys; r=[json.loads(l) for l in open('$1/metrics.jsonl')][3:]; print('%.0f' % (sum(x['img_per_s'] for x in r)/len(r)))"; }
+get() { python -c "import json,sys; r=[json.loads(l) for l in open('$1/metrics.jsonl')][2:]; print('%.0f' % (sum(x['img_per_s'] for x in r)/len(r)))"; }
 for rep in 1 2; do
   rm -rf m1 m1t m2
   python -m fastgan train $F --out m1; echo "rep $rep 1 process x 2 threads: $(get m1) img/s"
