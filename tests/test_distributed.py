@@ -162,11 +162,28 @@ def _helpers_worker(rank: int, world: int) -> dict:
     return out
 
 
+def _compile_worker(rank: int, world: int) -> dict:
+    """torch.compile(fullgraph=True) of a SyncBatchNormAct2d: traced without graph breaks
+    (the all-reduce is a functional collective), same output and input gradient as eager.
+    aot_eager: dynamo + AOTAutograd, what fullgraph tracing is about, without inductor's
+    code generation time (inductor was checked by hand: same result, ~19 s here)."""
+    torch.manual_seed(rank)
+    m = SyncBatchNormAct2d(4)
+    x = torch.randn(3 + rank, 4, 5, 5, requires_grad=True)
+    out = {}
+    for name, f in (("eager", m), ("compiled", torch.compile(m, fullgraph=True,
+                                                              backend="aot_eager"))):
+        y = f(x)
+        (gx,) = torch.autograd.grad((y * y).sum(), x)
+        out[name] = (y.detach(), gx)
+    return out
+
+
 def _worker(rank: int, world: int) -> dict:
     """Everything the 2-process tests below check, in one spawn (starting processes that
     import torch is most of the time these tests take)."""
     return {"sync_bn": _sync_bn_worker(rank, world), "convert": _convert_worker(rank, world),
-            "helpers": _helpers_worker(rank, world)}
+            "helpers": _helpers_worker(rank, world), "compile": _compile_worker(rank, world)}
 
 
 @pytest.fixture(scope="module")
@@ -369,6 +386,12 @@ def test_dist_helpers(worker_results):
         assert r["any"] == (True, False)
         assert r["weight"].tolist() == [[1.0, 1.0]]  # rank 0's
         assert r["grad"].tolist() == [[1.5, 1.5]]  # the mean of 1 and 2
+
+
+def test_compile_fullgraph(worker_results):
+    for r in (w["compile"] for w in worker_results):
+        for a, b in zip(r["compiled"], r["eager"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_must_split_evenly():
