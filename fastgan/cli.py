@@ -200,7 +200,8 @@ def _distributed_failure(e: Exception) -> bool:
 
     from fastgan.train.distributed import DistributedError
 
-    return isinstance(e, DistributedError) or (dist.is_available() and isinstance(e, dist.DistError))
+    return isinstance(e, DistributedError) or (dist.is_available()
+                                               and isinstance(e, dist.DistError))
 
 
 def _main(argv: list[str]) -> int:

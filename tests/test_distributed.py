@@ -329,7 +329,8 @@ def test_convert_sync_bn_matches_whole_batch(convert_results, name):
     ref = _run_model(_plain_models()[name], x, gy)  # eager, one process, all 6 samples
     for rank, res in enumerate(convert_results):
         r = res[name]
-        assert r["fused"] == 2 + (name != "explicit") and r["synchronized"] == 3 - (name == "explicit")
+        n_bn = 2 if name == "explicit" else 3
+        assert r["fused"] == n_bn and r["synchronized"] == n_bn
         sl = slice(rank * 3, rank * 3 + 3)
         torch.testing.assert_close(r["y"], ref["y"][sl], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(r["gx"], ref["gx"][sl], rtol=1e-4, atol=1e-4)
