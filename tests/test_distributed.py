@@ -206,7 +206,8 @@ def _triton_usable() -> bool:
 @pytest.mark.parametrize("oracle", ["BatchNormAct2d", "BatchNorm2d+LeakyReLU"])
 def test_sync_bn_act_matches_whole_batch(sync_bn_results, name, oracle):
     if name not in sync_bn_results[0]:
-        pytest.skip("the triton backend is not usable here (triton missing)")
+        pytest.skip("the triton backend is not usable here (triton or the installed "
+                    "fastgan.kernels package is missing)")
     dtype = CASES[name][0]
     x, gy, split, double = _case_data(name)
     fused, eager = _reference(C, dtype)
