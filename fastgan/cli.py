@@ -185,6 +185,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # several processes (torchrun): another one failed, or stopped answering
+        if not _distributed_failure(e):
+            raise
+        cmd = argv[0] if argv and not argv[0].startswith("-") else ""
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:400]
+        if "another process" not in first:
+            first = f"another process of the job failed or stopped answering ({first})"
+        print(f"fastgan {cmd}: error: {first}", file=sys.stderr)
+        return 1
+
+
+def _distributed_failure(e: Exception) -> bool:
+    if "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    from fastgan.train.distributed import DistributedError
+
+    return isinstance(e, DistributedError) or (dist.is_available()
+                                               and isinstance(e, dist.DistError))
 
 
 def _main(argv: list[str]) -> int:

@@ -17,10 +17,14 @@ two or more convolutions runs them in channels_last for an NCHW input (oneDNN's
 convolutions are faster there, forward and backward) and returns NCHW (the caller's tensors and the parameters keep their layouts).
 Models already in channels_last stay in it end to end.
 
+With `sync_bn=True` every 2-D BatchNorm first becomes a fastgan.nn.SyncBatchNormAct2d
+(statistics merged across torch.distributed ranks), in place, and runs ending in one are
+fused as well.
+
 Not converted (reported): runs where a module has forward/backward hooks (the old
 hook-based spectral_norm, say; torch.nn.utils.parametrizations are fine), subclasses of
-Conv2d/BatchNorm2d/ReLU/LeakyReLU (SyncBatchNorm, custom layers), Sequential subclasses
-that override forward, Conv -> LeakyReLU without BatchNorm (it would not pay: the
+Conv2d/BatchNorm2d/ReLU/LeakyReLU (nn.SyncBatchNorm unless sync_bn=True, custom layers),
+Sequential subclasses that override forward, Conv -> LeakyReLU without BatchNorm (it would not pay: the
 in-place activation already keeps one tensor, and its pass is a few percent of the
 convolution's; such layers still run in channels_last with the rest).
 
@@ -46,6 +50,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from fastgan.nn import recompute, traced
+from fastgan.nn.bn_act import BatchNormAct2d
+from fastgan.nn.sync_bn_act import SyncBatchNormAct2d, synchronize_
 from fastgan.nn.sequential import FusedSequential, find_runs
 
 log = logging.getLogger("fastgan")
@@ -57,9 +63,13 @@ class ConversionReport:
 
     fused: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    synchronized: list[str] = field(default_factory=list)  # with sync_bn=True
 
     def __str__(self) -> str:
-        lines = [f"fastgan.convert: {len(self.fused)} block(s) fused"]
+        lines = [f"fastgan.convert: {len(self.fused)} block(s) fused"
+                 + (f", {len(self.synchronized)} BatchNorm(s) synchronized"
+                    if self.synchronized else "")]
+        lines += [f"  synced  {s}" for s in self.synchronized]
         lines += [f"  fused   {s}" for s in self.fused]
         lines += [f"  skipped {s}" for s in self.skipped]
         return "\n".join(lines)
@@ -71,10 +81,37 @@ def _describe(seq: nn.Sequential, start: int, length: int) -> str:
     return f"[{', '.join(names)}] " + " -> ".join(kinds)
 
 
-def convert(module: nn.Module, inplace: bool = False, *, report: bool = False,
-            trace: bool = True):
+_SYNCABLE = (nn.BatchNorm2d, BatchNormAct2d, nn.SyncBatchNorm)
+
+
+def _synchronize(module: nn.Module, rep: ConversionReport) -> None:
+    """Every BatchNorm of `module` that can be becomes a SyncBatchNormAct2d, in place."""
+    for name, m in module.named_modules():
+        where = name or "<root>"
+        if type(m) is SyncBatchNormAct2d:
+            rep.synchronized.append(f"{where} (already SyncBatchNormAct2d)")
+        elif type(m) in _SYNCABLE:
+            kind = type(m).__name__
+            synchronize_(m)
+            rep.synchronized.append(f"{where} {kind} -> SyncBatchNormAct2d")
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            rep.skipped.append(f"{where}: {type(m).__name__} is not a 2-D BatchNorm fastgan can "
+                               f"synchronize; its statistics stay per process")
+
+
+def convert(module: nn.Module, inplace: bool = False, *, sync_bn: bool = False,
+            report: bool = False, trace: bool = True):
     """Fuse every Conv2d|ConvTranspose2d -> BatchNorm2d -> ReLU|LeakyReLU run in `module`'s
     nn.Sequentials (see the module docstring for what is and is not converted).
+
+    With `sync_bn=True`, every nn.BatchNorm2d, fastgan BatchNormAct2d and nn.SyncBatchNorm
+    (from nn.SyncBatchNorm.convert_sync_batchnorm, say), inside fused blocks or not, first
+    becomes a fastgan.nn.SyncBatchNormAct2d in place (same object, parameters, buffers and
+    state_dict; an nn.SyncBatchNorm keeps its process group, a BatchNormAct2d its slope),
+    so its training statistics are those of the whole torch.distributed group; then runs
+    are fused as usual, a fused block merging its statistics across ranks.
+    nn.SyncBatchNorm modules are taken to be 2-D (fed (N, C, H, W)). Other BatchNorms
+    (1-D, 3-D, subclasses) are left alone and reported.
 
     With `trace=True` (the default), a module that calls a Conv, a BatchNorm2d and an
     activation among its own children from its forward() is traced with torch.fx and its
@@ -91,6 +128,8 @@ def convert(module: nn.Module, inplace: bool = False, *, report: bool = False,
     if not inplace:
         module = copy.deepcopy(module)
     rep = ConversionReport()
+    if sync_bn:
+        _synchronize(module, rep)
     for name, m in module.named_modules():
         if not isinstance(m, nn.Sequential):
             continue
@@ -119,7 +158,7 @@ def convert(module: nn.Module, inplace: bool = False, *, report: bool = False,
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             rep.skipped.append(f"{where}: {type(m).__name__}.forward could not be traced "
                                f"({msg})")
-    if rep.fused:
+    if rep.fused or rep.synchronized:
         recompute.install_scope_hooks(module)
     log.info("%s", rep)
     return (module, rep) if report else module

@@ -5,7 +5,8 @@ from fastgan.nn.blocks import Conv2dBNAct, ConvTranspose2dBNAct
 from fastgan.nn.bn_act import BatchNormAct2d
 from fastgan.nn.gan_loss import GANLoss
 from fastgan.nn.sequential import FusedSequential
+from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
 
 __all__ = ["BatchNormAct2d", "ConvTranspose2dBNAct", "Conv2dBNAct", "FusedSequential",
            "recompute"]
-__all__ += ["GANLoss"]
+__all__ += ["GANLoss", "SyncBatchNormAct2d"]

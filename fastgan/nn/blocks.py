@@ -8,7 +8,9 @@ Training (or BatchNorm without running statistics): the convolution runs in ATen
 BatchNorm+activation op, which keeps only the conv output z and per-channel statistics.
 The block output y is registered with fastgan.nn.recompute, so whoever saves y for
 backward (the next convolution) keeps z + statistics instead and recomputes y: one
-output-sized tensor per block is saved, the floor.
+output-sized tensor per block is saved, the floor. A SyncBatchNormAct2d as the block's
+BatchNorm (fastgan.convert(sync_bn=True)) merges the statistics across its process group
+(fastgan/ops/sync_bn_act.py); the output is recomputed with the merged statistics.
 
 Eval: BatchNorm is folded into the convolution (weight * gamma/sigma along the output
 channels, bias beta - mu * gamma/sigma [+ conv bias * gamma/sigma]) and the activation
@@ -31,7 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastgan.nn import recompute
+from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
 from fastgan.ops import bn_act as _bn_act
+from fastgan.ops import sync_bn_act as _sync
 
 
 def _strictly_channels_last(t: Tensor) -> bool:
@@ -170,16 +174,22 @@ def _conv_channels_last_inside(x: Tensor, conv: nn.Module, memory_format) -> boo
 
 def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
                    output_size: list[int] | None, memory_format) -> Tensor:
-    relaid = _conv_channels_last_inside(x, conv, memory_format)
+    sync = isinstance(bn, SyncBatchNormAct2d) and bn.synchronizes()
+    relaid = not sync and _conv_channels_last_inside(x, conv, memory_format)
     if relaid:
         source = x
         x = _ToChannelsLast.apply(x) if x.requires_grad else recompute.to_channels_last(x)
         recompute.register_relayout(x, source)  # the conv saves x: keep the source instead
     z = conv_forward(conv, x, conv.weight, conv.bias, output_size, memory_format)
     rm, rv, bn_training, factor = _bn_act.module_args(bn)
-    y, mean, var, backend = _bn_act.forward_with_stats(z, rm, rv, bn.weight, bn.bias, bn_training,
-                                                       factor, bn.eps, negative_slope,
-                                                       contiguous_out=relaid)
+    if sync:  # statistics of the whole process group (fastgan/ops/sync_bn_act.py)
+        y, mean, var, backend = _sync.sync_batch_norm_act(z, rm, rv, bn.weight, bn.bias, factor,
+                                                          bn.eps, negative_slope,
+                                                          bn.process_group)
+    else:
+        y, mean, var, backend = _bn_act.forward_with_stats(z, rm, rv, bn.weight, bn.bias,
+                                                           bn_training, factor, bn.eps,
+                                                           negative_slope, contiguous_out=relaid)
     if y.requires_grad and not torch.compiler.is_compiling():
         recompute.register(y, z, mean, var, bn.weight, bn.bias, bn.eps, negative_slope, backend)
     return y

@@ -19,6 +19,8 @@ from torch.nn.utils import parametrize
 
 from fastgan.nn import recompute
 from fastgan.nn.blocks import conv_bn_act, conv_forward
+from fastgan.nn.bn_act import BatchNormAct2d
+from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,17 @@ def _slope(m: nn.Module) -> float | None:
     return None
 
 
+def bn_slope(m: nn.Module | None) -> float | None:
+    """For a BatchNorm a fused block can take, the activation it applies itself (1.0 for
+    none: nn.BatchNorm2d, or a SyncBatchNormAct2d made from one by convert(sync_bn=True));
+    None for anything else."""
+    if type(m) is nn.BatchNorm2d:
+        return 1.0
+    if type(m) in (SyncBatchNormAct2d, BatchNormAct2d):
+        return m.negative_slope
+    return None
+
+
 def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
     """Fusable runs in a list of children, and why near misses were not fused."""
     runs: list[Run] = []
@@ -59,12 +72,14 @@ def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
     while i < len(modules):
         conv = modules[i]
         bn = modules[i + 1] if i + 1 < len(modules) else None
-        if not (_is_conv(conv) and type(bn) is nn.BatchNorm2d):
+        own = bn_slope(bn)
+        if not (_is_conv(conv) and own is not None):
             i += 1
             continue
-        act = modules[i + 2] if i + 2 < len(modules) else None
+        act = modules[i + 2] if i + 2 < len(modules) and own == 1.0 else None
         slope = _slope(act) if act is not None else None
         parts = [conv, bn] + ([act] if slope is not None else [])
+        slope = own if slope is None else slope
         why = None
         if any(_hooked(m) for m in parts):
             why = "a module in the run has forward/backward hooks"
@@ -75,7 +90,7 @@ def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
             skipped.append(f"children {i}..{i + len(parts) - 1}: {why}")
             i += 1
             continue
-        runs.append(Run(i, len(parts), 1.0 if slope is None else slope))
+        runs.append(Run(i, len(parts), slope))
         i += len(parts)
     return runs, skipped
 
@@ -184,4 +199,4 @@ class FusedSequential(nn.Sequential):
             return self._run(input)
 
 
-__all__ = ["FusedSequential", "find_runs", "Run"]
+__all__ = ["FusedSequential", "find_runs", "Run", "bn_slope"]

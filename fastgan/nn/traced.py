@@ -45,7 +45,7 @@ from torch import Tensor, fx, nn
 
 from fastgan.nn.blocks import conv_bn_act, conv_forward
 from fastgan.nn.sequential import (_LAYOUT_AGNOSTIC, _PLAIN_CONVS, _hooked, _is_conv, _slope,
-                                   _wants_channels_last)
+                                   _wants_channels_last, bn_slope)
 
 _BASE = "_fastgan_traced_base"
 
@@ -57,7 +57,8 @@ def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: 
     Hooks registered on the conv or the BatchNorm after conversion are honoured: the
     chain then runs unfused, module by module."""
     if _hooked(conv) or _hooked(bn):
-        return F.leaky_relu(bn(conv(x)), negative_slope)
+        y = bn(conv(x))
+        return y if bn_slope(bn) != 1.0 else F.leaky_relu(y, negative_slope)
     if channels_last:
         return conv_bn_act(x.contiguous(memory_format=torch.channels_last), conv, bn,
                            negative_slope, memory_format=torch.channels_last)
@@ -144,7 +145,7 @@ def candidate(m: nn.Module) -> bool:
     if mod.startswith(("torch.", "fastgan.")):
         return False
     kids = _own_layers(m)
-    return any(_is_conv(k) for k in kids) and any(type(k) is nn.BatchNorm2d for k in kids)
+    return any(_is_conv(k) for k in kids) and any(bn_slope(k) is not None for k in kids)
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -210,17 +211,18 @@ def _rewrite(graph: fx.Graph, root: nn.Module) -> list[str]:
                 or bn_node.kwargs:
             continue
         bn = root.get_submodule(bn_node.target)
-        if type(bn) is not nn.BatchNorm2d or _hooked(bn) or bn.num_features != conv.out_channels:
+        own = bn_slope(bn)
+        if own is None or _hooked(bn) or bn.num_features != conv.out_channels:
             continue
         act_node, slope = _only_user(bn_node), None
-        if act_node is not None:
+        if act_node is not None and own == 1.0:  # (a BatchNorm with its own activation ends it)
             slope = _act_slope(act_node, bn_node, root)
         last = bn_node if slope is None else act_node
         with graph.inserting_before(node):
             c = graph.get_attr(node.target)
             b = graph.get_attr(bn_node.target)
             fused = graph.call_function(fused_block, (node.args[0], c, b,
-                                                      1.0 if slope is None else slope))
+                                                      own if slope is None else slope))
         last.replace_all_uses_with(fused)
         for n in ((act_node, bn_node, node) if slope is not None else (bn_node, node)):
             graph.erase_node(n)

@@ -36,19 +36,27 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> int
     """Train (or, with `resume`, continue) the run `cfg` describes; returns the exit status
     (0 done, 128 + signal when stopped by SIGINT/SIGTERM after saving a checkpoint)."""
     from fastgan.data import load_dataset
+    from fastgan.train.distributed import Dist
     from fastgan.train.loop import Run
 
     cfg.check()
+    dist = Dist.from_env(cfg.device)  # several processes under torchrun, else one
     if not resume:
-        cfg.out = new_run_dir(cfg.out)
+        out = cfg.out
+        cfg.out = dist.from_main(lambda: new_run_dir(out))
     images = load_dataset(cfg.data, cfg.image_size)
-    run = Run(cfg, images, resume=resume, quiet=quiet)  # checks a resumed run before any output
-    if not quiet:
+    # checks a resumed run before any output
+    run = Run(cfg, images, resume=resume, quiet=quiet, dist=dist)
+    if not quiet and dist.is_main:
+        procs = (f" ({dist.world_size} processes, {run.trainer.local_batch} each)"
+                 if dist.enabled else "")
         print(f"run {cfg.out}: {cfg.data} ({images.shape[0]} images, {images.shape[1]}x"
               f"{images.shape[2]}x{images.shape[3]}), loss {cfg.loss}, impl {cfg.impl}, "
-              f"device {cfg.device}, amp {cfg.amp}, batch {cfg.batch_size}, "
+              f"device {cfg.device}, amp {cfg.amp}, batch {cfg.batch_size}{procs}, "
               f"steps {cfg.steps}", flush=True)
-    return run.run()
+    status = run.run()
+    dist.close()
+    return status
 
 
 __all__ = ["TrainConfig", "train", "new_run_dir"]

@@ -15,6 +15,11 @@ Every source of randomness is a seeded torch.Generator of the trainer, and all o
 the data order, the optimizers, the GradScalers and the EMA are in the checkpoint: on the
 CPU, N steps + resume + N steps give bit-identical state to 2N steps straight.
 
+Under torchrun (fastgan/train/distributed.py) each process runs this step on its slice of
+every global batch of data and noise, with BatchNorm statistics merged across processes
+and gradients averaged by one explicit all-reduce per network per update (why not DDP:
+that file's docstring); rank 0 alone writes the run directory.
+
 `impl` picks what runs the same model: "fastgan" (fastgan.convert + the fused loss),
 "eager" (plain PyTorch layers and the loss as plain torch expressions) or "compile"
 (torch.compile of the plain model and loss).
@@ -38,9 +43,11 @@ from fastgan.data import Batches, to_float
 from fastgan.errors import UserError
 from fastgan.functional import GANLosses, gan_loss
 from fastgan.models import Discriminator, Generator, spectral_norm_, weights_init
+from fastgan.nn.sync_bn_act import desynchronize_
 from fastgan.ops.gan_loss import reference_forward
 from fastgan.train.checkpoint import load_checkpoint, save_checkpoint, write_json
 from fastgan.train.config import TrainConfig
+from fastgan.train.distributed import Dist
 from fastgan.train.report import MetricsLog, Progress, plot_metrics, save_grid
 
 N_FIXED = 64          # samples in each grid
@@ -77,17 +84,32 @@ def _grad(out: Tensor, inp: Tensor, scaler: torch.amp.GradScaler) -> Tensor:
 
 
 class Trainer:
-    """Owns a run's models, optimizers, data stream and random generators."""
+    """Owns a run's models, optimizers, data stream and random generators. With `dist`
+    (several processes, fastgan/train/distributed.py) this process trains on its share of
+    every global batch, with synchronized BatchNorm and averaged gradients."""
 
-    def __init__(self, cfg: TrainConfig, images: Tensor) -> None:
+    def __init__(self, cfg: TrainConfig, images: Tensor, dist: Dist | None = None) -> None:
         self.cfg = cfg
-        self.device = dev = torch.device(cfg.device)
+        self.dist = dist = dist or Dist()
+        self.device = dev = torch.device(dist.device(cfg.device))
+        self.local_batch = dist.shard(cfg.batch_size)
         G, D = build_models(cfg, images.shape[1])
         G, D = G.to(dev), D.to(dev)
         G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema > 0 else None
+        if dist.enabled and cfg.impl != "fastgan":
+            if dev.type != "cuda":
+                raise UserError(f"--impl {cfg.impl} on several processes: torch's "
+                                "nn.SyncBatchNorm runs on CUDA only; use --impl fastgan (its "
+                                "synchronized BatchNorm runs on the CPU too) or --device cuda")
+            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+            D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
         if cfg.impl == "fastgan":
-            G, D = fastgan.convert(G, inplace=True), fastgan.convert(D, inplace=True)
+            # G_ema is only ever run by one process (samples, evaluations): not synchronized
+            G = fastgan.convert(G, inplace=True, sync_bn=dist.enabled)
+            D = fastgan.convert(D, inplace=True, sync_bn=dist.enabled)
             G_ema = fastgan.convert(G_ema, inplace=True) if G_ema is not None else None
+        dist.broadcast_module(G)
+        dist.broadcast_module(D)
         self.G, self.D, self.G_ema = G, D, G_ema           # own the parameters and state
         self.G_fwd, self.D_fwd = G, D                       # what the step calls
         self.loss_fn: Callable[[Tensor, Tensor, str], GANLosses] = (
@@ -101,7 +123,8 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler(dev.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(dev.type, enabled=fp16)
         self.nc = images.shape[1]
-        self.batches = Batches(images.to(dev), cfg.batch_size, cfg.seed)
+        self.batches = Batches(images.to(dev), self.local_batch, cfg.seed, dist.rank,
+                               dist.world_size)
         self.noise = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
         fixed = torch.Generator().manual_seed(cfg.seed + 2)
         self.fixed_noise = torch.randn(N_FIXED, cfg.nz, 1, 1, generator=fixed).to(dev)
@@ -117,8 +140,13 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _z(self, n: int) -> Tensor:
-        return torch.randn(n, self.cfg.nz, 1, 1, generator=self.noise, device=self.device)
+    def _z(self) -> Tensor:
+        """This process's slice of a global batch of noise: every process draws the whole
+        batch from the run's seed (a few KB), so the processes' noise together is one
+        process's, whatever their number."""
+        z = torch.randn(self.cfg.batch_size, self.cfg.nz, 1, 1, generator=self.noise,
+                        device=self.device)
+        return self.dist.mine(z)
 
     def _d_step(self, real: Tensor, fake: Tensor) -> tuple[GANLosses, Tensor]:
         cfg, D = self.cfg, self.D
@@ -138,7 +166,8 @@ class Trainer:
             g = _grad(real_logits, real, self.scaler_d)
             penalty = penalty + cfg.r1 / 2 * g.square().flatten(1).sum(1).mean()
         if cfg.gp:
-            alpha = torch.rand(real.shape[0], 1, 1, 1, generator=self.noise, device=self.device)
+            alpha = self.dist.mine(torch.rand(self.cfg.batch_size, 1, 1, 1, generator=self.noise,
+                                              device=self.device))
             mix = torch.lerp(fake.detach().float(), real.detach().float(), alpha)
             mix.requires_grad_(True)
             with self._autocast():
@@ -146,6 +175,7 @@ class Trainer:
             g = _grad(out, mix, self.scaler_d)
             penalty = penalty + cfg.gp * (g.flatten(1).norm(dim=1) - 1).square().mean()
         self.scaler_d.scale(losses.d_loss + penalty).backward()
+        self.dist.average_gradients(D)
         self.scaler_d.step(self.opt_d)
         self.scaler_d.update()
         if cfg.clip:
@@ -163,6 +193,7 @@ class Trainer:
             self.scaler_g.scale(losses.g_loss).backward()
         finally:
             self.D.requires_grad_(True)
+        self.dist.average_gradients(self.G)
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
         return losses
@@ -182,7 +213,7 @@ class Trainer:
         cfg = self.cfg
         for i in range(cfg.n_critic):
             real = to_float(self.batches.next(), self.device)
-            z = self._z(cfg.batch_size)
+            z = self._z()
             with torch.set_grad_enabled(i == cfg.n_critic - 1), self._autocast():
                 fake = self.G_fwd(z)
             d_losses, penalty = self._d_step(real, fake.detach())
@@ -197,8 +228,9 @@ class Trainer:
         self._acc_n += 1
 
     def take_metrics(self) -> dict[str, float]:
-        """Means over the steps since the last call (one device sync)."""
-        vals = (self._acc / max(self._acc_n, 1)).tolist()
+        """Means over the steps since the last call, and over the processes (one device
+        sync; every process calls it at the same step)."""
+        vals = (self.dist.mean(self._acc) / max(self._acc_n, 1)).tolist()
         self._acc.zero_()
         self._acc_n = 0
         return dict(zip(TRACKED, vals))
@@ -255,7 +287,7 @@ def sampling_generator(G: nn.Module, nz: int, device: torch.device | str, seed: 
     G's), so it is put through `batches` noise batches in training mode with cumulative
     averaging (momentum=None) first: BigGAN's "standing statistics". Deterministic in
     `seed`; G itself is untouched."""
-    Gs = copy.deepcopy(G)
+    Gs = desynchronize_(copy.deepcopy(G))  # run by one process: no collectives
     bns = [m for m in Gs.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if bns:
         for m in bns:
@@ -296,12 +328,15 @@ class _Stop:
 
 class Run:
     """A run directory and the loop that fills it: config.json, metrics.jsonl, samples/,
-    checkpoints/ and losses.png."""
+    checkpoints/ and losses.png. With several processes (`dist`), all of them train and
+    rank 0 alone writes (and prints)."""
 
     def __init__(self, cfg: TrainConfig, images: Tensor, resume: bool = False,
-                 quiet: bool = False) -> None:
-        self.cfg, self.dir, self.quiet = cfg, cfg.out, quiet
-        self.trainer = Trainer(cfg, images)
+                 quiet: bool = False, dist: Dist | None = None) -> None:
+        dist = dist or Dist()
+        self.main = dist.is_main
+        self.cfg, self.dir, self.quiet = cfg, cfg.out, quiet or not self.main
+        self.trainer = Trainer(cfg, images, dist)
         ckpt = os.path.join(self.dir, "checkpoints", "last.pt")
         if resume:
             state = load_checkpoint(ckpt, "--resume")
@@ -319,11 +354,13 @@ class Run:
             if cfg.steps <= self.trainer.step:
                 raise UserError(f"--steps {cfg.steps}: the run in {self.dir} is already at step "
                                 f"{self.trainer.step}; pass a larger --steps to continue it")
+        self.metrics = self.extractor = self.reference = None
+        if not self.main:
+            return
         os.makedirs(os.path.join(self.dir, "samples"), exist_ok=True)
         write_json(cfg.to_json(), os.path.join(self.dir, "config.json"))
         self.metrics = MetricsLog(os.path.join(self.dir, "metrics.jsonl"),
                                   self.trainer.step if resume else None)
-        self.extractor = self.reference = None
         if cfg.eval_every:
             from fastgan.metrics.evaluate import reference_stats
             from fastgan.metrics.features import get_extractor
@@ -366,9 +403,15 @@ class Run:
         t_log, n_log = time.perf_counter(), t.step
         first_step_s = None
         saved_at = sampled_at = None
+        main = self.main
+        stopped = False
         with _Stop() as stop:
             try:
-                while t.step < cfg.steps and stop.signum is None:
+                while t.step < cfg.steps:
+                    # a stop request on any process stops all of them before the same step
+                    stopped = t.dist.any(stop.signum is not None, t.device)
+                    if stopped:
+                        break
                     t0 = time.perf_counter()
                     t.train_step()
                     if first_step_s is None:
@@ -382,6 +425,8 @@ class Run:
                         imgs = (t.step - n_log) * cfg.batch_size * cfg.n_critic
                         rec = {"step": t.step, **t.take_metrics(),
                                "img_per_s": imgs / max(now - t_log, 1e-9)}
+                        if not main:  # (take_metrics is collective; the rest is rank 0's)
+                            continue
                         if evaluate:
                             rec.update(self.evaluate())
                             progress.write(f"step {t.step}: FID (fastgan-fmnist) {rec['fid']:.3f}"
@@ -391,6 +436,8 @@ class Run:
                         if not all(math.isfinite(rec[k]) for k in TRACKED):
                             progress.write(f"warning: non-finite losses at step {t.step}: {rec}")
                         t_log, n_log = time.perf_counter(), t.step
+                    if not main:
+                        continue
                     if every(cfg.sample_every):
                         self.sample()
                         sampled_at = t.step
@@ -401,16 +448,17 @@ class Run:
                         t_log, n_log = time.perf_counter(), t.step
             finally:
                 progress.close()
-            if saved_at != t.step:
+            if main and saved_at != t.step:
                 self.save()
-            if sampled_at != t.step:
+            if main and sampled_at != t.step:
                 self.sample()
-        if stop.signum is not None:
-            name = signal.Signals(stop.signum).name
-            print(f"{name}: stopped at step {t.step}; checkpoint saved to "
-                  f"{self.path('checkpoints', 'last.pt')}. Continue with: "
-                  f"fastgan train --resume {self.dir}", flush=True)
-            return 128 + stop.signum
+        if stopped:
+            signum = stop.signum or signal.SIGTERM  # (another process was signalled)
+            if main:
+                print(f"{signal.Signals(signum).name}: stopped at step {t.step}; checkpoint "
+                      f"saved to {self.path('checkpoints', 'last.pt')}. Continue with: "
+                      f"fastgan train --resume {self.dir}", flush=True)
+            return 128 + signum
         if not self.quiet:
             print(f"done: step {t.step}; samples in {self.path('samples')}, "
                   f"checkpoint {self.path('checkpoints', 'last.pt')}, "
