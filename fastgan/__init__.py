@@ -7,7 +7,7 @@
     with fastgan.use_backend("reference"): ...
     netG = fastgan.convert(netG)        # fused Conv/ConvT -> BatchNorm2d -> (Leaky)ReLU runs
 
-See DESIGN.md and README.md.
+See README.md and docs/ARCHITECTURE.md.
 """
 
 from fastgan import _ext  # noqa: F401  (loads fastgan._C once, warns if it cannot)

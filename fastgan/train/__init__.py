@@ -1,4 +1,4 @@
-"""fastgan's GAN engine: `fastgan train` and `fastgan sample` (names in DESIGN.md, "The engine").
+"""fastgan's GAN engine: `fastgan train` and `fastgan sample` (README.md, "Train a GAN").
 
     from fastgan.train import TrainConfig, train
     train(TrainConfig(steps=500, out="runs/demo"))     # Fashion-MNIST 32x32, DCGAN, ns loss
