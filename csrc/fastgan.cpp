@@ -18,8 +18,6 @@
 #include "py_fast_path.h"
 
 namespace fastgan {
-PyObject* bn_act_train_eager(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
-PyObject* bn_act_set_composite(PyObject* self, PyObject* fn);
 PyObject* relayout_py(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_call(
     const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
@@ -122,18 +120,10 @@ PyMethodDef kRawMethods[] = {
      METH_FASTCALL,
      "gan_loss_eager(real, fake, kind, reduction, real_label, backend_stack): "
      "fastgan::gan_loss_forward for the common case, else None (eager fast path)"},
-    {"bn_act_train_eager",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastgan::bn_act_train_eager)),
-     METH_FASTCALL,
-     "bn_act_train_eager(x, weight, bias, running_mean, running_var, training, momentum, eps, "
-     "negative_slope, backend_stack): fastgan.ops.bn_act.forward_with_stats for the common "
-     "case in one call, else None (csrc/bn_act_eager.cpp)"},
     {"relayout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastgan::relayout_py)),
      METH_FASTCALL,
      "relayout(x, to_channels_last): a 4-D CPU tensor copied NCHW -> channels_last (True) or "
      "back (False) by tile transposes, or None where that does not apply (csrc/cpu/relayout.cpp)"},
-    {"bn_act_set_composite", &fastgan::bn_act_set_composite, METH_O,
-     "bn_act_set_composite(fn): the differentiable backward used under create_graph=True"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -1,6 +1,6 @@
-// Helpers of the eager fast paths: raw METH_FASTCALL functions of fastgan._C that run a
-// common case in one C++ call and return None for everything else (csrc/fastgan.cpp's
-// gan_loss_eager, csrc/bn_act_eager.cpp's bn_act_train_eager).
+// Helpers of the eager fast path of the GAN loss: a raw METH_FASTCALL function of
+// fastgan._C that runs the common case in one C++ call and returns None for everything
+// else (csrc/fastgan.cpp's gan_loss_eager).
 #pragma once
 
 #include <Python.h>

@@ -38,7 +38,7 @@ from fastgan.data import Batches, to_float
 from fastgan.errors import UserError
 from fastgan.functional import GANLosses, gan_loss
 from fastgan.models import Discriminator, Generator, spectral_norm_, weights_init
-from fastgan.ops.gan_loss import reference_forward
+from fastgan.ops.gan_loss_reference import reference_forward
 from fastgan.train.checkpoint import load_checkpoint, save_checkpoint, write_json
 from fastgan.train.config import TrainConfig
 from fastgan.train.report import MetricsLog, Progress, plot_metrics, save_grid
