@@ -28,7 +28,7 @@ from _testutil import interpreter_worker, report_worker_results, run_interpreter
 
 import fastgan
 from fastgan.ops import bn_act as B
-from fastgan.ops.bn_act_reference import reference_backward
+from fastgan.ops.bn_act_reference import acc_dtype, reference_backward
 
 # ---------------------------------------------------------------------------
 # Cases: a covering subset of shapes x dtypes x layouts x modes x module options,
@@ -381,7 +381,7 @@ def test_fake_tensors_match_the_compiled_op():
                 if cl:
                     x = x.contiguous(memory_format=torch.channels_last)
                 w = torch.empty(ODD[1])
-                stats = torch.empty(ODD[1], dtype=B._acc_dtype(x))
+                stats = torch.empty(ODD[1], dtype=acc_dtype(x))
                 for weight in (w, None):
                     for training in (True, False):
                         args = (x, weight, weight, stats, stats, training, 1e-5, 0.2)
