@@ -237,6 +237,31 @@ Out3 forward_autograd(const at::Tensor& input, const OptTensor& weight, const Op
 
 }  // namespace
 
+// fastgan::bn_act_forward (autograd included) and, in training with running statistics,
+// their update: what fastgan.ops.bn_act.forward_with_stats runs on the compiled
+// backends, in one call from Python (fastgan._C.bn_act_eager, csrc/fastgan.cpp). Both
+// ops go through the dispatcher, so modes and subclasses see them as usual.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update(
+    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& running_mean, const OptTensor& running_var, bool training, double momentum,
+    double eps, double slope) {
+  const bool has_running = running_mean.has_value() && running_mean->defined();
+  const bool batch_stats = training || !has_running;
+  const OptTensor none;
+  auto out = forward_op().call(input, weight, bias, batch_stats ? none : running_mean,
+                               batch_stats ? none : running_var, batch_stats, eps, slope);
+  if (training && has_running) {
+    static const auto update = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("fastgan::bn_act_update_running_stats_", "")
+                                   .typed<void(at::Tensor&, at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&, double, int64_t)>();
+    at::Tensor rm = *running_mean, rv = *running_var;
+    update.call(rm, rv, std::get<1>(out), std::get<2>(out), momentum,
+                input.numel() / input.size(1));
+  }
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
   m.impl("bn_act_forward", &forward_autograd);
   m.impl("bn_act_backward", &backward_autograd);

@@ -1,6 +1,5 @@
-// Helpers of the eager fast path of the GAN loss: a raw METH_FASTCALL function of
-// fastgan._C that runs the common case in one C++ call and returns None for everything
-// else (csrc/fastgan.cpp's gan_loss_eager).
+// Helpers of the eager fast paths of csrc/fastgan.cpp: raw METH_FASTCALL functions of
+// fastgan._C that skip the Python around an op call (gan_loss_eager, bn_act_eager).
 #pragma once
 
 #include <Python.h>

@@ -29,17 +29,18 @@ def check_args(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if x.numel() == 0:
         raise ValueError(f"batch_norm_act: input is empty (shape {tuple(x.shape)})")
     C = x.shape[1]
+    per_channel, device = (C,), x.device
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         if t is None:
             continue
-        if t.dim() != 1 or t.shape[0] != C:
+        if t.shape != per_channel:
             raise ValueError(f"batch_norm_act: {name} must have shape ({C},) to match the "
                              f"input's {C} channels, got {tuple(t.shape)}")
         if not t.is_floating_point():
             raise TypeError(f"batch_norm_act: {name} must be floating-point, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"batch_norm_act: {name} is on {t.device} but input is on {x.device}")
+        if t.device != device:
+            raise ValueError(f"batch_norm_act: {name} is on {t.device} but input is on {device}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm_act: running_mean and running_var must both be given or "
                          "both be None")
