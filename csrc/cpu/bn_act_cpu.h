@@ -1,7 +1,9 @@
-// The CPU forward of fastgan::bn_act_forward, callable from C++ (csrc/bn_act_eager.cpp)
-// with one option the op's schema does not have: contiguous_out=true returns y NCHW
-// whatever the input's layout (an NHWC input's output is then written transposed by the
-// kernel's own apply pass instead of copied afterwards). With false it is the op.
+// The CPU forward of fastgan::bn_act_forward as a C++ function. Since issue 14 nothing
+// outside csrc/cpu calls it: the op's CPU registration (csrc/cpu/bn_act.cpp) is its only
+// caller, always with contiguous_out=false. contiguous_out=true (an NHWC input's output
+// written NCHW by the apply pass) was an option outside the op's schema, reached through
+// an eager side path that is gone; it measured within noise of a separate relayout
+// (fastgan/nn/blocks.py, _ToContiguous). It is to be dropped with this declaration.
 #pragma once
 
 #include <ATen/ATen.h>
