@@ -31,7 +31,7 @@ from torch import nn
 import fastgan
 from fastgan.models import Discriminator, Generator, weights_init
 
-from .common import format_table, paired_ratio, paired_timings, saved_tensor_bytes
+from .common import Row, format_table, paired_ratio, paired_timings, saved_tensor_bytes
 
 BENCHES = ("block", "sample", "train", "traced")
 
@@ -211,8 +211,6 @@ def test_blocks(benchmark, _cases, bench, impl):
 def rows(cfg):
     """`fastgan bench` rows on its default, the DCGAN 64x64 pair at cfg.batch: a ConvT
     block, generator sampling, and the G+D training step (with saved MB of G)."""
-    from .suite import Row
-
     bf16 = cfg.dtype == torch.bfloat16
     dev = cfg.device
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format

@@ -19,7 +19,7 @@ from torch import nn
 
 import fastgan
 
-from .common import format_table, paired_timings, saved_tensor_bytes, tune_malloc
+from .common import Row, format_table, paired_timings, saved_tensor_bytes, tune_malloc
 
 CONFIGS = {
     # name: (shape, dtype, channels_last)
@@ -95,8 +95,6 @@ def test_bn_act(benchmark, config, mode, impl):
 def rows(cfg):
     """`fastgan bench` rows: the DCGAN generator's 32x32 BatchNorm+LeakyReLU layer
     (batch, 64, 32, 32), training forward+backward and eval forward."""
-    from .suite import Row
-
     C, S = 64, 32
     x = cfg.input(cfg.batch, C, S, S)
     g = torch.randn_like(x)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import fastgan
 
-from .common import paired_ratio, paired_timings
+from .common import Row, paired_ratio, paired_timings
 
 SIZES = (64, 512)
 IMPLS = ("eager", "torch.compile", "fastgan[cpu]")
@@ -88,8 +88,6 @@ def test_gan_loss(benchmark, impl: str, n: int, stats: bool) -> None:
 
 def rows(cfg):
     """`fastgan bench` rows: the DCGAN discriminator's ns loss on a batch of logits."""
-    from .suite import Row
-
     n = cfg.batch
     real = cfg.input(n, requires_grad=True)
     fake = cfg.input(n, requires_grad=True)

@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmarks.
+"""What the benchmarks share: timing helpers, and the Config / Row of `fastgan bench`.
 
 This machine (and most shared CI machines) drifts by tens of percent from one second
 to the next, so speedups are measured as *paired* ratios: every round times each
@@ -10,6 +10,7 @@ are reported beside it.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import statistics
 import time
 from typing import Callable
@@ -97,3 +98,37 @@ def tune_malloc() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1
     return ok and libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1
+
+
+# ---------------------------------------------------------------------------
+# What `fastgan bench` (bench/suite.py) runs: a configuration, and the rows each bench
+# module contributes through its rows(cfg).
+
+@dataclasses.dataclass
+class Config:
+    batch: int
+    dtype: torch.dtype
+    channels_last: bool
+    device: str
+    backends: list[str]
+    quick: bool
+    rounds: int
+
+    def input(self, *shape: int, scale: float = 1.0, requires_grad: bool = False) -> torch.Tensor:
+        x = torch.randn(*shape, device=self.device) * scale
+        x = x.to(self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.requires_grad_(requires_grad)
+
+    def fastgan_impls(self) -> list[str]:
+        return [b for b in self.backends if b != "reference"]
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    kind: str  # "op", "block", "train step", "sampling"
+    impls: dict[str, Callable[[], object]]
+    saved: dict[str, Callable[[], int]] = dataclasses.field(default_factory=dict)  # -> bytes
+    note: str = ""

@@ -13,7 +13,6 @@ Results go to stdout, to JSON and to a PNG bar chart.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -25,45 +24,13 @@ import torch
 
 import fastgan
 
-from .common import median, paired_ratio, paired_timings, spread, tune_malloc
+from . import bench_blocks, bench_bn_act, bench_gan_loss
+from .common import Config, Row, median, paired_ratio, paired_timings, spread, tune_malloc
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-@dataclasses.dataclass
-class Config:
-    batch: int
-    dtype: torch.dtype
-    channels_last: bool
-    device: str
-    backends: list[str]
-    quick: bool
-    rounds: int
-
-    def input(self, *shape: int, scale: float = 1.0, requires_grad: bool = False) -> torch.Tensor:
-        x = torch.randn(*shape, device=self.device) * scale
-        x = x.to(self.dtype)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x.requires_grad_(requires_grad)
-
-    def fastgan_impls(self) -> list[str]:
-        return [b for b in self.backends if b != "reference"]
-
-
-@dataclasses.dataclass
-class Row:
-    name: str
-    kind: str  # "op", "block", "train step", "sampling"
-    impls: dict[str, Callable[[], object]]
-    saved: dict[str, Callable[[], int]] = dataclasses.field(default_factory=dict)  # -> bytes
-    note: str = ""
-
-
-def _providers():
-    from . import bench_blocks, bench_bn_act, bench_gan_loss
-
-    return [bench_bn_act.rows, bench_gan_loss.rows, bench_blocks.rows]
+PROVIDERS = (bench_bn_act.rows, bench_gan_loss.rows, bench_blocks.rows)
 
 
 def _default_device() -> str:
@@ -280,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'channels_last' if cfg.channels_last else 'contiguous'}, backends "
           f"{', '.join(cfg.fastgan_impls()) or 'none'}, {cfg.rounds} rounds per row, "
           f"malloc {args.malloc}")
-    rows = [r for provider in _providers() for r in provider(cfg)]
+    rows = [r for provider in PROVIDERS for r in provider(cfg)]
     results = []
     t_start = time.perf_counter()
     for i, row in enumerate(rows, 1):

@@ -1,13 +1,29 @@
-// Schemas of the fused BatchNorm2d + LeakyReLU op.
+// Schemas and autograd of the fused BatchNorm2d + LeakyReLU op.
 //
-// bn_act_forward: training=True computes per-channel batch statistics (returned as
-// mean and biased var, in fp32, or fp64 for fp64 input) and normalises with them;
-// training=False normalises with running_mean / running_var (returned as copies).
-// The running-stats update is not part of the op (it stays functional, so autograd
-// and torch.compile can treat it as a pure function); fastgan/ops/bn_act.py
-// applies it with bn_act_update_running_stats_ (below). bn_act_backward recomputes x_hat and the activation mask from the
-// saved input and statistics. Outputs masked off by output_mask are empty.
-// Kernels: csrc/cpu/bn_act.cpp, csrc/cuda/bn_act.cu; Python side: fastgan/ops/bn_act.py.
+// bn_act_forward: training=True computes per-channel batch statistics (returned as mean
+// and biased var, in fp32, or fp64 for fp64 input) and normalises with them;
+// training=False normalises with running_mean / running_var (returned as copies). The
+// running-stats update is not part of the op (it stays functional, so autograd and
+// torch.compile can treat it as a pure function); fastgan/ops/bn_act.py applies it with
+// bn_act_update_running_stats_ (below). bn_act_backward recomputes x_hat and the
+// activation mask from the saved input and statistics. Outputs masked off by
+// output_mask are empty. negative_slope = 1 is the identity: a BatchNorm alone.
+// Kernels: csrc/cpu/bn_act.cpp, csrc/cuda/bn_act.cu; Python side (checks, backend
+// choice, reference, fake kernels): fastgan/ops/bn_act.py.
+//
+// Autograd lives here, once, at the Autograd key (as csrc/gan_loss.cpp's): a
+// hand-written node that saves the input and the statistics (never the output) and
+// calls bn_act_backward. That backward op is itself differentiable: its Autograd kernel
+// runs the kernel when nothing needs its gradient, and otherwise (create_graph=True, as
+// gradient penalties do) the same formula in differentiable ATen ops, whose graph
+// autograd records for the second derivative. (StyleGAN2-ADA's bias_act has this
+// shape.) So eager calls, torch.compile and opcheck all see one autograd.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
@@ -19,21 +35,53 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
       "bn_act_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor var, bool training, float eps, float negative_slope, "
       "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "bn_act_update_running_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, "
+      "Tensor mean, Tensor var, float momentum, int count) -> ()");
 }
-
-// ---------------------------------------------------------------------------
-// The running-stats update, nn.BatchNorm2d's rule, as one call instead of half a
-// dozen small tensor ops from Python: running = (1 - m) * running + m * batch, with
-// the unbiased variance tracked. Device-agnostic (CPU loop or ATen ops).
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 
 namespace fastgan {
 namespace {
 
-void bn_act_update_running_stats(at::Tensor& running_mean, at::Tensor& running_var,
-                                 const at::Tensor& mean, const at::Tensor& var, double momentum,
-                                 int64_t count) {
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+using OptTensor = c10::optional<at::Tensor>;
+using Out3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using ForwardFn = Out3(const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+                       const OptTensor&, bool, double, double);
+using BackwardFn = Out3(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
+                        const at::Tensor&, const at::Tensor&, bool, double, double,
+                        std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastgan::bn_act_forward", "")
+                             .typed<ForwardFn>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastgan::bn_act_backward", "")
+                             .typed<BackwardFn>();
+  return op;
+}
+
+at::Tensor value_or_undefined(const OptTensor& t) { return t.has_value() ? *t : at::Tensor(); }
+
+OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
+
+// A per-channel (C,) tensor shaped to broadcast against (N, C, H, W).
+at::Tensor per_channel(const at::Tensor& t) { return t.view({1, -1, 1, 1}); }
+
+// ---------------------------------------------------------------------------
+// Running statistics: nn.BatchNorm2d's rule as one call instead of half a dozen small
+// tensor ops from Python: running = (1 - m) * running + m * batch, with the unbiased
+// variance tracked. Device-agnostic (a CPU loop, or ATen ops).
+
+void update_running_stats(at::Tensor& running_mean, at::Tensor& running_var,
+                          const at::Tensor& mean, const at::Tensor& var, double momentum,
+                          int64_t count) {
   TORCH_CHECK(count > 1, "fastgan::bn_act_update_running_stats_: count must be > 1, got ", count);
   const int64_t C = running_mean.numel();
   TORCH_CHECK(running_var.numel() == C && mean.numel() == C && var.numel() == C,
@@ -41,11 +89,11 @@ void bn_act_update_running_stats(at::Tensor& running_mean, at::Tensor& running_v
               "must all have ", C, " elements");
   const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
   at::NoGradGuard no_grad;
-  const bool cpu_fast = running_mean.is_cpu() && running_var.is_cpu() && mean.is_cpu() &&
+  const bool cpu_loop = running_mean.is_cpu() && running_var.is_cpu() && mean.is_cpu() &&
                         var.is_cpu() && running_mean.is_contiguous() &&
                         running_var.is_contiguous() &&
                         running_mean.scalar_type() == running_var.scalar_type();
-  if (!cpu_fast) {
+  if (!cpu_loop) {
     running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.scalar_type()), momentum);
     running_var.mul_(1.0 - momentum).add_((var * unbias).to(running_var.scalar_type()), momentum);
     return;
@@ -66,15 +114,161 @@ void bn_act_update_running_stats(at::Tensor& running_mean, at::Tensor& running_v
   });
 }
 
-}  // namespace
-}  // namespace fastgan
+// ---------------------------------------------------------------------------
+// bn_act_backward in differentiable ATen ops, for when its outputs need gradients.
+//
+// In training the statistics are recomputed from the input, so that their dependence
+// on it is part of the graph. The activation's derivative is taken as eager's is, with
+// leaky_relu_backward, whose own derivative in the pre-activation is zero: a bias then
+// gets a zero gradient from a penalty, not none, exactly as eager BatchNorm2d +
+// LeakyReLU/ReLU gives it (an optimizer moves a parameter with a zero gradient but
+// skips one with none). Slope 1 (no activation) has no such step, as in eager.
+Out3 backward_composite(const at::Tensor& grad_out, const at::Tensor& input,
+                        const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean,
+                        const at::Tensor& var, bool training, double eps, double slope,
+                        std::array<bool, 3> mask) {
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const std::vector<int64_t> dims{0, 2, 3};
+  const at::Tensor x = input.to(acc);
+  at::Tensor mu = mean.to(acc), sigma2 = var.to(acc);
+  if (training) std::tie(sigma2, mu) = at::var_mean(x, at::IntArrayRef(dims), c10::Scalar(0));
+  const at::Tensor invstd = (sigma2 + eps).rsqrt();
+  const at::Tensor xhat = (x - per_channel(mu)) * per_channel(invstd);
+  const at::Tensor w = weight.defined() ? weight.to(acc) : at::Tensor();
+  at::Tensor z = w.defined() ? xhat * per_channel(w) : xhat;
+  if (bias.defined()) z = z + per_channel(bias.to(acc));
+  const at::Tensor g = grad_out.to(acc);
+  const at::Tensor dz = slope == 1.0 ? g : at::leaky_relu_backward(g, z, slope, false);
+  const at::Tensor sum_dz = dz.sum(at::IntArrayRef(dims));
+  const at::Tensor sum_dz_xhat = (dz * xhat).sum(at::IntArrayRef(dims));
+  const auto empty = [&](const at::Tensor& like) {
+    return at::empty({0}, input.options().dtype(like.defined() ? like.scalar_type()
+                                                               : input.scalar_type()));
+  };
+  at::Tensor gx = empty(input), gw = empty(weight), gb = empty(bias);
+  if (mask[0]) {
+    at::Tensor d = dz;
+    if (training) {
+      const double n = static_cast<double>(input.numel() / input.size(1));
+      d = dz - per_channel(sum_dz / n) - xhat * per_channel(sum_dz_xhat / n);
+    }
+    gx = (d * per_channel(w.defined() ? invstd * w : invstd)).to(input.scalar_type());
+  }
+  if (mask[1] && weight.defined()) gw = sum_dz_xhat.to(weight.scalar_type());
+  if (mask[2] && bias.defined()) gb = sum_dz.to(bias.scalar_type());
+  return {gx, gw, gb};
+}
 
-TORCH_LIBRARY_FRAGMENT(fastgan, m) {
-  m.def(
-      "bn_act_update_running_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, "
-      "Tensor mean, Tensor var, float momentum, int count) -> ()");
+Out3 backward_autograd(const at::Tensor& grad_out, const at::Tensor& input,
+                       const OptTensor& weight, const OptTensor& bias, const at::Tensor& mean,
+                       const at::Tensor& var, bool training, double eps, double slope,
+                       std::array<bool, 3> mask) {
+  if (torch::autograd::compute_requires_grad(grad_out, input, weight, bias, mean, var)) {
+    return backward_composite(grad_out, input, value_or_undefined(weight),
+                              value_or_undefined(bias), mean, var, training, eps, slope, mask);
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return backward_op().call(grad_out, input, weight, bias, mean, var, training, eps, slope,
+                            mask);
+}
+
+// ---------------------------------------------------------------------------
+// Forward autograd: one node per call, inputs (input, weight, bias), one differentiable
+// output (out; mean and var have no gradient).
+
+struct BnActBackward final : public torch::autograd::Node {
+  SavedVariable input, weight, bias, mean, var;  // undefined weight / bias: affine=False
+  bool training = true;
+  double eps = 1e-5, slope = 0.0;
+
+  std::string name() const override { return "BnActBackward"; }
+
+  void release_variables() override {
+    for (SavedVariable* v : {&input, &weight, &bias, &mean, &var}) v->reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    // (no edge, no output: an absent weight or bias is never asked for)
+    const std::array<bool, 3> mask{task_should_compute_output(0), task_should_compute_output(1),
+                                   task_should_compute_output(2)};
+    variable_list out(3);
+    if (!grads[0].defined() || !(mask[0] || mask[1] || mask[2])) return out;
+    // through the dispatcher: with create_graph=True the Autograd kernel above records
+    // a differentiable graph, otherwise it goes straight to the kernel
+    auto [gx, gw, gb] = backward_op().call(grads[0], input.unpack(), optional(weight.unpack()),
+                                           optional(bias.unpack()), mean.unpack(), var.unpack(),
+                                           training, eps, slope, mask);
+    if (mask[0]) out[0] = std::move(gx);
+    if (mask[1]) out[1] = std::move(gw);
+    if (mask[2]) out[2] = std::move(gb);
+    return out;
+  }
+};
+
+Out3 forward_autograd(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                      const OptTensor& running_mean, const OptTensor& running_var, bool training,
+                      double eps, double slope) {
+  TORCH_CHECK(!torch::autograd::isFwGradDefined(input) &&
+                  !torch::autograd::isFwGradDefined(weight) &&
+                  !torch::autograd::isFwGradDefined(bias),
+              "fastgan::bn_act_forward: forward-mode AD (jvp) is not supported");
+  Out3 out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = forward_op().call(input, weight, bias, running_mean, running_var, training, eps, slope);
+  }
+  if (torch::autograd::compute_requires_grad(input, weight, bias)) {
+    auto node = c10::make_intrusive<BnActBackward>();
+    // an absent weight or bias gets an empty edge: inputs stay (input, weight, bias)
+    node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+    node->input = SavedVariable(input, /*is_output=*/false);
+    node->weight = SavedVariable(value_or_undefined(weight), false);
+    node->bias = SavedVariable(value_or_undefined(bias), false);
+    node->mean = SavedVariable(std::get<1>(out), false);  // no history: plain tensors
+    node->var = SavedVariable(std::get<2>(out), false);
+    node->training = training;
+    node->eps = eps;
+    node->slope = slope;
+    torch::autograd::set_history(std::get<0>(out), node);
+    torch::autograd::fire_node_creation_hooks(node);
+  }
+  return out;
+}
+
+}  // namespace
+
+// fastgan::bn_act_forward (autograd included) and, in training with running statistics,
+// their update: what fastgan.ops.bn_act.forward_with_stats runs on the compiled
+// backends, in one call from Python (fastgan._C.bn_act_eager, csrc/fastgan.cpp). Both
+// ops go through the dispatcher, so modes and subclasses see them as usual.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update(
+    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& running_mean, const OptTensor& running_var, bool training, double momentum,
+    double eps, double slope) {
+  const bool has_running = running_mean.has_value() && running_mean->defined();
+  const bool batch_stats = training || !has_running;
+  const OptTensor none;
+  auto out = forward_op().call(input, weight, bias, batch_stats ? none : running_mean,
+                               batch_stats ? none : running_var, batch_stats, eps, slope);
+  if (training && has_running) {
+    static const auto update = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("fastgan::bn_act_update_running_stats_", "")
+                                   .typed<void(at::Tensor&, at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&, double, int64_t)>();
+    at::Tensor rm = *running_mean, rv = *running_var;
+    update.call(rm, rv, std::get<1>(out), std::get<2>(out), momentum,
+                input.numel() / input.size(1));
+  }
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
+  m.impl("bn_act_forward", &forward_autograd);
+  m.impl("bn_act_backward", &backward_autograd);
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CompositeExplicitAutograd, m) {
-  m.impl("bn_act_update_running_stats_", &fastgan::bn_act_update_running_stats);
+  m.impl("bn_act_update_running_stats_", &update_running_stats);
 }
+
+}  // namespace fastgan

@@ -17,8 +17,11 @@
 #include "py_fast_path.h"
 
 namespace fastgan {
-PyObject* bn_act_train_eager(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
-PyObject* bn_act_set_composite(PyObject* self, PyObject* fn);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
+    double slope);
 PyObject* relayout_py(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_call(
     const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
@@ -104,23 +107,55 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
   END_HANDLE_TH_ERRORS
 }
 
+// fastgan.ops.bn_act.forward_with_stats on the compiled backends in eager mode, after
+// its argument checks and backend choice: the op with its autograd and the running-stats
+// update (csrc/bn_act.cpp's bn_act_forward_update) in one call. At DCGAN layer sizes
+// the two boxed torch.ops calls and their Python glue cost more than the fused kernel
+// saves on a small layer.
+// bn_act_eager(x, weight, bias, running_mean, running_var, training, momentum, eps,
+//              negative_slope) -> (y, mean, var); the tensors other than x may be None.
+PyObject* bn_act_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 9) {
+    PyErr_Format(PyExc_TypeError, "bn_act_eager() takes 9 arguments (%zd given)", nargs);
+    return nullptr;
+  }
+  c10::optional<at::Tensor> opt[4];
+  bool ok = THPVariable_Check(args[0]) && PyBool_Check(args[5]);
+  for (int i = 0; ok && i < 4; ++i) {
+    if (THPVariable_Check(args[i + 1])) opt[i] = THPVariable_Unpack(args[i + 1]);
+    else ok = args[i + 1] == Py_None;
+  }
+  double momentum = 0, eps = 0, slope = 0;
+  ok = ok && fastgan::number_arg(args[6], momentum) && fastgan::number_arg(args[7], eps) &&
+       fastgan::number_arg(args[8], slope);
+  if (!ok) {
+    PyErr_SetString(PyExc_TypeError,
+                    "bn_act_eager(x, weight, bias, running_mean, running_var, training, "
+                    "momentum, eps, negative_slope): expected tensors (or None), a bool and "
+                    "three numbers");
+    return nullptr;
+  }
+  auto [y, mean, var] =
+      fastgan::bn_act_forward_update(THPVariable_Unpack(args[0]), opt[0], opt[1], opt[2],
+                                     opt[3], args[5] == Py_True, momentum, eps, slope);
+  return fastgan::tensors_tuple(std::move(y), std::move(mean), std::move(var));
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef kRawMethods[] = {
     {"gan_loss_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&gan_loss_eager)),
      METH_FASTCALL,
      "gan_loss_eager(real, fake, kind, reduction, real_label, backend_stack): "
      "fastgan::gan_loss_forward for the common case, else None (eager fast path)"},
-    {"bn_act_train_eager",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastgan::bn_act_train_eager)),
+    {"bn_act_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&bn_act_eager)),
      METH_FASTCALL,
-     "bn_act_train_eager(x, weight, bias, running_mean, running_var, training, momentum, eps, "
-     "negative_slope, backend_stack): fastgan.ops.bn_act.forward_with_stats for the common "
-     "case in one call, else None (csrc/bn_act_eager.cpp)"},
+     "bn_act_eager(x, weight, bias, running_mean, running_var, training, momentum, eps, "
+     "negative_slope): fastgan::bn_act_forward and the running-stats update in one call"},
     {"relayout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastgan::relayout_py)),
      METH_FASTCALL,
      "relayout(x, to_channels_last): a 4-D CPU tensor copied NCHW -> channels_last (True) or "
-     "back (False) by tile transposes, or None where that does not apply (csrc/cpu/relayout.cpp)"},
-    {"bn_act_set_composite", &fastgan::bn_act_set_composite, METH_O,
-     "bn_act_set_composite(fn): the differentiable backward used under create_graph=True"},
+     "back (False) by tile transposes, or None where that does not apply (csrc/cpu/kernels/relayout.cpp)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

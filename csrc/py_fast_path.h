@@ -1,6 +1,5 @@
-// Helpers of the eager fast paths: raw METH_FASTCALL functions of fastgan._C that run a
-// common case in one C++ call and return None for everything else (csrc/fastgan.cpp's
-// gan_loss_eager, csrc/bn_act_eager.cpp's bn_act_train_eager).
+// Helpers of the eager fast paths of csrc/fastgan.cpp: raw METH_FASTCALL functions of
+// fastgan._C that skip the Python around an op call (gan_loss_eager, bn_act_eager).
 #pragma once
 
 #include <Python.h>

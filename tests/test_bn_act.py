@@ -256,25 +256,6 @@ def test_backward_nchw_gradient_for_channels_last_input(dtype, shape):
 
 
 @needs_c
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("shape", [(3, 16, 5, 7), (2, 40, 9, 11), (5, 33, 1, 3), (4, 64, 32, 32),
-                                   (2, 5, 6, 6)])
-def test_forward_nchw_output_from_channels_last_input(dtype, shape):
-    """The eager fast path's contiguous_out: y written NCHW by the kernel from an NHWC
-    input, the same bits as the channels_last y copied (and a copy for few channels)."""
-    x = _input(shape, dtype, True, mean=0.5, std=2.0)
-    C = shape[1]
-    w, b = torch.rand(C, dtype=dtype) + 0.5, torch.randn(C, dtype=dtype)
-    rm, rv = torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
-    for training in (True, False):
-        args = (x, w, b, rm.clone(), rv.clone(), training, 0.1, 1e-5, 0.2, [])
-        y, mean, var = _ext._C.bn_act_train_eager(*args, True)
-        y_cl, mean2, var2 = _ext._C.bn_act_train_eager(*args)
-        assert y.is_contiguous() and y_cl.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(y, y_cl.contiguous()) and torch.equal(mean, mean2)
-
-
-@needs_c
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape", [(2, 16, 5, 7), (3, 33, 1, 70), (1, 3, 64, 64), (4, 128, 4, 4)])
 def test_relayout(dtype, shape):
@@ -488,67 +469,53 @@ def test_compiled_op_checks_its_arguments():
                                          1e-5, 0.2)
 
 
-@pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
-def test_eager_paths_match_registered_op():
-    """Eager calls take lighter autograd than the op's registered one: the C++ fast path
-    (fastgan._C.bn_act_train_eager, a hand-written node) and, where it defers, a plain
-    autograd.Function. All three give the same values and first and second derivatives."""
-    from fastgan import _backend
-    from fastgan.ops import bn_act as B
-
+@needs_c
+def test_one_autograd_for_every_caller():
+    """The module, the functional API and the op itself all record the one C++ node, and
+    agree on values and first and second derivatives with the reference backend."""
     torch.manual_seed(0)
     x = torch.randn(3, 4, 5, 2, dtype=torch.float64, requires_grad=True)
     w = torch.rand(4, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    args = (None, None, True, 1e-5, 0.2)
-    y1 = B._EagerAutograd.apply(x, w, b, *args)[0]
-    y2 = torch.ops.fastgan.bn_act_forward(x, w, b, *args)[0]
-    y3 = B._train_eager(x, w, b, None, None, True, 0.1, 1e-5, 0.2, _backend._stack)[0]
-    assert y3.grad_fn.name() == "BnActBackward"
-    assert torch.equal(y1, y2) and torch.equal(y1, y3)
-    g = torch.randn_like(y1)
-    grads = [torch.autograd.grad(y, (x, w, b), g, create_graph=True) for y in (y1, y2, y3)]
-    for gi in grads[1:]:
-        for a, c in zip(grads[0], gi):
-            assert torch.equal(a, c)
-    second = [torch.autograd.grad(sum(t.square().sum() for t in gi), (x, w)) for gi in grads]
-    for gi in second[1:]:
-        for a, c in zip(second[0], gi):
-            torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
-    # the module takes the C++ path in training, and it updates the running statistics
-    # as nn.BatchNorm2d does
     bn = fastgan.nn.BatchNormAct2d(4, dtype=torch.float64)
-    ref = torch.nn.BatchNorm2d(4, dtype=torch.float64)
-    assert bn(x).grad_fn.name() == "BnActBackward"
-    ref(x)
-    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
-    assert int(bn.num_batches_tracked) == 1
+    with torch.no_grad():
+        bn.weight.copy_(w), bn.bias.copy_(b)
+    ys = [torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 1e-5, 0.2)[0],
+          batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, 0.2), bn(x)]
+    assert all(y.grad_fn.name() == "BnActBackward" for y in ys)
+    with fastgan.use_backend("reference"):
+        ref = batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, 0.2)
+    g = torch.randn_like(ref)
+
+    def derivatives(y, params):
+        first = torch.autograd.grad(y, (x, *params), g, create_graph=True)
+        second = torch.autograd.grad(sum(t.square().sum() for t in first), (x, *params))
+        return first + second
+
+    want = derivatives(ref, (w, b))
+    for y, params in zip(ys, ((w, b), (w, b), (bn.weight, bn.bias))):
+        assert_close_scaled(y, ref, 1e-12)
+        for a, c in zip(derivatives(y, params), want):
+            assert_close_scaled(a, c, 1e-9)
 
 
-@pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
+@needs_c
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_eager_fast_path_autograd_contract(channels_last, affine, training):
-    """The C++ node behaves as autograd's own: gradcheck in both modes and layouts, with
-    and without affine; a second backward without retain_graph raises; retain_graph
-    allows it; an input modified in place before backward is caught."""
-    from fastgan import _backend
-    from fastgan.ops import bn_act as B
-
+def test_autograd_node_contract(channels_last, affine, training):
+    """The C++ node behaves as autograd's own: gradcheck and gradgradcheck in both modes
+    and layouts, with and without affine; a second backward without retain_graph raises;
+    retain_graph allows it; an input modified in place before backward is caught."""
     torch.manual_seed(0)
     x, w, b, rm, rv = _grad_inputs(channels_last)
-    if not affine:
-        w = b = None
-    # the fast path's own op, with running statistics used in eval
-    args = (rm, rv) if not training else (None, None)
+    stats = (None, None) if training else (rm, rv)
 
     def f(x, *wb):
-        ww, bb = (wb + (None, None))[:2] if affine else (None, None)
-        out = B._train_eager(x, ww, bb, *args, training, 0.1, 1e-5, 0.2, _backend._stack)
-        assert out is not None and out[0].grad_fn.name() == "BnActBackward"
-        return out[0]
+        ww, bb = wb if affine else (None, None)
+        y = torch.ops.fastgan.bn_act_forward(x, ww, bb, *stats, training, 1e-5, 0.2)[0]
+        assert y.grad_fn.name() == "BnActBackward"
+        return y
 
     inputs = (x, w, b) if affine else (x,)
     assert torch.autograd.gradcheck(f, inputs)
@@ -567,49 +534,36 @@ def test_eager_fast_path_autograd_contract(channels_last, affine, training):
         y.sum().backward()
 
 
-@pytest.mark.skipif(not _ext.ext_loaded(), reason="fastgan._C is not built")
-def test_eager_fast_path_defers_everything_else(monkeypatch):
-    """bn_act_train_eager returns None (the Python path decides, raises or dispatches)
-    for anything but the common case."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+@needs_c
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("slope", [0.0, 0.2, 1.0])
+def test_backward_op_is_differentiable(channels_last, training, slope):
+    """fastgan::bn_act_backward has its own autograd (what double backward runs): its
+    derivatives in grad_out, input, weight and bias pass gradcheck against the kernel's
+    finite differences. In training its statistics are those of the input."""
+    torch.manual_seed(0)
+    x, w, b, rm, rv = _grad_inputs(channels_last)
+    go = torch.randn_like(x).requires_grad_()
 
-    from fastgan import _backend
-    from fastgan.ops import bn_act as B
+    def f(go, x, w, b):
+        mean, var = rm, rv
+        if training:  # the statistics as functions of x, for the finite differences
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        return torch.ops.fastgan.bn_act_backward(go, x, w, b, mean, var, training, 1e-5, slope,
+                                                 [True, True, True])
 
-    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
-    fast = B._train_eager
+    assert torch.autograd.gradcheck(f, (go, x, w, b))
+    args = (go.detach(), x.detach(), w.detach(), b.detach(), rm, rv, training, 1e-5, slope,
+            [True, True, True])
+    torch.library.opcheck(torch.ops.fastgan.bn_act_backward.default, args)
+    torch.library.opcheck(torch.ops.fastgan.bn_act_backward.default,
+                          (go, x, w, b) + args[4:], test_utils=["test_autograd_registration"])
+
+
+@needs_c
+def test_momentum_error_is_clear():
     x, w, b = torch.randn(2, 3, 4, 4), torch.rand(3), torch.randn(3)
     rm, rv = torch.zeros(3), torch.ones(3)
-    ok = (x, w, b, rm, rv, True, 0.1, 1e-5, 0.2, _backend._stack)
-    assert fast(*ok) is not None
-    deferred = [
-        (x[0], w, b, rm, rv, True, 0.1, 1e-5, 0.2),           # 3-D
-        (x.int(), w, b, rm, rv, True, 0.1, 1e-5, 0.2),        # integer input
-        (x[:0], w, b, rm, rv, True, 0.1, 1e-5, 0.2),          # empty
-        (x[:1, :, :1, :1], w, b, rm, rv, True, 0.1, 1e-5, 0.2),  # one value per channel
-        (x, w[:2], b, rm, rv, True, 0.1, 1e-5, 0.2),          # channel mismatch
-        (x, w, b, rm, None, True, 0.1, 1e-5, 0.2),            # half the running stats
-        (x, w, b, rm, rv, True, 1.5, 1e-5, 0.2),              # momentum out of range
-        (x, w, b, rm, rv, True, 0.1, 0.0, 0.2),               # eps
-        (x, w, b, rm, rv, True, 0.1, 1e-5, -1.0),             # slope
-        (x, w, b, rm, rv, 1, 0.1, 1e-5, 0.2),                 # training not a bool
-        (x.numpy(), w, b, rm, rv, True, 0.1, 1e-5, 0.2),      # not a tensor
-        (x.to("meta"), w, b, rm, rv, True, 0.1, 1e-5, 0.2),   # no kernel here
-    ]
-    for args in deferred:
-        assert fast(*args, _backend._stack) is None, args
-    with fastgan.use_backend("reference"):
-        assert fast(*ok[:-1], _backend._stack) is None
-    monkeypatch.setenv("FASTGAN_BACKEND", "reference")
-    assert fast(*ok) is None
-    monkeypatch.delenv("FASTGAN_BACKEND")
-
-    class Passthrough(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
-    with Passthrough():
-        assert fast(*ok) is None
-    # what the Python path then does: clear errors
     with pytest.raises(ValueError, match="momentum must be in"):
-        B.forward_with_stats(x, rm, rv, w, b, True, 1.5, 1e-5, 0.2)
+        bn_act_op.forward_with_stats(x, rm, rv, w, b, True, 1.5, 1e-5, 0.2)

@@ -12,7 +12,6 @@
 #include <cstdlib>
 
 #include "../common.h"
-#include "bn_act_cpu.h"
 
 namespace fastgan {
 namespace cpu {
@@ -136,15 +135,7 @@ const KernelTable& kernels() {
 }
 
 // ---------------------------------------------------------------------------
-// The ops' CPU kernels and the C++ entry points, each a call through kernels().
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_cpu(
-    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
-    const OptTensor& running_mean, const OptTensor& running_var, bool training, double eps,
-    double negative_slope, bool contiguous_out) {
-  return kernels().bn_act_forward(input, weight, bias, running_mean, running_var, training, eps,
-                                  negative_slope, contiguous_out);
-}
+// The ops' CPU kernels, each a call through kernels().
 
 namespace {
 
@@ -152,7 +143,7 @@ Tensor3 bn_act_forward(const at::Tensor& input, const OptTensor& weight, const O
                        const OptTensor& running_mean, const OptTensor& running_var,
                        bool training, double eps, double negative_slope) {
   return kernels().bn_act_forward(input, weight, bias, running_mean, running_var, training, eps,
-                                  negative_slope, /*contiguous_out=*/false);
+                                  negative_slope);
 }
 
 Tensor3 bn_act_backward(const at::Tensor& grad_out, const at::Tensor& input,

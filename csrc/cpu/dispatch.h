@@ -23,11 +23,11 @@ using Tensor4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using OptTensor = c10::optional<at::Tensor>;
 
 struct KernelTable {
-  // fastgan::bn_act_forward's schema plus contiguous_out (see bn_act_cpu.h)
+  // each entry has the signature of its op's schema (csrc/bn_act.cpp, csrc/gan_loss.cpp)
   Tensor3 (*bn_act_forward)(const at::Tensor& input, const OptTensor& weight,
                             const OptTensor& bias, const OptTensor& running_mean,
                             const OptTensor& running_var, bool training, double eps,
-                            double negative_slope, bool contiguous_out);
+                            double negative_slope);
   Tensor3 (*bn_act_backward)(const at::Tensor& grad_out, const at::Tensor& input,
                              const OptTensor& weight, const OptTensor& bias,
                              const at::Tensor& mean, const at::Tensor& var, bool training,

@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from fastgan import _backend, _ext
-from fastgan.ops import bn_act as _bn_act
+from fastgan import _ext
+from fastgan.ops import bn_act
 
 _local = threading.local()  # .active: a scope is open on this thread
 
@@ -181,25 +181,8 @@ class _Recompute:
                 "between forward and backward; its output cannot be recomputed (same rule as "
                 "autograd's 'modified by an inplace operation' error)")
         z = self.unpack_z(self.z) if self.unpack_z else self.z
-        with torch.no_grad():
-            # the forward's own backend, so y is bitwise the tensor the forward returned
-            if e.backend == "reference":
-                y = _bn_act.reference_forward(z, e.weight, e.bias, e.mean, e.var, False, e.eps,
-                                              e.slope)[0]
-            elif e.backend == "triton":
-                y = _bn_act._triton_forward()(z, e.weight, e.bias, e.mean, e.var, False, e.eps,
-                                              e.slope)[0]
-            elif (e.relaid and not channels_last and _bn_act._train_eager is not None
-                  and (out := _bn_act._train_eager(z, e.weight, e.bias, e.mean, e.var, False,
-                                                   0.0, e.eps, e.slope, _backend._stack,
-                                                   True)) is not None):
-                y = out[0]  # written NCHW by the kernel, as the forward's was
-            else:
-                # every input is detached: skipping the op's registered autograd wrapper
-                # (~25 us of Python per call) changes nothing
-                with torch._C._AutoDispatchBelowAutograd():
-                    y = torch.ops.fastgan.bn_act_forward.default(z, e.weight, e.bias, e.mean,
-                                                                 e.var, False, e.eps, e.slope)[0]
+        # the forward's own backend and statistics: bitwise the y the forward returned
+        y = bn_act.normalize_act(z, e.mean, e.var, e.weight, e.bias, e.eps, e.slope, e.backend)
         size, stride, offset = self.geometry
         whole = (y.size(), y.storage_offset()) == (size, offset)
         if channels_last and whole and _strictly_channels_last(y):

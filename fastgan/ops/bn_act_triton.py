@@ -3,10 +3,10 @@
 Registers, with torch.library.triton_op (so torch.compile traces into the kernels),
     fastgan::triton_bn_act_forward   same schema and semantics as fastgan::bn_act_forward
     fastgan::triton_bn_act_backward  same schema and semantics as fastgan::bn_act_backward
-with the kernels of fastgan.kernels.bn_act, and the autograd of the forward (the same
-structure as the compiled op's in fastgan/ops/bn_act.py: save the input and the
-statistics, recompute in backward; create_graph=True goes through the differentiable
-composite). Each triton_op is its own fake kernel: it only allocates and launches.
+with the kernels of fastgan.kernels.bn_act, and the autograd of the forward (what the
+compiled op's C++ autograd does: save the input and the statistics, recompute in
+backward; with create_graph=True the backward is the reference's, differentiated by
+autograd). Each triton_op is its own fake kernel: it only allocates and launches.
 
 Imported on first use by fastgan/ops/bn_act.py (it imports triton), never by
 `import fastgan`. Under TRITON_INTERPRET=1 the kernels run on CPU tensors (tests only;
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fastgan.kernels import bn_act as K
-from fastgan.ops.bn_act import check_args, make_autograd
+from fastgan.ops.bn_act_reference import check_args, reference_backward
 
 FORWARD = "fastgan::triton_bn_act_forward"
 BACKWARD = "fastgan::triton_bn_act_backward"
@@ -71,5 +71,27 @@ def triton_bn_act_backward(grad_out: Tensor, input: Tensor, weight: Tensor | Non
                       output_mask)
 
 
-_setup_context, _backward = make_autograd(triton_bn_act_backward)
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, _rm, _rv, training, eps, negative_slope = inputs
+    _y, mean, var = output
+    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.training, ctx.eps, ctx.negative_slope = training, eps, negative_slope
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _backward(ctx, grad_out, _gmean, _gvar):
+    x, weight, bias, mean, var = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    args = (x, weight, bias, mean, var, ctx.training, ctx.eps, ctx.negative_slope)
+    if grad_out is None:
+        gx = gw = gb = None
+    elif torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        gx, gw, gb = reference_backward(grad_out, *args)
+    else:
+        mask = [need[0], need[1] and weight is not None, need[2] and bias is not None]
+        gx, gw, gb = triton_bn_act_backward(grad_out, *args, mask)
+    return (gx if need[0] else None, gw if need[1] and weight is not None else None,
+            gb if need[2] and bias is not None else None, None, None, None, None, None)
+
+
 triton_bn_act_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -1,4 +1,4 @@
-"""Combined GAN loss: validation, reference, registration, backend choice.
+"""Combined GAN loss: backend choice, and the compiled op's registration.
 
 The compiled op (csrc/gan_loss.cpp) is
     fastgan::gan_loss_forward(real_logits, fake_logits, kind, reduction, real_label)
@@ -10,6 +10,7 @@ per-element derivatives from the saved logits (fastgan::gan_loss_backward), so t
 op keeps nothing but its inputs for backward. Double backward is not supported: it
 raises instead of returning a wrong zero. The `triton` backend
 (fastgan/ops/gan_loss_triton.py, kernels/gan_loss.py) has the same schema and behaviour.
+Checks and the reference are in fastgan/ops/gan_loss_reference.py.
 
 Kinds (DESIGN.md): each term is a mean (or sum) over its own batch; with
 real_label = t the logistic kinds' real term is binary_cross_entropy_with_logits(r, t).
@@ -28,99 +29,10 @@ import torch
 from torch import Tensor
 
 from fastgan import _backend, _ext
+from fastgan.ops.gan_loss_reference import (KINDS, LOGISTIC_KINDS, REDUCTIONS, acc_dtype,
+                                            check_args, check_kind, reference_forward)
 
 OP = "gan_loss"
-KINDS = ("minimax", "ns", "lsgan", "hinge", "wgan")
-LOGISTIC_KINDS = ("minimax", "ns")
-REDUCTIONS = ("mean", "sum")
-_KIND_SET = frozenset(KINDS)
-_REDUCTION_SET = frozenset(REDUCTIONS)
-
-
-# ---------------------------------------------------------------------------
-# Validation (clear errors, naming the argument)
-
-def _check_tensor(name: str, t: object) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"gan_loss: {name} must be a Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"gan_loss: {name} must be a floating-point tensor (float32, float64, "
-                        f"bfloat16 or float16), got {t.dtype}")
-    if t.numel() == 0:
-        raise ValueError(f"gan_loss: {name} is empty (shape {tuple(t.shape)}); a loss needs "
-                         "at least one logit")
-
-
-def check_kind(kind: str, reduction: str, real_label: float) -> None:
-    """Checks the non-tensor arguments (also used by fastgan.nn.GANLoss at construction)."""
-    if kind not in _KIND_SET:
-        raise ValueError(f"gan_loss: unknown kind {kind!r}; expected one of "
-                         + ", ".join(repr(k) for k in KINDS))
-    if reduction not in _REDUCTION_SET:
-        raise ValueError(f"gan_loss: unknown reduction {reduction!r}; expected 'mean' or 'sum'")
-    if real_label != 1.0:
-        if isinstance(real_label, bool) or not isinstance(real_label, (int, float)):
-            raise TypeError(f"gan_loss: real_label must be a float, got "
-                            f"{type(real_label).__name__}")
-        if not 0.0 <= real_label <= 1.0:
-            raise ValueError(f"gan_loss: real_label must be in [0, 1], got {real_label}")
-        if kind not in LOGISTIC_KINDS:
-            raise ValueError(f"gan_loss: real_label (label smoothing) applies to the logistic "
-                             f"kinds {LOGISTIC_KINDS}, not to kind={kind!r}; got {real_label}")
-
-
-def check_args(real_logits: Tensor, fake_logits: Tensor, kind: str, reduction: str,
-               real_label: float) -> None:
-    # The common case is tested in one expression; the helpers above say what is wrong.
-    if kind not in _KIND_SET or reduction not in _REDUCTION_SET or real_label != 1.0:
-        check_kind(kind, reduction, real_label)
-    if not (isinstance(real_logits, Tensor) and isinstance(fake_logits, Tensor)
-            and real_logits.is_floating_point() and fake_logits.is_floating_point()
-            and real_logits.numel() != 0 and fake_logits.numel() != 0):
-        _check_tensor("real_logits", real_logits)
-        _check_tensor("fake_logits", fake_logits)
-    if real_logits.device != fake_logits.device:
-        raise ValueError(f"gan_loss: real_logits is on {real_logits.device} but fake_logits is "
-                         f"on {fake_logits.device}; both must be on the same device")
-
-
-def _acc_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-# ---------------------------------------------------------------------------
-# Reference: plain torch ops, differentiable to any order. The test oracle and the
-# `reference` backend.
-
-def _softplus(x: Tensor) -> Tensor:
-    # -logsigmoid(-x) is log(1 + exp(x)) without overflow and without F.softplus's
-    # linear cut-off at x > 20.
-    return -torch.nn.functional.logsigmoid(-x)
-
-
-def reference_forward(real_logits: Tensor, fake_logits: Tensor, kind: str, reduction: str,
-                      real_label: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(d_loss, g_loss, d_real, d_fake) with the meaning of fastgan::gan_loss_forward's outputs."""
-    acc = _acc_dtype(real_logits)
-    r = real_logits.reshape(-1).to(acc)
-    f = fake_logits.reshape(-1).to(acc)
-    if kind in LOGISTIC_KINDS:
-        d_r = _softplus(-r) + (1.0 - real_label) * r
-        d_f = _softplus(f)
-        # g's terms are their own expressions (not -d_f), so that d_loss and g_loss
-        # share no graph and each can be backpropagated on its own, as with the C++ op
-        g_f = -_softplus(f) if kind == "minimax" else _softplus(-f)
-    elif kind == "lsgan":
-        d_r, d_f, g_f = 0.5 * (r - 1.0) ** 2, 0.5 * f ** 2, 0.5 * (f - 1.0) ** 2
-    elif kind == "hinge":
-        d_r, d_f, g_f = torch.relu(1.0 - r), torch.relu(1.0 + f), -f
-    else:  # wgan
-        d_r, d_f, g_f = -r, f, -f
-    reduce = torch.mean if reduction == "mean" else torch.sum
-    with torch.no_grad():
-        d_real = torch.sigmoid(r).mean()
-        d_fake = torch.sigmoid(f).mean()
-    return reduce(d_r) + reduce(d_f), reduce(g_f), d_real, d_fake
 
 
 # ---------------------------------------------------------------------------
@@ -129,7 +41,7 @@ def reference_forward(real_logits: Tensor, fake_logits: Tensor, kind: str, reduc
 def _register_compiled() -> None:
     @torch.library.register_fake("fastgan::gan_loss_forward")
     def _(real_logits, fake_logits, kind, reduction, real_label):
-        acc = _acc_dtype(real_logits)
+        acc = acc_dtype(real_logits)
         return tuple(real_logits.new_empty((), dtype=acc) for _ in range(4))
 
     @torch.library.register_fake("fastgan::gan_loss_backward")
@@ -188,3 +100,7 @@ def try_eager_fast_path(real_logits: Tensor, fake_logits: Tensor, kind: str, red
         return None
     # anything but auto / cpu / cuda is deferred; C++ runs cpu / cuda only on their devices
     return _eager(real_logits, fake_logits, kind, reduction, real_label, _backend._stack)
+
+
+__all__ = ["KINDS", "LOGISTIC_KINDS", "REDUCTIONS", "KERNELS", "check_args", "check_kind",
+           "gan_loss", "reference_forward", "try_eager_fast_path"]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fastgan.kernels import gan_loss as K
-from fastgan.ops.gan_loss import check_args
+from fastgan.ops.gan_loss_reference import check_args
 
 FORWARD = "fastgan::triton_gan_loss_forward"
 BACKWARD = "fastgan::triton_gan_loss_backward"

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from fastgan import _backend
 from fastgan.ops import bn_act as _bn_act
+from fastgan.ops.bn_act_reference import acc_dtype, check_args, reference_backward
 
 _DIMS = (0, 2, 3)
 
@@ -69,7 +70,7 @@ class _LocalSums(torch.autograd.Function):
     def forward(ctx, x: Tensor) -> Tensor:
         C = x.shape[1]
         n = x.numel() // C if C else 0
-        acc = _bn_act._acc_dtype(x)
+        acc = acc_dtype(x)
         if n == 0:
             mean = x.new_zeros((C,), dtype=acc)
             sums = x.new_zeros((2 * C,), dtype=torch.float64)
@@ -85,7 +86,7 @@ class _LocalSums(torch.autograd.Function):
     def backward(ctx, g: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
         C = x.shape[1]
-        acc = _bn_act._acc_dtype(x)
+        acc = acc_dtype(x)
         g_sum, g_sq = g[:C], g[C:2 * C]
         # d/dx = g_sum + 2 g_sq x, written around the local mean so that fp32 does not
         # cancel two large terms when |mean| >> std; the local mean drops out exactly,
@@ -99,16 +100,7 @@ class _LocalSums(torch.autograd.Function):
 def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor, eps: float,
                negative_slope: float, backend: str) -> Tensor:
     """leaky_relu((x - mean) / sqrt(var + eps) * weight + bias) by `backend`'s fused op."""
-    if backend == "reference":
-        return _bn_act.reference_forward(x, weight, bias, mean, var, False, eps, negative_slope)[0]
-    if backend == "triton":
-        return _bn_act._triton_forward()(x, weight, bias, mean, var, False, eps, negative_slope)[0]
-    if torch.compiler.is_compiling():
-        return torch.ops.fastgan.bn_act_forward(x, weight, bias, mean, var, False, eps,
-                                                negative_slope)[0]
-    with torch._C._AutoDispatchBelowAutograd():  # autograd is _NormAct's (saves ~25 us)
-        return torch.ops.fastgan.bn_act_forward.default(x, weight, bias, mean, var, False, eps,
-                                                        negative_slope)[0]
+    return _bn_act.normalize_act(x, mean, var, weight, bias, eps, negative_slope, backend)
 
 
 def _normalize_backward(g: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
@@ -116,8 +108,7 @@ def _normalize_backward(g: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean
                         need_x: bool) -> tuple[Tensor | None, Tensor, Tensor]:
     """(dx, sum dz * x_hat, sum dz) of _normalize, dz the gradient before the affine."""
     if backend == "reference":
-        return _bn_act._composite_backward(g, x, weight, bias, mean, var, False, eps,
-                                           negative_slope)
+        return reference_backward(g, x, weight, bias, mean, var, False, eps, negative_slope)
     mask = [need_x, True, True]
     if backend == "triton":
         from fastgan.ops import bn_act_triton
@@ -152,8 +143,8 @@ class _NormAct(torch.autograd.Function):
         if x.numel() == 0:
             gx, gw, gb = torch.zeros_like(x), torch.zeros_like(w), torch.zeros_like(b)
         elif torch.is_grad_enabled():  # create_graph=True: differentiable in every input
-            gx, gw, gb = _bn_act._composite_backward(g, x, w, b, mean, var, False, ctx.eps,
-                                                     ctx.negative_slope)
+            gx, gw, gb = reference_backward(g, x, w, b, mean, var, False, ctx.eps,
+                                            ctx.negative_slope)
         else:
             gx, gw, gb = _normalize_backward(g, x, w, b, mean, var, ctx.eps, ctx.negative_slope,
                                              ctx.backend, bool(need[0]))
@@ -186,8 +177,8 @@ def _check(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
         raise ValueError(f"sync_batch_norm_act: input must be 4-D (N, C, H, W), got {got}")
     # the shared checks, on a stand-in for a rank without samples
     probe = x if x.numel() else x.new_zeros((1, *x.shape[1:]))
-    _bn_act.check_args(probe, running_mean, running_var, weight, bias, False, momentum, eps,
-                       negative_slope)
+    check_args(probe, running_mean, running_var, weight, bias, False, momentum, eps,
+               negative_slope)
     if running_mean is not None and not 0.0 <= momentum <= 1.0:
         raise ValueError(f"sync_batch_norm_act: momentum must be in [0, 1], got {momentum}")
 
@@ -208,7 +199,7 @@ def sync_batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Ten
 
     group = process_group if process_group is not None else dist.group.WORLD
     C = x.shape[1]
-    acc = _bn_act._acc_dtype(x)
+    acc = acc_dtype(x)
     total = fc.all_reduce(_LocalSums.apply(x), "sum", group)
     if isinstance(total, fc.AsyncCollectiveTensor):  # a plain tensor (autograd kept), now:
         total = total.wait()  # the statistics are needed at once, and saved-tensor hooks

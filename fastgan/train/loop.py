@@ -44,7 +44,7 @@ from fastgan.errors import UserError
 from fastgan.functional import GANLosses, gan_loss
 from fastgan.models import Discriminator, Generator, spectral_norm_, weights_init
 from fastgan.nn.sync_bn_act import desynchronize_
-from fastgan.ops.gan_loss import reference_forward
+from fastgan.ops.gan_loss_reference import reference_forward
 from fastgan.train.checkpoint import load_checkpoint, save_checkpoint, write_json
 from fastgan.train.config import TrainConfig
 from fastgan.train.distributed import Dist

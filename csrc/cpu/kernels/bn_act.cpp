@@ -4,8 +4,8 @@
 // Layouts: NCHW-contiguous (bn_act_nchw.cpp) and channels_last (bn_act_nhwc.cpp, or
 // bn_act_nhwc_small.cpp for fewer channels than a vector) inputs are read in place;
 // anything else is made contiguous first. A channels_last input may come with an NCHW
-// output (contiguous_out) or an NCHW incoming gradient: the wide NHWC kernels move those
-// tile by tile. Shared pieces: bn_act_common.h.
+// incoming gradient: the wide NHWC backward reads it tile by tile. Shared pieces:
+// bn_act_common.h.
 #include "../../bn_act_checks.h"
 #include "bn_act_common.h"
 
@@ -15,16 +15,13 @@ namespace CPU_CAPABILITY {
 
 Tensor3 bn_act_forward(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
                        const OptTensor& running_mean, const OptTensor& running_var,
-                       bool training, double eps, double negative_slope, bool contiguous_out) {
+                       bool training, double eps, double negative_slope) {
   bn_act::check_forward(input, weight, bias, running_mean, running_var, training);
   const bool cl = is_channels_last(input);
   const at::Tensor x = cl ? input : input.contiguous();
   const auto acc_type = acc_scalar_type(x.scalar_type());
   const int64_t C = x.size(1);
-  const bool small = cl && C < acc_lanes(x);
-  // contiguous_out: an NCHW y from an NHWC x, written by the apply pass itself
-  const bool y_nchw = contiguous_out && cl && !small;
-  at::Tensor y = y_nchw ? at::empty(x.sizes(), x.options()) : at::empty_like(x);
+  at::Tensor y = at::empty_like(x);
   at::Tensor mean, var;
   if (training) {
     mean = at::empty({C}, x.options().dtype(acc_type));
@@ -36,12 +33,11 @@ Tensor3 bn_act_forward(const at::Tensor& input, const OptTensor& weight, const O
   const ForwardArgs a{x, y, mean, var, weight, bias, training, eps, negative_slope};
   if (!cl) {
     forward_nchw(a);
-  } else if (small) {
+  } else if (C < acc_lanes(x)) {
     forward_nhwc_small(a);
   } else {
-    forward_nhwc(a, y_nchw);
+    forward_nhwc(a);
   }
-  if (contiguous_out && !y.is_contiguous()) y = y.contiguous();
   return {y, mean, var};
 }
 

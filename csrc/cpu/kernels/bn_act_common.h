@@ -31,7 +31,7 @@ namespace CPU_CAPABILITY {
 // accumulation type (acc_of_t; double for the sums).
 struct ForwardArgs {
   const at::Tensor& x;  // NCHW-contiguous or channels_last
-  at::Tensor& y;        // x's layout (NCHW for a channels_last x with y_nchw)
+  at::Tensor& y;        // x's layout
   at::Tensor& mean;     // (C): written in training, the running mean in eval
   at::Tensor& var;      // (C): biased batch variance, or the running variance
   const OptTensor& weight;
@@ -57,13 +57,13 @@ struct BackwardArgs {
 // The layouts (bn_act_nchw.cpp, bn_act_nhwc.cpp, bn_act_nhwc_small.cpp).
 void forward_nchw(const ForwardArgs& a);
 void backward_nchw(const BackwardArgs& a);
-void forward_nhwc(const ForwardArgs& a, bool y_nchw);
+void forward_nhwc(const ForwardArgs& a);
 void backward_nhwc(const BackwardArgs& a, bool dy_nchw);
 void forward_nhwc_small(const ForwardArgs& a);
 void backward_nhwc_small(const BackwardArgs& a);
 
 // Lanes of a vector of x's accumulation type: channels_last inputs with fewer channels
-// take the small-C kernels, and only the wide kernels read or write NCHW tiles.
+// take the small-C kernels, and only the wide kernels read NCHW gradient tiles.
 inline int64_t acc_lanes(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::vec::Vectorized<double>::size()
                                         : at::vec::Vectorized<float>::size();

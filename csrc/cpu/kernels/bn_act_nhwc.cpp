@@ -5,10 +5,10 @@
 // per-block partial statistics or sums are merged per channel in block order, so the
 // result does not depend on the number of threads.
 //
-// Mixed layouts: the forward can write an NCHW y and the backward read an NCHW dy for a
-// channels_last x (a block that runs its convolution channels_last for an NCHW caller,
-// fastgan/nn/blocks.py). Rows go through a small NHWC-ordered tile that at::vec's tile
-// transposes move from or to the NCHW tensor, instead of a whole copy first: at (64, 64,
+// Mixed layouts: the backward reads an NCHW dy for a channels_last x (a block that runs
+// its convolution channels_last for an NCHW caller, fastgan/nn/blocks.py). Rows go
+// through a small NHWC-ordered tile that at::vec's tile transposes fill from the NCHW
+// tensor, instead of a whole copy first: at (64, 64,
 // 32, 32) fp32 the whole copy (ATen's strided copy) took 2-4.6 ms, the tiles add ~1.5 ms
 // to the 2.9 ms backward. Rows r of the NHWC view are (n, hw) = (r / HW, r % HW); the
 // NCHW side of rows [r0, r1) is, per image, C runs of up to HW contiguous values.
@@ -33,18 +33,6 @@ void gather_nchw_rows(const scalar_t* src, int64_t C, int64_t HW, int64_t r0, in
   }
 }
 
-// dst_nchw[n, c, hw] = buf[(r - r0) * C + c] for rows r in [r0, r1), each channel's run of
-// positions written front to back (transpose_tiles with ByDst).
-template <typename scalar_t>
-void scatter_nchw_rows(const scalar_t* buf, int64_t C, int64_t HW, int64_t r0, int64_t r1,
-                       scalar_t* dst) {
-  for (int64_t r = r0; r < r1;) {
-    const int64_t n = r / HW, hw = r % HW, len = std::min(r1 - r, HW - hw);
-    transpose_tiles<scalar_t, true>(buf + (r - r0) * C, C, dst + n * C * HW + hw, HW, len, C);
-    r += len;
-  }
-}
-
 // Rows per transposed tile of the backward: ~16 KiB of values, a multiple of 16 rows.
 inline int64_t mixed_tile_rows(int64_t C) {
   return std::max<int64_t>(16, (4096 / std::max<int64_t>(C, 1)) / 16 * 16);
@@ -61,8 +49,8 @@ class NhwcForward {
   using Vec = at::vec::Vectorized<acc_t>;
 
  public:
-  NhwcForward(const ForwardArgs& a, bool y_nchw)
-      : a_(a), C_(a.x.size(1)), R_(a.x.numel() / C_), y_nchw_(y_nchw),
+  explicit NhwcForward(const ForwardArgs& a)
+      : a_(a), C_(a.x.size(1)), R_(a.x.numel() / C_),
         x_(a.x.const_data_ptr<scalar_t>()), y_(a.y.mutable_data_ptr<scalar_t>()),
         f_(a.weight, a.bias, C_) {}
 
@@ -71,9 +59,7 @@ class NhwcForward {
     acc_t* var = a_.var.mutable_data_ptr<acc_t>();
     if (a_.training) statistics(mean, var);
     f_.fold_all(mean, var, a_.eps);
-    if (y_nchw_) {
-      apply_to_nchw();
-    } else if (stream_rows(y_, C_, a_.y.nbytes())) {
+    if (stream_rows(y_, C_, a_.y.nbytes())) {
       at::parallel_for(0, R_, grain(), [&](int64_t r0, int64_t r1) {
         apply_rows<true>(r0, r1, y_ + r0 * C_);
         stream_fence();
@@ -138,23 +124,8 @@ class NhwcForward {
     }
   }
 
-  // An NCHW y: rows are computed into a tile, then transposed out.
-  void apply_to_nchw() {
-    const int64_t HW = a_.x.size(2) * a_.x.size(3);
-    const int64_t TB = std::max<int64_t>(16, kBlockElems / C_ / 16 * 16);
-    at::parallel_for(0, R_, TB, [&](int64_t r0, int64_t r1) {
-      std::vector<scalar_t> tile(TB * C_);
-      for (int64_t s0 = r0; s0 < r1; s0 += TB) {
-        const int64_t s1 = std::min(r1, s0 + TB);
-        apply_rows<false>(s0, s1, tile.data());
-        scatter_nchw_rows<scalar_t>(tile.data(), C_, HW, s0, s1, y_);
-      }
-    });
-  }
-
   const ForwardArgs& a_;
   const int64_t C_, R_;
-  const bool y_nchw_;
   const scalar_t* x_;
   scalar_t* y_;
   Folded<acc_t> f_;
@@ -270,9 +241,9 @@ class NhwcBackward {
 
 }  // namespace
 
-void forward_nhwc(const ForwardArgs& a, bool y_nchw) {
+void forward_nhwc(const ForwardArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.x.scalar_type(), "bn_act_forward",
-                                  [&] { NhwcForward<scalar_t>(a, y_nchw).run(); });
+                                  [&] { NhwcForward<scalar_t>(a).run(); });
 }
 
 void backward_nhwc(const BackwardArgs& a, bool dy_nchw) {

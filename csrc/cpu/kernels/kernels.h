@@ -19,7 +19,7 @@ namespace CPU_CAPABILITY {
 
 Tensor3 bn_act_forward(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
                        const OptTensor& running_mean, const OptTensor& running_var,
-                       bool training, double eps, double negative_slope, bool contiguous_out);
+                       bool training, double eps, double negative_slope);
 Tensor3 bn_act_backward(const at::Tensor& grad_out, const at::Tensor& input,
                         const OptTensor& weight, const OptTensor& bias, const at::Tensor& mean,
                         const at::Tensor& var, bool training, double eps,
