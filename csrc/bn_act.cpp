@@ -8,7 +8,7 @@
 // bn_act_update_running_stats_ (below). bn_act_backward recomputes x_hat and the
 // activation mask from the saved input and statistics. Outputs masked off by
 // output_mask are empty. negative_slope = 1 is the identity: a BatchNorm alone.
-// Kernels: csrc/cpu/bn_act.cpp, csrc/cuda/bn_act.cu; Python side (checks, backend
+// Kernels: csrc/cpu/kernels/bn_act*.cpp, csrc/cuda/bn_act.cu; Python side (checks, backend
 // choice, reference, fake kernels): fastgan/ops/bn_act.py.
 //
 // Autograd lives here, once, at the Autograd key (as csrc/gan_loss.cpp's): a

@@ -1,6 +1,6 @@
 // Per-element and per-channel math of the fused BatchNorm2d + LeakyReLU op.
 //
-// Shared by the C++ CPU kernels (csrc/cpu/bn_act.cpp) and the CUDA kernels
+// Shared by the C++ CPU kernels (csrc/cpu/kernels/) and the CUDA kernels
 // (csrc/cuda/bn_act.cu), so the formulas tested on the CPU are the ones the GPU
 // runs. Everything is templated on the accumulation type `acc_t` (float for
 // fp32/bf16/fp16 inputs, double for fp64) and works equally on scalars and on

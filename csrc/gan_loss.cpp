@@ -6,7 +6,7 @@
 // gan_loss_backward(grad_d_loss, grad_g_loss, real, fake, ...) recomputes the
 // per-element derivatives from the logits and returns (grad_real, grad_fake) in the
 // inputs' dtypes; outputs masked off by output_mask are empty.
-// Kernels: csrc/cpu/gan_loss.cpp (math in csrc/gan_loss_math.h); Python side,
+// Kernels: csrc/cpu/kernels/gan_loss.cpp (math in csrc/gan_loss_math.h); Python side,
 // reference and fake kernels: fastgan/ops/gan_loss.py.
 //
 // Autograd is registered here, in C++, as a hand-written autograd Node (the way

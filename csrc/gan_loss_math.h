@@ -1,6 +1,6 @@
 // Per-element math of the combined GAN loss op: loss terms, D(x) and derivatives.
 //
-// Shared by the C++ CPU kernels (csrc/cpu/gan_loss.cpp) and the CUDA kernels
+// Shared by the C++ CPU kernels (csrc/cpu/kernels/gan_loss.cpp) and the CUDA kernels
 // (csrc/cuda/gan_loss.cu), so the formulas tested on the CPU are the ones the GPU
 // runs. Each formula is written once, templated on the value type T and on an `Ops`
 // policy that supplies the few primitives it needs (exp, log1p, abs, max(x, 0), a

@@ -1,6 +1,6 @@
 // CUDA kernels of the fused BatchNorm2d + LeakyReLU op (schemas in csrc/bn_act.cpp).
 //
-// Same contract as csrc/cpu/bn_act.cpp and the same per-channel math (bn_act_math.h):
+// Same contract as the CPU kernels (csrc/cpu/kernels/bn_act*.cpp) and the same per-channel math (bn_act_math.h):
 //   training forward : stats partials -> finalize (mean, var, scale, shift) -> apply
 //   eval forward     : affine from running stats -> apply
 //   backward         : sums partials -> finalize (coefficients, dweight, dbias) -> dx

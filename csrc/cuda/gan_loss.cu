@@ -1,5 +1,5 @@
 // CUDA kernels of the combined GAN loss op (schemas and autograd in csrc/gan_loss.cpp,
-// per-element math in csrc/gan_loss_math.h, shared with csrc/cpu/gan_loss.cpp).
+// per-element math in csrc/gan_loss_math.h, shared with csrc/cpu/kernels/gan_loss.cpp).
 //
 // Forward: one launch reduces both batches (grid-stride, per-block partial sums of the
 // five terms: real d_loss, sigmoid(real), fake d_loss, g_loss, sigmoid(fake)); a second

@@ -1,5 +1,5 @@
-// Tile transposes shared by the mixed-layout BatchNorm kernels (csrc/cpu/bn_act.cpp) and
-// the NCHW <-> NHWC relayout (csrc/cpu/relayout.cpp).
+// Tile transposes shared by the mixed-layout BatchNorm backward (bn_act_nhwc.cpp) and
+// the NCHW <-> NHWC relayout (relayout.cpp).
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
