@@ -1,5 +1,7 @@
-"""fastgan ops: one module per op (registration, autograd, fake kernels, backend choice,
-pure-PyTorch reference)."""
+"""fastgan ops. Per op: <op>.py (backend choice, the compiled op's fake kernels; its
+autograd is in C++ next to the schema), <op>_reference.py (argument checks and the
+pure-PyTorch reference, shared by every backend), <op>_triton.py (the Triton backend,
+imported on first use)."""
 
 from fastgan.ops import bn_act
 from fastgan.ops import gan_loss
