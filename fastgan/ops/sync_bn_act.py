@@ -42,7 +42,7 @@ from torch import Tensor
 
 from fastgan import _backend
 from fastgan.ops import bn_act as _bn_act
-from fastgan.ops.bn_act_reference import acc_dtype, check_args, reference_backward
+from fastgan.ops.bn_act_reference import acc_dtype, check_args
 
 _DIMS = (0, 2, 3)
 
@@ -103,12 +103,31 @@ def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor, bias: Tenso
     return _bn_act.normalize_act(x, mean, var, weight, bias, eps, negative_slope, backend)
 
 
+def _partials(g: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor,
+              eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, sum dz * x_hat, sum dz) of _normalize in differentiable torch ops, with mean and
+    var as inputs of their own: partial derivatives (the statistics' paths back to x are
+    the other pieces'), for the reference backend and for create_graph=True. The
+    activation step is eager's leaky_relu_backward, so parameters get zero gradients
+    where eager's do, not none."""
+    acc = mean.dtype
+    invstd = torch.rsqrt(var + eps)
+    xhat = (x.to(acc) - _c(mean)) * _c(invstd)
+    dz = g.to(acc)
+    if negative_slope != 1.0:
+        z = xhat * _c(weight.to(acc)) + _c(bias.to(acc))
+        dz = torch.ops.aten.leaky_relu_backward(dz, z, negative_slope, False)
+    gx = dz * _c(weight.to(acc) * invstd)
+    return (gx.to(x.dtype), (dz * xhat).sum(_DIMS).to(weight.dtype),
+            dz.sum(_DIMS).to(bias.dtype))
+
+
 def _normalize_backward(g: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
                         var: Tensor, eps: float, negative_slope: float, backend: str,
                         need_x: bool) -> tuple[Tensor | None, Tensor, Tensor]:
     """(dx, sum dz * x_hat, sum dz) of _normalize, dz the gradient before the affine."""
     if backend == "reference":
-        return reference_backward(g, x, weight, bias, mean, var, False, eps, negative_slope)
+        return _partials(g, x, weight, bias, mean, var, eps, negative_slope)
     mask = [need_x, True, True]
     if backend == "triton":
         from fastgan.ops import bn_act_triton
@@ -143,8 +162,7 @@ class _NormAct(torch.autograd.Function):
         if x.numel() == 0:
             gx, gw, gb = torch.zeros_like(x), torch.zeros_like(w), torch.zeros_like(b)
         elif torch.is_grad_enabled():  # create_graph=True: differentiable in every input
-            gx, gw, gb = reference_backward(g, x, w, b, mean, var, False, ctx.eps,
-                                            ctx.negative_slope)
+            gx, gw, gb = _partials(g, x, w, b, mean, var, ctx.eps, ctx.negative_slope)
         else:
             gx, gw, gb = _normalize_backward(g, x, w, b, mean, var, ctx.eps, ctx.negative_slope,
                                              ctx.backend, bool(need[0]))
