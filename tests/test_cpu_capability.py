@@ -116,8 +116,9 @@ def test_parity_suite_under(capability):
         pytest.skip(f"{capability} is the capability in use here, or this CPU lacks it")
     env = dict(os.environ, FASTGAN_CPU_CAPABILITY=capability)
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not cuda and not triton",
-         *PARITY],
+        # no -q: the header names the capability in use (conftest.pytest_report_header)
+        [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "-k",
+         "not cuda and not triton", *PARITY],
         env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     tail = "\n".join(r.stdout.splitlines()[-15:])
     assert r.returncode == 0, f"parity tests failed under FASTGAN_CPU_CAPABILITY={capability}:\n{tail}\n{r.stderr[-2000:]}"
