@@ -526,7 +526,7 @@ def backward(grad_out: torch.Tensor, grad_mean: torch.Tensor | None,
     q = shift.to(acc).contiguous() if prologue else empty
     numel = max(x.numel(), g.numel())
 
-    gx, g_scale, g_shift = empty.to(x.dtype), empty, empty
+    gx = g_scale = g_shift = None
     if want_x or want_p or want_q:
         gx = torch.empty_like(x)
         gemm = _Gemm(N, H, W, CO, CI, not transposed, stride, x.dtype, numel)
@@ -541,7 +541,7 @@ def backward(grad_out: torch.Tensor, grad_mean: torch.Tensor | None,
         if prologue:
             g_shift, g_scale = psum.sum(0), psumx.sum(0)
 
-    gw = empty.to(weight.dtype)
+    gw = None
     if want_w:
         d_h, d_w = (H, W) if transposed else (OH, OW)
         n_pix = N * d_h * d_w
@@ -562,10 +562,20 @@ def backward(grad_out: torch.Tensor, grad_mean: torch.Tensor | None,
             BLOCK_CI=block_ci, BLOCK_CO=block_co)
         gw = unpacked_weight(part.sum(0), transposed).to(weight.dtype).contiguous()
 
-    gb = empty.to(weight.dtype)
-    if want_b:
-        gb = _channel_sums(g, zc, gp, gq, gc, grad_mode).to(weight.dtype)
-    return gx, gw, gb, g_scale if want_p else empty, g_shift if want_q else empty
+    gb = _channel_sums(g, zc, gp, gq, gc, grad_mode).to(weight.dtype) if want_b else None
+    if not want_p:
+        g_scale = None
+    if not want_q:
+        g_shift = None
+
+    def absent(dtype):  # each output its own tensor: outputs of an op may not alias
+        return x.new_empty((0,), dtype=dtype)
+
+    return (gx if gx is not None and want_x else absent(x.dtype),
+            gw if gw is not None else absent(weight.dtype),
+            gb if gb is not None else absent(weight.dtype),
+            g_scale if g_scale is not None else absent(acc),
+            g_shift if g_shift is not None else absent(acc))
 
 
 def _channel_sums(g, zc, gp, gq, gc, grad_mode) -> torch.Tensor:

@@ -19,6 +19,8 @@ from torch.nn.utils import parametrize
 
 from fastgan.nn import recompute
 from fastgan.nn.blocks import conv_bn_act, conv_forward
+from fastgan.nn.fused_chain import chainable, fused_chain
+from fastgan.ops.conv_bn_act import chain_enabled
 from fastgan.nn.bn_act import BatchNormAct2d
 from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
 
@@ -168,6 +170,8 @@ class FusedSequential(nn.Sequential):
 
     def _run(self, input: Tensor) -> Tensor:
         steps, n_convs, first_conv = self._plan()
+        if isinstance(input, Tensor) and chain_enabled(input):
+            return _run_chained(input, steps)
         relayout = _wants_channels_last(input, n_convs, first_conv)
         for step in steps:
             if relayout:
@@ -197,6 +201,29 @@ class FusedSequential(nn.Sequential):
             return self._run(input)
         with recompute.scope():
             return self._run(input)
+
+
+def _run_chained(input: Tensor, steps: list) -> Tensor:
+    """The steps with each stretch of consecutive chainable blocks run as one fused chain
+    (fastgan/nn/fused_chain.py), a plain convolution right after a stretch joining it as
+    its tail: no normalised activation is written inside a stretch, and no convolution
+    runs in ATen."""
+    chain: list = []
+    for step in steps + [None]:
+        if isinstance(step, tuple) and chainable(step[0], step[1]):
+            chain.append(step)
+            continue
+        plain = type(step) in _PLAIN_CONVS and not _hooked(step) and chainable(step)
+        if chain or plain:
+            input = fused_chain(input, chain, tail=step if plain else None)
+            chain = []
+            if plain:
+                continue
+        if isinstance(step, tuple):
+            input = conv_bn_act(input, *step)
+        elif step is not None:
+            input = step(input)
+    return input
 
 
 __all__ = ["FusedSequential", "find_runs", "Run", "bn_slope"]
