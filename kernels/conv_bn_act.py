@@ -88,7 +88,9 @@ def _a_tile(x_ptr, aux_ptr, p_ptr, q_ptr, c_ptr, rows, row_ok, ch, C, slope,
             acc_ty: tl.constexpr, MODE: tl.constexpr):
     """[len(rows), len(ch)] values of channels `ch` at the pixel offsets `rows` (element
     offsets of channel 0), after the prologue MODE, zero outside the tensor (padding is
-    applied after the prologue, as eager pads the activation). In the input dtype."""
+    applied after the prologue, as eager pads the activation). A prologue's result is in
+    the accumulation type: a GEMM operand rounds it to the input dtype (_operand), as
+    eager's chain stores it; a reduction keeps it."""
     cmask = ch < C
     mask = row_ok[:, None] & cmask[None, :]
     offs = rows[:, None] + ch[None, :]
@@ -97,15 +99,21 @@ def _a_tile(x_ptr, aux_ptr, p_ptr, q_ptr, c_ptr, rows, row_ok, ch, C, slope,
         p = tl.load(p_ptr + ch, mask=cmask, other=0.0).to(acc_ty)
         q = tl.load(q_ptr + ch, mask=cmask, other=0.0).to(acc_ty)
         u = _leaky(a.to(acc_ty) * p[None, :] + q[None, :], slope)
-        a = tl.where(mask, u, 0.0).to(x_ptr.dtype.element_ty)
+        a = tl.where(mask, u, 0.0)
     elif MODE == 2:
         p = tl.load(p_ptr + ch, mask=cmask, other=0.0).to(acc_ty)
         q = tl.load(q_ptr + ch, mask=cmask, other=0.0).to(acc_ty)
         c = tl.load(c_ptr + ch, mask=cmask, other=0.0).to(acc_ty)
         z = tl.load(aux_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         g = a.to(acc_ty) + (z - c[None, :]) * p[None, :] + q[None, :]
-        a = tl.where(mask, g, 0.0).to(x_ptr.dtype.element_ty)
+        a = tl.where(mask, g, 0.0)
     return a
+
+
+@triton.jit
+def _operand(a, x_ptr, dot_ty: tl.constexpr):
+    """A GEMM operand from an _a_tile of x: rounded to x's dtype, then in the dot type."""
+    return a.to(x_ptr.dtype.element_ty).to(dot_ty)
 
 
 @triton.jit
@@ -166,7 +174,8 @@ def _implicit_gemm(x_ptr, aux_ptr, p_ptr, q_ptr, c_ptr, w_ptr, n, jh, jw, m_ok, 
                                 acc_ty, MODE)
                     b = tl.load(w_tap + ci[:, None] * CO + co[None, :],
                                 mask=(ci < CI)[:, None] & co_ok[None, :], other=0.0)
-                    acc = tl.dot(a.to(dot_ty), b.to(dot_ty), acc, input_precision=PRECISION)
+                    acc = tl.dot(_operand(a, x_ptr, dot_ty), b.to(dot_ty), acc,
+                                 input_precision=PRECISION)
     return acc
 
 
@@ -321,7 +330,8 @@ def _conv_wgrad_kernel(x_ptr, p_ptr, q_ptr, g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr
                     x_mode)
         g = _a_tile(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, g_pix * CO, ok, co, CO, slope,
                     acc_ty, GRAD_MODE)
-        acc = tl.dot(tl.trans(a.to(dot_ty)), g.to(dot_ty), acc, input_precision=PRECISION)
+        acc = tl.dot(tl.trans(_operand(a, x_ptr, dot_ty)), _operand(g, g_ptr, dot_ty), acc,
+                     input_precision=PRECISION)
     offs = ((split * (KH * KW) + tap) * CI + ci[:, None]) * CO + co[None, :]
     tl.store(dw_ptr + offs, acc, mask=(ci < CI)[:, None] & (co < CO)[None, :])
 
@@ -341,7 +351,7 @@ def _channel_sum_kernel(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, out_ptr, ROWS, C,
     for r0 in range(lo, hi, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         acc += _a_tile(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, r.to(tl.int64) * C, r < hi, cols,
-                       C, 0.0, acc_ty, GRAD_MODE).to(acc_ty)
+                       C, 0.0, acc_ty, GRAD_MODE).to(acc_ty)  # unrounded: a sum
     _store_partial(out_ptr, split, cols, tl.sum(acc, 0), C)
 
 

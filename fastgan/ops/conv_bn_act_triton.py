@@ -67,6 +67,18 @@ def triton_conv_bn_act_backward(grad_out: Tensor, grad_mean: Tensor | None,
                       has_bias, output_mask)
 
 
+def _partials(fn, primals: list[Tensor], grads):
+    """Vector-Jacobian products of fn at `primals`, as differentiable functions of them
+    and of `grads` (double backward). torch.func.vjp takes the primals as independent
+    variables: the partial derivatives. autograd.grad would give total derivatives
+    instead where one argument is computed from another (a block's scale and shift are
+    functions of its input's batch statistics)."""
+    outs, vjp = torch.func.vjp(fn, *primals)
+    if isinstance(outs, tuple):
+        grads = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outs, grads))
+    return vjp(grads)
+
+
 def _dtype(t: Tensor | None) -> torch.dtype | None:
     return None if t is None else t.dtype
 
@@ -94,18 +106,15 @@ def _conv_backward(ctx, grad_z, grad_mean, grad_var):
         z = x.new_empty((0,))
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference
         ins = (x, weight, bias, scale, shift)
-        wrt = [t for t, m in zip(ins, mask) if m]
-        outs = reference_conv_bn_act(*ins, slope, transposed, stride, padding, output_padding,
-                                     dilation, stats)
-        pairs = [(o, g) for o, g in zip(outs, (grad_z, grad_mean, grad_var))
-                 if g is not None and o.numel() > 0]
-        grads = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
-                                         create_graph=True, allow_unused=True))
-        res = [None] * 5
-        for i, m in enumerate(mask):
-            if m:
-                g = next(grads)
-                res[i] = torch.zeros_like(ins[i]) if g is None else g
+
+        def ref(*present):
+            it = iter(present)
+            args = [next(it) if m else t for t, m in zip(ins, mask)]
+            return reference_conv_bn_act(*args, slope, transposed, stride, padding,
+                                         output_padding, dilation, stats)
+        grads = iter(_partials(ref, [t for t, m in zip(ins, mask) if m],
+                               (grad_z, grad_mean, grad_var)))
+        res = [next(grads) if m else None for m in mask]
         return (*res, None, None, None, None, None, None, None)
     gx, gw, gb, gs, gt = triton_conv_bn_act_backward(
         grad_z, grad_mean if stats else None, grad_var if stats else None, x, weight, scale,
@@ -147,12 +156,15 @@ def _affine_setup_context(ctx, inputs, output):
 def _affine_backward(ctx, grad_y):
     z, scale, shift = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True
+        need = ctx.needs_input_grad[:3]
         ins = (z, scale, shift)
-        y = reference_affine_act(*ins, ctx.slope)
-        wrt = [t for t, m in zip(ins, ctx.needs_input_grad) if m]
-        it = iter(torch.autograd.grad(y, wrt, grad_y, create_graph=True))
-        gz, gs, gt = (next(it) if m else None for m in ctx.needs_input_grad[:3])
-        return gz, gs, gt, None
+
+        def ref(*present):
+            it = iter(present)
+            return reference_affine_act(*[next(it) if m else t for t, m in zip(ins, need)],
+                                        ctx.slope)
+        grads = iter(_partials(ref, [t for t, m in zip(ins, need) if m], grad_y))
+        return (*[next(grads) if m else None for m in need], None)
     gz, gs, gt = triton_affine_act_backward(grad_y, z, scale, shift, ctx.slope)
     need = ctx.needs_input_grad
     return (gz if need[0] else None, gs.to(scale.dtype) if need[1] else None,
