@@ -206,8 +206,8 @@ def compile_spec(spec: Spec, arch: int) -> dict[str, Any]:
 
 
 def _modules() -> list:
-    from fastgan.kernels import bn_act, gan_loss
-    return [bn_act, gan_loss]
+    from fastgan.kernels import bn_act, conv_bn_act, gan_loss
+    return [bn_act, gan_loss, conv_bn_act]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,43 @@ INDEX64_MIN_NUMEL = 2**31
 
 
 # ---------------------------------------------------------------------------
+# Autotuning of the two implicit GEMMs (forward, dgrad): tiles and pipeline depth. A
+# tile wider than the channels it covers only masks lanes off, so those are pruned
+# (keeping the narrowest). BLOCK_M is at least MIN_BLOCK_M in every config: the
+# statistics partials are allocated for that many rows per tile and zeroed; tiles of a
+# larger config leave rows at count 0, which the merge drops (reset_to_zero clears the
+# rows a benchmarked config wrote before the chosen one runs).
+MIN_BLOCK_M = 64
+GEMM_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+]
+_GEMM_KEY = ["N", "H", "W", "CI", "OH", "OW", "CO", "KH", "KW", "sh", "sw", "TRANSPOSED"]
+
+
+def prune_gemm_configs(configs, named_args, **kwargs):
+    """Drop tiles wider than the channels (output: BLOCK_N, reduction: BLOCK_K), keeping
+    the narrowest; under TRITON_INTERPRET one config of the widest fitting tiles (nothing
+    to tune, and fewer, larger tiles interpret faster)."""
+    args = {**named_args, **kwargs}
+    n_cap, k_cap = _block(int(args["CO"]), 128), _block(int(args["CI"]), 64)
+    if _interpreting():
+        return [triton.Config({"BLOCK_M": MIN_BLOCK_M, "BLOCK_N": min(n_cap, 64),
+                               "BLOCK_K": k_cap})]
+    fit = [c for c in configs if c.kwargs["BLOCK_N"] <= n_cap and c.kwargs["BLOCK_K"] <= k_cap]
+    return fit or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]))]
+
+
+def _gemm_autotune(reset):
+    return triton.autotune(configs=GEMM_CONFIGS, key=_GEMM_KEY, reset_to_zero=reset,
+                           prune_configs_by={"early_config_prune": prune_gemm_configs})
+
+
+# ---------------------------------------------------------------------------
 # Device helpers.
 
 @triton.jit
@@ -117,11 +154,13 @@ def _operand(a, x_ptr, dot_ty: tl.constexpr):
 
 
 @triton.jit
-def _out_pixels(pid, M_BLOCKS, N, OH, OW, sh, sw, TRANSPOSED: tl.constexpr,
+def _out_pixels(pid, ROWS, N, OH, OW, sh, sw, TRANSPOSED: tl.constexpr,
                 INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr):
     """This program's output pixels: (n, jh, jw) per row, row validity, its phase, and the
     output pixel index of each row. Programs [phase * M_BLOCKS, (phase + 1) * M_BLOCKS)
-    cover one phase of a ConvTranspose2d (a Conv2d has one phase)."""
+    cover one phase of a ConvTranspose2d (a Conv2d has one phase), M_BLOCKS tiles of
+    BLOCK_M rows covering the ROWS rows of the largest phase."""
+    M_BLOCKS = tl.cdiv(ROWS, BLOCK_M)
     phase = pid // M_BLOCKS
     m = (pid % M_BLOCKS) * BLOCK_M + tl.arange(0, BLOCK_M)
     if TRANSPOSED:
@@ -201,10 +240,11 @@ def _act_backward(da, x_ptr, dx_ptr, psum_ptr, psumx_ptr, row, offs, mask, cols,
 # ---------------------------------------------------------------------------
 # Kernels.
 
+@_gemm_autotune(["pmean_ptr", "pm2_ptr", "pcnt_ptr"])
 @triton.jit
 def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, b_ptr, z_ptr, pmean_ptr, pm2_ptr, pcnt_ptr,
                      N, H, W, CI, OH, OW, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
-                     M_BLOCKS, slope_hi, slope_lo,
+                     ROWS, slope_hi, slope_lo,
                      TRANSPOSED: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
                      STATS: tl.constexpr, INDEX_64: tl.constexpr, PRECISION: tl.constexpr,
                      UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -216,7 +256,7 @@ def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, b_ptr, z_ptr, pmean_ptr, pm2_pt
     dot_ty: tl.constexpr = acc_ty if UPCAST else x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n, jh, jw, m_ok, ph, pw, pix = _out_pixels(pid, M_BLOCKS, N, OH, OW, sh, sw, TRANSPOSED,
+    n, jh, jw, m_ok, ph, pw, pix = _out_pixels(pid, ROWS, N, OH, OW, sh, sw, TRANSPOSED,
                                                INDEX_64, BLOCK_M)
     mode: tl.constexpr = 1 if PROLOGUE else 0
     acc = _implicit_gemm(x_ptr, x_ptr, p_ptr, q_ptr, p_ptr, w_ptr, n, jh, jw, m_ok, ph, pw, co,
@@ -239,11 +279,12 @@ def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, b_ptr, z_ptr, pmean_ptr, pm2_pt
         _store_partial(pcnt_ptr, pid, co, tl.zeros([BLOCK_N], acc_ty) + cnt, CO)
 
 
+@_gemm_autotune(["psum_ptr", "psumx_ptr"])
 @triton.jit
 def _conv_dgrad_kernel(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, x_ptr, p_ptr, q_ptr,
                        dx_ptr, psum_ptr, psumx_ptr,
                        N, H, W, CI, OH, OW, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
-                       M_BLOCKS, slope_hi, slope_lo,
+                       ROWS, slope_hi, slope_lo,
                        TRANSPOSED: tl.constexpr, GRAD_MODE: tl.constexpr,
                        PROLOGUE: tl.constexpr, INDEX_64: tl.constexpr,
                        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -258,7 +299,7 @@ def _conv_dgrad_kernel(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, x_ptr, p_ptr
     dot_ty: tl.constexpr = acc_ty if UPCAST else g_ptr.dtype.element_ty
     pid = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n, jh, jw, m_ok, ph, pw, pix = _out_pixels(pid, M_BLOCKS, N, OH, OW, sh, sw, TRANSPOSED,
+    n, jh, jw, m_ok, ph, pw, pix = _out_pixels(pid, ROWS, N, OH, OW, sh, sw, TRANSPOSED,
                                                INDEX_64, BLOCK_M)
     slope = _f64(slope_hi, slope_lo, acc_ty)
     da = _implicit_gemm(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, n, jh, jw, m_ok, ph, pw,
@@ -443,27 +484,23 @@ def output_size(h: int, w: int, kernel, transposed: bool, stride, padding, outpu
 
 
 class _Gemm:
-    """Grid and tiles of one implicit GEMM producing (N, C, OH, OW) from (.., H, W)
-    through a Conv2d-style (transposed False) or ConvTranspose2d-style map."""
+    """Grid of one implicit GEMM producing (N, C, OH, OW) through a Conv2d-style
+    (transposed False) or ConvTranspose2d-style map: phases x row tiles of the largest
+    phase, x output-channel tiles; `tiles` bounds the rows of the per-tile partials."""
 
-    def __init__(self, N: int, OH: int, OW: int, C_red: int, C_out: int, transposed: bool,
-                 stride, dtype: torch.dtype, numel: int) -> None:
+    def __init__(self, N: int, OH: int, OW: int, C_out: int, transposed: bool, stride,
+                 dtype: torch.dtype, numel: int) -> None:
         sh, sw = stride
-        if transposed:
-            self.phases = sh * sw
-            rows = N * triton.cdiv(OH, sh) * triton.cdiv(OW, sw)
-        else:
-            self.phases = 1
-            rows = N * OH * OW
-        self.block_m = 64
-        self.block_n = _block(C_out, 64)
-        self.block_k = _block(C_red, 32 if dtype == torch.float64 else 64)
-        self.m_blocks = max(1, triton.cdiv(rows, self.block_m))
-        self.tiles = self.phases * self.m_blocks
-        self.grid = (self.tiles, triton.cdiv(C_out, self.block_n))
+        self.phases = sh * sw if transposed else 1
+        self.rows = N * triton.cdiv(OH, sh) * triton.cdiv(OW, sw) if transposed else N * OH * OW
+        self.tiles = self.phases * max(1, triton.cdiv(self.rows, MIN_BLOCK_M))
         self.meta = {"INDEX_64": numel >= INDEX64_MIN_NUMEL, "PRECISION": _precision(dtype),
-                     "UPCAST": _upcast(dtype), "BLOCK_M": self.block_m,
-                     "BLOCK_N": self.block_n, "BLOCK_K": self.block_k}
+                     "UPCAST": _upcast(dtype)}
+
+        def grid(meta):
+            return (self.phases * max(1, triton.cdiv(self.rows, meta["BLOCK_M"])),
+                    triton.cdiv(C_out, meta["BLOCK_N"]))
+        self.grid = grid
 
 
 def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -480,16 +517,16 @@ def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     acc = _acc_dtype(x)
     z = torch.empty((N, CO, OH, OW), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)
-    gemm = _Gemm(N, OH, OW, CI, CO, transposed, stride, x.dtype, max(x.numel(), z.numel()))
+    gemm = _Gemm(N, OH, OW, CO, transposed, stride, x.dtype, max(x.numel(), z.numel()))
     rows = gemm.tiles if stats else 1
-    pmean, pm2, pcnt = (x.new_empty((rows, CO), dtype=acc) for _ in range(3))
+    pmean, pm2, pcnt = (x.new_zeros((rows, CO), dtype=acc) for _ in range(3))
     p = scale.to(acc).contiguous() if scale is not None else pmean
     q = shift.to(acc).contiguous() if shift is not None else pmean
     b = bias.contiguous() if bias is not None else pmean
     if z.numel() > 0:
         wrap_triton(_conv_fwd_kernel)[gemm.grid](
             x, p, q, packed_weight(weight, transposed), b, z, pmean, pm2, pcnt,
-            N, H, W, CI, OH, OW, CO, KH, KW, *stride, *padding, *dilation, gemm.m_blocks,
+            N, H, W, CI, OH, OW, CO, KH, KW, *stride, *padding, *dilation, gemm.rows,
             *_split_f64(negative_slope), TRANSPOSED=transposed, PROLOGUE=scale is not None,
             HAS_BIAS=bias is not None, STATS=stats, **gemm.meta)
     if not stats:
@@ -539,13 +576,13 @@ def backward(grad_out: torch.Tensor, grad_mean: torch.Tensor | None,
     gx = g_scale = g_shift = None
     if want_x or want_p or want_q:
         gx = torch.empty_like(x)
-        gemm = _Gemm(N, H, W, CO, CI, not transposed, stride, x.dtype, numel)
-        psum, psumx = (x.new_empty((gemm.tiles if prologue else 1, CI), dtype=acc)
+        gemm = _Gemm(N, H, W, CI, not transposed, stride, x.dtype, numel)
+        psum, psumx = (x.new_zeros((gemm.tiles if prologue else 1, CI), dtype=acc)
                        for _ in range(2))
         w_t = packed_weight(weight, transposed).transpose(2, 3).contiguous()
         wrap_triton(_conv_dgrad_kernel)[gemm.grid](
             g, zc, gp, gq, gc, w_t, x, p, q, gx, psum, psumx,
-            N, OH, OW, CO, H, W, CI, KH, KW, *stride, *padding, *dilation, gemm.m_blocks,
+            N, OH, OW, CO, H, W, CI, KH, KW, *stride, *padding, *dilation, gemm.rows,
             *slope, TRANSPOSED=not transposed, GRAD_MODE=grad_mode, PROLOGUE=prologue,
             **gemm.meta)
         if prologue:
@@ -636,3 +673,57 @@ def affine_act_backward(grad_out: torch.Tensor, z: torch.Tensor, scale: torch.Te
             gy, z, scale.to(acc).contiguous(), shift.to(acc).contiguous(), dz, psum, psumx,
             rows, C, *_split_f64(negative_slope), BLOCK_R=block_r, BLOCK_C=block_c)
     return dz, psumx.sum(0), psum.sum(0)
+
+
+# Every kernel of this file, for the ahead-of-time compile check (fastgan.kernels.aot).
+KERNELS = (_conv_fwd_kernel, _conv_dgrad_kernel, _conv_wgrad_kernel, _channel_sum_kernel,
+           _affine_act_kernel, _affine_act_backward_kernel, _stats_merge_kernel)
+
+# The DCGAN 64x64 pair's convolutions at batch 128 (nz=100, ngf=ndf=64, nc=3): generator
+# ConvTranspose2d layers, then discriminator Conv2d layers; (transposed, C_in, C_out,
+# input size, kernel, stride, padding).
+DCGAN_LAYERS = [
+    (True, 100, 512, 1, 4, 1, 0), (True, 512, 256, 4, 4, 2, 1), (True, 256, 128, 8, 4, 2, 1),
+    (True, 128, 64, 16, 4, 2, 1), (True, 64, 3, 32, 4, 2, 1),
+    (False, 3, 64, 64, 4, 2, 1), (False, 64, 128, 32, 4, 2, 1), (False, 128, 256, 16, 4, 2, 1),
+    (False, 256, 512, 8, 4, 2, 1), (False, 512, 1, 4, 4, 1, 0),
+]
+
+
+def aot_cases(quick: bool = False) -> list:
+    """Representative calls of the launchers (on meta tensors) for fastgan.kernels.aot:
+    every DCGAN layer at batch 128 in bf16 and fp32, training forward (prologue where a
+    BatchNorm precedes, statistics where one follows) and backward (the statistics'
+    gradient terms in the GEMM prologues), and an odd shape with a bias. `quick`: one
+    ConvTranspose2d and one Conv2d layer, bf16, and the odd shape in fp32."""
+    layers = [(layer, dt) for layer in DCGAN_LAYERS for dt in (torch.bfloat16, torch.float32)]
+    odd = ((False, 5, 7, 9, 3, 2, 1), torch.float32)
+    if quick:
+        layers = [(DCGAN_LAYERS[3], torch.bfloat16), (DCGAN_LAYERS[6], torch.bfloat16)]
+
+    def case(layer, dtype, batch=128, bias=False):
+        transposed, c_in, c_out, size, k, s, p = layer
+
+        def run():
+            meta = {"device": "meta"}
+            x = torch.empty((batch, c_in, size, size), dtype=dtype, **meta)
+            x = x.contiguous(memory_format=torch.channels_last)
+            wshape = (c_in, c_out, k, k) if transposed else (c_out, c_in, k, k)
+            w = torch.empty(wshape, dtype=dtype, **meta)
+            b = torch.empty((c_out,), dtype=dtype, **meta) if bias else None
+            prologue = c_in not in (3, 100)  # the image / the noise: no BatchNorm before
+            stats = c_out not in (1, 3)  # the logit / the image: no BatchNorm after
+            v = torch.empty((c_in,), dtype=torch.float32, **meta)
+            sc = v if prologue else None
+            geo = ((s, s), (p, p), (0, 0), (1, 1))
+            z, mean, var = forward(x, w, b, sc, sc, 0.2, transposed, *geo, stats)
+            gm = mean if stats else None
+            backward(z, gm, gm, x, w, sc, sc, 0.2, z, mean, transposed, geo[0], geo[1], geo[3],
+                     bias, [True, True, bias, prologue, prologue])
+            if stats:
+                u = torch.empty((c_out,), dtype=torch.float32, **meta)
+                affine_act(z, u, u, 0.2)
+                affine_act_backward(z, z, u, u, 0.2)
+        return run
+
+    return [case(layer, dt) for layer, dt in layers] + [case(odd[0], odd[1], 3, True)]

@@ -311,6 +311,38 @@ def check_memory(device: str) -> list[str]:
                                        f"(want 4: the input and 3 block outputs): {saved}"]
 
 
+class _Custom(torch.nn.Module):
+    """A module that calls its layers itself: converted by tracing (fastgan/nn/traced.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.ConvTranspose2d(6, 5, 4, 2, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(5)
+        self.conv2 = torch.nn.Conv2d(5, 3, 3, 1, 1)
+
+    def forward(self, x):
+        return torch.tanh(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+
+def check_traced(device: str) -> list[str]:
+    """A traced module's block and plain convolution run in the fused convolutions."""
+    torch.manual_seed(0)
+    eager = _Custom().to(device)
+    fused = fastgan.convert(copy.deepcopy(eager))
+    x = torch.randn(3, 6, 4, 5, device=device)
+    outs = []
+    for m, ctx in ((eager, contextlib.nullcontext()), (fused, _Ops())):
+        xx = x.clone().requires_grad_()
+        with ctx:
+            y = m(xx)
+            (y * torch.arange(y.numel(), device=device).view_as(y).sin()).sum().backward()
+        outs.append([y.detach(), xx.grad] + [p.grad for p in m.parameters()] + list(m.buffers()))
+    fails = [] if not any("convolution" in n for n in ctx.names) else ["ATen convolution ran"]
+    for i, (a, e) in enumerate(zip(outs[1], outs[0])):
+        fails += _close(f"output/grad/buffer {i}", a, e, 2e-5)
+    return fails
+
+
 def check_opcheck(device: str, utils=("test_schema", "test_autograd_registration",
                                       "test_faketensor", "test_aot_dispatch_dynamic")):
     from fastgan.ops import conv_bn_act_triton as T
@@ -345,7 +377,8 @@ def check_opcheck(device: str, utils=("test_schema", "test_autograd_registration
     return fails
 
 
-EXTRA_CHECKS = {"gradcheck": check_gradcheck, "chain": check_chain, "memory": check_memory}
+EXTRA_CHECKS = {"gradcheck": check_gradcheck, "chain": check_chain, "memory": check_memory,
+                "traced": check_traced}
 INTERP_OPCHECK = ("test_schema", "test_autograd_registration")  # fake tensors need a GPU
 
 

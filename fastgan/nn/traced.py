@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from fastgan.nn.blocks import conv_bn_act, conv_forward
+from fastgan.nn.fused_chain import chainable, fused_chain
+from fastgan.ops.conv_bn_act import chain_enabled
 from fastgan.nn.sequential import (_LAYOUT_AGNOSTIC, _PLAIN_CONVS, _hooked, _is_conv, _slope,
                                    _wants_channels_last, bn_slope)
 
@@ -59,6 +61,8 @@ def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: 
     if _hooked(conv) or _hooked(bn):
         y = bn(conv(x))
         return y if bn_slope(bn) != 1.0 else F.leaky_relu(y, negative_slope)
+    if chain_enabled(x) and chainable(conv, bn):  # a chain of one (not linked across nodes)
+        return fused_chain(x, [(conv, bn, negative_slope)])
     if channels_last:
         return conv_bn_act(x.contiguous(memory_format=torch.channels_last), conv, bn,
                            negative_slope, memory_format=torch.channels_last)
@@ -86,6 +90,8 @@ def plain_conv(x: Tensor, conv: nn.Module, flag: bool) -> Tensor:
     given hooks after conversion is called as a module."""
     if _hooked(conv):
         return conv(x.contiguous(memory_format=torch.channels_last) if flag else x)
+    if chain_enabled(x) and chainable(conv):
+        return fused_chain(x, [], tail=conv)
     if flag:
         return conv_forward(conv, x.contiguous(memory_format=torch.channels_last), conv.weight,
                             conv.bias, memory_format=torch.channels_last)
