@@ -106,18 +106,14 @@ def _gemm_autotune(reset):
 
 @triton.jit
 def _tap(j, k, phase, stride, pad, dil, TRANSPOSED: tl.constexpr):
-    """Input coordinate that output coordinate index j reads through tap k, and whether
-    the tap is live for this program (always for Conv2d; for ConvTranspose2d only the
-    taps of the program's phase). Conv2d: j is the output coordinate; ConvTranspose2d: the
-    output coordinate is phase + j * stride."""
+    """Input coordinate that output coordinate index j reads through tap k. Conv2d: j is
+    the output coordinate; ConvTranspose2d: the output coordinate is phase + j * stride,
+    and k one of the phase's live taps (tap_table), so the division is exact."""
     if TRANSPOSED:
-        r = phase + pad - k * dil
-        live = (r % stride) == 0
-        i = j + r // stride  # exact where live: truncating and flooring division agree
+        i = j + (phase + pad - k * dil) // stride
     else:
-        live = k >= 0
         i = j * stride - pad + k * dil
-    return i, live
+    return i
 
 
 @triton.jit
@@ -190,31 +186,34 @@ def _out_pixels(pid, ROWS, N, OH, OW, sh, sw, TRANSPOSED: tl.constexpr,
 
 
 @triton.jit
-def _implicit_gemm(x_ptr, aux_ptr, p_ptr, q_ptr, c_ptr, w_ptr, n, jh, jw, m_ok, ph, pw, co,
-                   H, W, CI, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w, slope,
-                   acc_ty: tl.constexpr, dot_ty: tl.constexpr, TRANSPOSED: tl.constexpr,
+def _implicit_gemm(x_ptr, aux_ptr, p_ptr, q_ptr, c_ptr, w_ptr, taps_h_ptr, taps_w_ptr, n, jh, jw,
+                   m_ok, ph, pw, co, H, W, CI, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
+                   slope, acc_ty: tl.constexpr, dot_ty: tl.constexpr, TRANSPOSED: tl.constexpr,
                    MODE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[BLOCK_M, BLOCK_N] = sum over live taps and input channels of
-    prologue(x)[pixel read by the tap, ci] * w[tap, ci, co] (w packed [KH, KW, CI, CO])."""
+    """acc[BLOCK_M, BLOCK_N] = sum over the phase's live taps and the input channels of
+    prologue(x)[pixel read by the tap, ci] * w[tap, ci, co] (w packed [KH, KW, CI, CO]).
+    One flat loop over (live tap, channel block): the pipeliner sees a single loop, and a
+    dead tap costs nothing (the live taps come from tap_table)."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], acc_ty)
     co_ok = co < CO
-    for kh in range(KH):
-        ih, live_h = _tap(jh, kh, ph, sh, pad_h, dil_h, TRANSPOSED)
-        for kw in range(KW):
-            iw, live_w = _tap(jw, kw, pw, sw, pad_w, dil_w, TRANSPOSED)
-            if live_h & live_w:
-                ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                rows = ((n * H + ih) * W + iw) * CI
-                w_tap = w_ptr + (kh * KW + kw) * CI * CO
-                for c0 in range(0, CI, BLOCK_K):
-                    ci = c0 + tl.arange(0, BLOCK_K)
-                    a = _a_tile(x_ptr, aux_ptr, p_ptr, q_ptr, c_ptr, rows, ok, ci, CI, slope,
-                                acc_ty, MODE)
-                    b = tl.load(w_tap + ci[:, None] * CO + co[None, :],
-                                mask=(ci < CI)[:, None] & co_ok[None, :], other=0.0)
-                    acc = tl.dot(_operand(a, x_ptr, dot_ty), b.to(dot_ty), acc,
-                                 input_precision=PRECISION)
+    row_h = taps_h_ptr + ph * (KH + 1)
+    row_w = taps_w_ptr + pw * (KW + 1)
+    n_w = tl.load(row_w)
+    c_blocks = tl.cdiv(CI, BLOCK_K)
+    for it in range(tl.load(row_h) * n_w * c_blocks):
+        t = it // c_blocks
+        ci = (it % c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        kh = tl.load(row_h + 1 + t // n_w)
+        kw = tl.load(row_w + 1 + t % n_w)
+        ih = _tap(jh, kh, ph, sh, pad_h, dil_h, TRANSPOSED)
+        iw = _tap(jw, kw, pw, sw, pad_w, dil_w, TRANSPOSED)
+        ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a = _a_tile(x_ptr, aux_ptr, p_ptr, q_ptr, c_ptr, ((n * H + ih) * W + iw) * CI, ok, ci,
+                    CI, slope, acc_ty, MODE)
+        b = tl.load(w_ptr + ((kh * KW + kw) * CI + ci[:, None]) * CO + co[None, :],
+                    mask=(ci < CI)[:, None] & co_ok[None, :], other=0.0)
+        acc = tl.dot(_operand(a, x_ptr, dot_ty), b.to(dot_ty), acc, input_precision=PRECISION)
     return acc
 
 
@@ -242,7 +241,8 @@ def _act_backward(da, x_ptr, dx_ptr, psum_ptr, psumx_ptr, row, offs, mask, cols,
 
 @_gemm_autotune(["pmean_ptr", "pm2_ptr", "pcnt_ptr"])
 @triton.jit
-def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, b_ptr, z_ptr, pmean_ptr, pm2_ptr, pcnt_ptr,
+def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, taps_h_ptr, taps_w_ptr, b_ptr, z_ptr, pmean_ptr,
+                     pm2_ptr, pcnt_ptr,
                      N, H, W, CI, OH, OW, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
                      ROWS, slope_hi, slope_lo,
                      TRANSPOSED: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -259,8 +259,8 @@ def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, b_ptr, z_ptr, pmean_ptr, pm2_pt
     n, jh, jw, m_ok, ph, pw, pix = _out_pixels(pid, ROWS, N, OH, OW, sh, sw, TRANSPOSED,
                                                INDEX_64, BLOCK_M)
     mode: tl.constexpr = 1 if PROLOGUE else 0
-    acc = _implicit_gemm(x_ptr, x_ptr, p_ptr, q_ptr, p_ptr, w_ptr, n, jh, jw, m_ok, ph, pw, co,
-                         H, W, CI, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
+    acc = _implicit_gemm(x_ptr, x_ptr, p_ptr, q_ptr, p_ptr, w_ptr, taps_h_ptr, taps_w_ptr, n, jh,
+                         jw, m_ok, ph, pw, co, H, W, CI, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
                          _f64(slope_hi, slope_lo, acc_ty), acc_ty, dot_ty, TRANSPOSED, mode,
                          PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     co_ok = co < CO
@@ -281,8 +281,8 @@ def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, b_ptr, z_ptr, pmean_ptr, pm2_pt
 
 @_gemm_autotune(["psum_ptr", "psumx_ptr"])
 @triton.jit
-def _conv_dgrad_kernel(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, x_ptr, p_ptr, q_ptr,
-                       dx_ptr, psum_ptr, psumx_ptr,
+def _conv_dgrad_kernel(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, taps_h_ptr, taps_w_ptr,
+                       x_ptr, p_ptr, q_ptr, dx_ptr, psum_ptr, psumx_ptr,
                        N, H, W, CI, OH, OW, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
                        ROWS, slope_hi, slope_lo,
                        TRANSPOSED: tl.constexpr, GRAD_MODE: tl.constexpr,
@@ -302,8 +302,8 @@ def _conv_dgrad_kernel(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, x_ptr, p_ptr
     n, jh, jw, m_ok, ph, pw, pix = _out_pixels(pid, ROWS, N, OH, OW, sh, sw, TRANSPOSED,
                                                INDEX_64, BLOCK_M)
     slope = _f64(slope_hi, slope_lo, acc_ty)
-    da = _implicit_gemm(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, n, jh, jw, m_ok, ph, pw,
-                        co, H, W, CI, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w, slope,
+    da = _implicit_gemm(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, taps_h_ptr, taps_w_ptr, n,
+                        jh, jw, m_ok, ph, pw, co, H, W, CI, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w, slope,
                         acc_ty, dot_ty, TRANSPOSED, GRAD_MODE, PRECISION, BLOCK_M, BLOCK_N,
                         BLOCK_K)
     co_ok = co < CO
@@ -483,14 +483,29 @@ def output_size(h: int, w: int, kernel, transposed: bool, stride, padding, outpu
     return out[0], out[1]
 
 
+def tap_table(k: int, stride: int, pad: int, dil: int, transposed: bool,
+              device) -> torch.Tensor:
+    """Per phase, the live taps of one spatial dimension: row ph = [count, taps...]
+    (k + 1 int32 columns). Conv2d has one phase with every tap; a ConvTranspose2d output
+    row of phase ph receives tap kh only where (ph + pad - kh * dil) is a multiple of the
+    stride (the sub-pixel decomposition)."""
+    rows = []
+    for ph in range(stride if transposed else 1):
+        live = [t for t in range(k) if not transposed or (ph + pad - t * dil) % stride == 0]
+        rows.append([len(live)] + live + [0] * (k - len(live)))
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
 class _Gemm:
     """Grid of one implicit GEMM producing (N, C, OH, OW) through a Conv2d-style
     (transposed False) or ConvTranspose2d-style map: phases x row tiles of the largest
     phase, x output-channel tiles; `tiles` bounds the rows of the per-tile partials."""
 
-    def __init__(self, N: int, OH: int, OW: int, C_out: int, transposed: bool, stride,
-                 dtype: torch.dtype, numel: int) -> None:
+    def __init__(self, N: int, OH: int, OW: int, C_out: int, transposed: bool, kernel, stride,
+                 padding, dilation, dtype: torch.dtype, numel: int, device) -> None:
         sh, sw = stride
+        self.taps = tuple(tap_table(kernel[i], stride[i], padding[i], dilation[i], transposed,
+                                    device) for i in range(2))
         self.phases = sh * sw if transposed else 1
         self.rows = N * triton.cdiv(OH, sh) * triton.cdiv(OW, sw) if transposed else N * OH * OW
         self.tiles = self.phases * max(1, triton.cdiv(self.rows, MIN_BLOCK_M))
@@ -517,7 +532,8 @@ def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     acc = _acc_dtype(x)
     z = torch.empty((N, CO, OH, OW), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)
-    gemm = _Gemm(N, OH, OW, CO, transposed, stride, x.dtype, max(x.numel(), z.numel()))
+    gemm = _Gemm(N, OH, OW, CO, transposed, (KH, KW), stride, padding, dilation, x.dtype,
+                 max(x.numel(), z.numel()), x.device)
     rows = gemm.tiles if stats else 1
     pmean, pm2, pcnt = (x.new_zeros((rows, CO), dtype=acc) for _ in range(3))
     p = scale.to(acc).contiguous() if scale is not None else pmean
@@ -525,7 +541,7 @@ def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     b = bias.contiguous() if bias is not None else pmean
     if z.numel() > 0:
         wrap_triton(_conv_fwd_kernel)[gemm.grid](
-            x, p, q, packed_weight(weight, transposed), b, z, pmean, pm2, pcnt,
+            x, p, q, packed_weight(weight, transposed), *gemm.taps, b, z, pmean, pm2, pcnt,
             N, H, W, CI, OH, OW, CO, KH, KW, *stride, *padding, *dilation, gemm.rows,
             *_split_f64(negative_slope), TRANSPOSED=transposed, PROLOGUE=scale is not None,
             HAS_BIAS=bias is not None, STATS=stats, **gemm.meta)
@@ -576,12 +592,13 @@ def backward(grad_out: torch.Tensor, grad_mean: torch.Tensor | None,
     gx = g_scale = g_shift = None
     if want_x or want_p or want_q:
         gx = torch.empty_like(x)
-        gemm = _Gemm(N, H, W, CI, not transposed, stride, x.dtype, numel)
+        gemm = _Gemm(N, H, W, CI, not transposed, (KH, KW), stride, padding, dilation, x.dtype,
+                     numel, x.device)
         psum, psumx = (x.new_zeros((gemm.tiles if prologue else 1, CI), dtype=acc)
                        for _ in range(2))
         w_t = packed_weight(weight, transposed).transpose(2, 3).contiguous()
         wrap_triton(_conv_dgrad_kernel)[gemm.grid](
-            g, zc, gp, gq, gc, w_t, x, p, q, gx, psum, psumx,
+            g, zc, gp, gq, gc, w_t, *gemm.taps, x, p, q, gx, psum, psumx,
             N, OH, OW, CO, H, W, CI, KH, KW, *stride, *padding, *dilation, gemm.rows,
             *slope, TRANSPOSED=not transposed, GRAD_MODE=grad_mode, PROLOGUE=prologue,
             **gemm.meta)

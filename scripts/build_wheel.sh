@@ -6,11 +6,16 @@
 #   - the Triton kernels, the built-in Fashion-MNIST and the metrics' feature network.
 # The wheel is tied to the torch it was built against (torch==2.14.1) and to this
 # platform's glibc (linux_x86_64, not manylinux-audited). Sets up .venv like test.sh.
+#   scripts/build_wheel.sh [--cpu-only] [OUT]   --cpu-only: no CUDA kernels in the wheel
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CPU_ONLY=0
+if [[ "${1:-}" == "--cpu-only" ]]; then CPU_ONLY=1; shift; fi
 OUT="$(mkdir -p "${1:-$ROOT/dist}" && cd "${1:-$ROOT/dist}" && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
+# after setup_env.sh: FASTGAN_CUDA there decides the development build, here the wheel's
+if [[ "$CPU_ONLY" == 1 ]]; then export FASTGAN_CUDA=0; fi
 FASTGAN_BUILD_EXT=1 MAX_JOBS="${MAX_JOBS:-2}" \
   python -m pip --disable-pip-version-check wheel -q --no-build-isolation --no-deps -w "$OUT" .
 ls -1 "$OUT"/fastgan-*.whl

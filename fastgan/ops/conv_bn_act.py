@@ -50,11 +50,17 @@ def affine_act(z: Tensor, scale: Tensor, shift: Tensor, negative_slope: float) -
     return reference_affine_act(z, scale, shift, float(negative_slope))
 
 
+@_backend._constant_result
+def _chain_requested() -> bool:
+    return (_backend.requested_name() == "triton"
+            and _backend._getenv("FASTGAN_FUSED_CONV") != "0")
+
+
 def chain_enabled(x: Tensor) -> bool:
     """Whether fused modules run their conv -> BN -> act blocks through these ops
     (fastgan/nn/fused_chain.py) for input x: when the triton backend is forced
     (use_backend("triton") or FASTGAN_BACKEND=triton) and runs on x's device, unless
     FASTGAN_FUSED_CONV=0 asks for the ATen convolutions (for comparison). Under `auto`
-    the blocks keep the ATen convolution until the chain has been measured on a GPU."""
-    return (_backend.requested_name() == "triton" and _backend._getenv("FASTGAN_FUSED_CONV") != "0"
-            and backend(x) == "triton")
+    the blocks keep the ATen convolution until the chain has been measured on a GPU.
+    Under torch.compile the answer is fixed when the graph is traced."""
+    return _chain_requested() and backend(x) == "triton"
