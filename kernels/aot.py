@@ -88,14 +88,16 @@ def recording(module) -> Iterator[list[Launch]]:
         module.wrap_triton = saved
 
 
-def _specs(launch: Launch) -> list[Spec]:
-    """The compilations Triton would make for `launch` (one per surviving config)."""
+def _specs(launch: Launch, quick: bool = False) -> list[Spec]:
+    """The compilations Triton would make for `launch` (one per surviving config; the
+    first of them only when `quick`)."""
     kernel = launch.kernel
     configs: list[Any] = [None]
     if isinstance(kernel, Autotuner):
         named = dict(zip(kernel.arg_names, launch.args))
         prune = kernel.early_config_prune
         configs = prune(kernel.configs, named, **launch.kwargs) if prune else kernel.configs
+        configs = configs[:1] if quick else configs
         kernel = kernel.fn
     fn: JITFunction = kernel
     out = []
@@ -138,7 +140,7 @@ def collect(modules: Iterable, quick: bool = False) -> list[Spec]:
             with recording(module) as launches:
                 case()
             for launch in launches:
-                for spec in _specs(launch):
+                for spec in _specs(launch, quick):
                     specs[spec] = None
         compiled = {spec.fn for spec in specs}
         missing = [k for k in module.KERNELS
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", type=int, nargs="+", default=list(ARCHS),
                    help="SM versions to compile for (default: 80 90)")
     p.add_argument("--quick", action="store_true",
-                   help="fewer shapes: one specialisation of each kind (for tests)")
+                   help="fewer shapes, and the first autotune config of each: one "
+                        "specialisation of each kind (for tests)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("TRITON_INTERPRET=1 turns the kernels into interpreted functions; unset it")

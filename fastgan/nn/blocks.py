@@ -33,9 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastgan.nn import recompute
+from fastgan.nn.fused_chain import chainable, fused_chain
 from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
 from fastgan.ops import bn_act
 from fastgan.ops import sync_bn_act as _sync
+from fastgan.ops.conv_bn_act import chain_enabled
 
 
 def _strictly_channels_last(t: Tensor) -> bool:
@@ -273,6 +275,8 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNor
                 memory_format: torch.memory_format | None = None) -> Tensor:
     """`leaky_relu(bn(conv(x)), negative_slope)`, fused (see the module docstring).
     `memory_format`, if given, is the layout of the result (and of the saved conv output)."""
+    if output_size is None and chain_enabled(x) and chainable(conv, bn):
+        return fused_chain(x, [(conv, bn, negative_slope)])  # the triton backend's own conv
     args = (x, conv, bn, negative_slope)
     if _use_folding(bn):
         return _eval_forward(*args, output_size, memory_format)

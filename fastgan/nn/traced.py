@@ -61,8 +61,6 @@ def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: 
     if _hooked(conv) or _hooked(bn):
         y = bn(conv(x))
         return y if bn_slope(bn) != 1.0 else F.leaky_relu(y, negative_slope)
-    if chain_enabled(x) and chainable(conv, bn):  # a chain of one (not linked across nodes)
-        return fused_chain(x, [(conv, bn, negative_slope)])
     if channels_last:
         return conv_bn_act(x.contiguous(memory_format=torch.channels_last), conv, bn,
                            negative_slope, memory_format=torch.channels_last)
