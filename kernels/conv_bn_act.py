@@ -241,17 +241,18 @@ def _act_backward(da, x_ptr, dx_ptr, psum_ptr, psumx_ptr, row, offs, mask, cols,
 
 @_gemm_autotune(["pmean_ptr", "pm2_ptr", "pcnt_ptr"])
 @triton.jit
-def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, taps_h_ptr, taps_w_ptr, b_ptr, z_ptr, pmean_ptr,
-                     pm2_ptr, pcnt_ptr,
+def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, taps_h_ptr, taps_w_ptr, b_ptr, op_ptr, oq_ptr,
+                     z_ptr, pmean_ptr, pm2_ptr, pcnt_ptr,
                      N, H, W, CI, OH, OW, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
-                     ROWS, slope_hi, slope_lo,
+                     ROWS, slope_hi, slope_lo, out_slope_hi, out_slope_lo,
                      TRANSPOSED: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     STATS: tl.constexpr, INDEX_64: tl.constexpr, PRECISION: tl.constexpr,
-                     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     STATS: tl.constexpr, EPILOGUE: tl.constexpr, INDEX_64: tl.constexpr,
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """z = conv(prologue(x)) + bias for one [BLOCK_M pixels, BLOCK_N channels] tile, and
     with STATS the tile's per-channel (mean, M2, count) of z as stored, in row
-    program_id(0) of the (tiles, CO) partials."""
+    program_id(0) of the (tiles, CO) partials. With EPILOGUE (inference) the tile's own
+    BatchNorm + activation instead: leaky(z * op + oq) is written, z never is."""
     acc_ty: tl.constexpr = pmean_ptr.dtype.element_ty
     dot_ty: tl.constexpr = acc_ty if UPCAST else x_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -268,6 +269,11 @@ def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, taps_h_ptr, taps_w_ptr, b_ptr, 
         acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(acc_ty)[None, :]
     mask = m_ok[:, None] & co_ok[None, :]
     z = acc.to(z_ptr.dtype.element_ty)
+    if EPILOGUE:  # as eager: BatchNorm of the stored (rounded) z, then the activation
+        p_out = tl.load(op_ptr + co, mask=co_ok, other=0.0).to(acc_ty)[None, :]
+        q_out = tl.load(oq_ptr + co, mask=co_ok, other=0.0).to(acc_ty)[None, :]
+        u = z.to(acc_ty) * p_out + q_out
+        z = _leaky(u, _f64(out_slope_hi, out_slope_lo, acc_ty)).to(z_ptr.dtype.element_ty)
     tl.store(z_ptr + pix[:, None] * CO + co[None, :], z, mask=mask)
     if STATS:
         v = tl.where(mask, z.to(acc_ty), 0.0)
@@ -520,10 +526,13 @@ class _Gemm:
 
 def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             scale: torch.Tensor | None, shift: torch.Tensor | None, negative_slope: float,
-            transposed: bool, stride, padding, output_padding, dilation, stats: bool):
+            transposed: bool, stride, padding, output_padding, dilation, stats: bool,
+            out_scale: torch.Tensor | None = None, out_shift: torch.Tensor | None = None,
+            out_slope: float = 0.0):
     """(z, mean, var): z = conv(leaky(input * scale + shift)) + bias (no prologue when
     scale is None), channels_last; with `stats` z's per-channel mean and biased variance
-    in the accumulation type (else empty)."""
+    in the accumulation type (else empty). With out_scale (inference, no stats) the
+    output is leaky(z * out_scale + out_shift, out_slope) instead of z."""
     x = _nhwc(input)
     N, CI, H, W = x.shape
     KH, KW = weight.shape[2], weight.shape[3]
@@ -539,12 +548,16 @@ def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     p = scale.to(acc).contiguous() if scale is not None else pmean
     q = shift.to(acc).contiguous() if shift is not None else pmean
     b = bias.contiguous() if bias is not None else pmean
+    epilogue = out_scale is not None
+    op = out_scale.to(acc).contiguous() if epilogue else pmean
+    oq = out_shift.to(acc).contiguous() if epilogue else pmean
     if z.numel() > 0:
         wrap_triton(_conv_fwd_kernel)[gemm.grid](
-            x, p, q, packed_weight(weight, transposed), *gemm.taps, b, z, pmean, pm2, pcnt,
-            N, H, W, CI, OH, OW, CO, KH, KW, *stride, *padding, *dilation, gemm.rows,
-            *_split_f64(negative_slope), TRANSPOSED=transposed, PROLOGUE=scale is not None,
-            HAS_BIAS=bias is not None, STATS=stats, **gemm.meta)
+            x, p, q, packed_weight(weight, transposed), *gemm.taps, b, op, oq, z, pmean, pm2,
+            pcnt, N, H, W, CI, OH, OW, CO, KH, KW, *stride, *padding, *dilation, gemm.rows,
+            *_split_f64(negative_slope), *_split_f64(out_slope), TRANSPOSED=transposed,
+            PROLOGUE=scale is not None, HAS_BIAS=bias is not None, STATS=stats,
+            EPILOGUE=epilogue, **gemm.meta)
     if not stats:
         return z, x.new_empty((0,), dtype=acc), x.new_empty((0,), dtype=acc)
     mean = x.new_empty((CO,), dtype=acc)
@@ -741,6 +754,7 @@ def aot_cases(quick: bool = False) -> list:
                 u = torch.empty((c_out,), dtype=torch.float32, **meta)
                 affine_act(z, u, u, 0.2)
                 affine_act_backward(z, z, u, u, 0.2)
+                forward(x, w, b, sc, sc, 0.2, transposed, *geo, False, u, u, 0.0)  # sampling
         return run
 
     return [case(layer, dt) for layer, dt in layers] + [case(odd[0], odd[1], 3, True)]

@@ -169,6 +169,40 @@ def check_case(case: Case, device: str) -> list[str]:
     return fails
 
 
+def check_epilogue(device: str) -> list[str]:
+    """Inference epilogue (out_scale / out_shift / out_slope): the block's own BatchNorm
+    and activation applied to z as it is written; no backward (a clear error)."""
+    from fastgan.ops.conv_bn_act import conv_bn_act
+    fails = []
+    for case in (CASES[1], CASES[11], CASES[6]):  # conv fp32 + bias, convT bf16, conv fp64
+        dtype = getattr(torch, case.dtype)
+        (x, w, b, s, t), _ = _tensors(case, device, dtype)
+        stat = torch.float64 if dtype == torch.float64 else torch.float32
+        os_ = torch.rand(case.c_out, device=device, dtype=stat) + 0.5
+        ot = torch.randn(case.c_out, device=device, dtype=stat)
+        args = (s, t, case.slope, case.transposed, case.stride, case.padding,
+                case.output_padding, case.dilation, False, os_, ot, 0.1)
+        with torch.no_grad():
+            ours = conv_bn_act(x, w, b, *args)[0]
+            eager = reference_conv_bn_act(x, w, b, *args)[0]
+            ref = reference_conv_bn_act(*(None if v is None else v.double() for v in (x, w, b)),
+                                        *args)[0]
+        e64, r64, a64 = eager.double(), ref.double(), ours.double()
+        scale = max(e64.abs().max().item(), 1e-30)
+        err = (a64 - (r64 if dtype in (torch.bfloat16,) else e64)).abs().max().item()
+        bound = (2 * (e64 - r64).abs().max().item() + 0.25 * _ulp(dtype) * scale
+                 if dtype == torch.bfloat16 else (1e-10 if dtype == torch.float64 else 2e-5) * scale)
+        if not err <= bound:
+            fails.append(f"{case.id}: error {err:.3e} > {bound:.3e}")
+    try:
+        conv_bn_act(x.requires_grad_(), w, b, *args)
+        fails.append("no error for autograd through the epilogue")
+    except RuntimeError as e:
+        if "no backward" not in str(e):
+            fails.append(f"unclear error: {e}")
+    return fails
+
+
 def check_gradcheck(device: str) -> list[str]:
     """fp64 gradcheck and gradgradcheck (fast mode: random projections) of both fused ops,
     both convolutions, with the prologue, bias and statistics."""
@@ -377,8 +411,8 @@ def check_opcheck(device: str, utils=("test_schema", "test_autograd_registration
     return fails
 
 
-EXTRA_CHECKS = {"gradcheck": check_gradcheck, "chain": check_chain, "memory": check_memory,
-                "traced": check_traced}
+EXTRA_CHECKS = {"epilogue": check_epilogue, "gradcheck": check_gradcheck, "chain": check_chain,
+                "memory": check_memory, "traced": check_traced}
 INTERP_OPCHECK = ("test_schema", "test_autograd_registration")  # fake tensors need a GPU
 
 

@@ -39,11 +39,23 @@ def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 def _conv(x: Tensor, conv: nn.Module, dtype: torch.dtype, scale: Tensor | None,
-          shift: Tensor | None, slope_in: float, stats: bool):
+          shift: Tensor | None, slope_in: float, stats: bool, *epilogue):
     transposed = isinstance(conv, nn.ConvTranspose2d)
     return conv_bn_act(x, _cast(conv.weight, dtype), _cast(conv.bias, dtype), scale, shift,
                        slope_in, transposed, conv.stride, conv.padding,
-                       conv.output_padding if transposed else (0, 0), conv.dilation, stats)
+                       conv.output_padding if transposed else (0, 0), conv.dilation, stats,
+                       *epilogue)
+
+
+def _affine(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """The BatchNorm as per-channel scale and shift (differentiable in all four)."""
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(scale.dtype)
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(shift.dtype)
+    return scale, shift
 
 
 def fused_chain(x: Tensor, blocks: list[tuple[nn.Module, nn.BatchNorm2d, float]],
@@ -51,7 +63,11 @@ def fused_chain(x: Tensor, blocks: list[tuple[nn.Module, nn.BatchNorm2d, float]]
     """leaky(bn(conv(...))) of each (conv, bn, negative_slope) in turn, as eager computes
     it (running statistics and num_batches_tracked updated likewise), then the plain
     convolution `tail` if given (it reads the last block's output through its prologue,
-    so that output is never written). The result is channels_last."""
+    so that output is never written). The result is channels_last.
+
+    Inference (a BatchNorm on its running statistics, no autograd) takes the epilogue
+    instead: the block's convolution writes its activated output directly, as a
+    BatchNorm folded into it would."""
     dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type):  # the convolutions' autocast dtype
         dtype = torch.get_autocast_dtype(x.device.type)
@@ -60,6 +76,11 @@ def fused_chain(x: Tensor, blocks: list[tuple[nn.Module, nn.BatchNorm2d, float]]
     slope_in = 0.0
     for conv, bn, slope in blocks:
         running_mean, running_var, use_batch, momentum = bn_ops.module_args(bn)
+        if not use_batch and not torch.is_grad_enabled():
+            x = _conv(x, conv, dtype, scale, shift, slope_in, False,
+                      *_affine(bn, running_mean, running_var), slope)[0]
+            scale = shift = None
+            continue
         z, mean, var = _conv(x, conv, dtype, scale, shift, slope_in, use_batch)
         if use_batch:
             if running_mean is not None:
@@ -67,16 +88,11 @@ def fused_chain(x: Tensor, blocks: list[tuple[nn.Module, nn.BatchNorm2d, float]]
                                             var.detach(), momentum, z.numel() // z.shape[1])
         else:
             mean, var = running_mean.to(mean.dtype), running_var.to(var.dtype)
-        scale = torch.rsqrt(var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.to(scale.dtype)
-        shift = -mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.to(shift.dtype)
+        scale, shift = _affine(bn, mean, var)
         x, slope_in = z, slope
     if tail is not None:
         return _conv(x, tail, dtype, scale, shift, slope_in, False)[0]
-    return affine_act(x, scale, shift, slope_in)
+    return x if scale is None else affine_act(x, scale, shift, slope_in)
 
 
 __all__ = ["chainable", "fused_chain"]

@@ -4,7 +4,9 @@
                 padding, output_padding, dilation, stats) -> (z, mean, var)
         z = conv(leaky(x * scale + shift)) + bias, the producing block's BatchNorm and
         activation applied as x is read (no prologue when scale is None), and z's
-        per-channel batch mean and biased variance when `stats`
+        per-channel batch mean and biased variance when `stats`; for inference without
+        autograd, out_scale / out_shift / out_slope apply the block's own (eval)
+        BatchNorm and activation in the epilogue, so that z is never written
     affine_act(z, scale, shift, negative_slope) -> leaky(z * scale + shift)
 
 Both are differentiable in every argument that is a tensor (mean and var too), so a
@@ -36,9 +38,12 @@ def _triton():
 
 def conv_bn_act(x: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor | None,
                 shift: Tensor | None, negative_slope: float, transposed: bool, stride,
-                padding, output_padding, dilation, stats: bool):
+                padding, output_padding, dilation, stats: bool,
+                out_scale: Tensor | None = None, out_shift: Tensor | None = None,
+                out_slope: float = 0.0):
     args = (x, weight, bias, scale, shift, float(negative_slope), bool(transposed),
-            list(stride), list(padding), list(output_padding), list(dilation), bool(stats))
+            list(stride), list(padding), list(output_padding), list(dilation), bool(stats),
+            out_scale, out_shift, float(out_slope))
     if backend(x) == "triton":
         return _triton().triton_conv_bn_act(*args)
     return reference_conv_bn_act(*args)

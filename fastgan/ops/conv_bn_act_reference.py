@@ -26,15 +26,20 @@ def reference_affine_act(z: Tensor, scale: Tensor, shift: Tensor,
 def reference_conv_bn_act(input: Tensor, weight: Tensor, bias: Tensor | None,
                           scale: Tensor | None, shift: Tensor | None, negative_slope: float,
                           transposed: bool, stride, padding, output_padding, dilation,
-                          stats: bool) -> tuple[Tensor, Tensor, Tensor]:
+                          stats: bool, out_scale: Tensor | None = None,
+                          out_shift: Tensor | None = None,
+                          out_slope: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """(z, mean, var) of conv(affine_act(input, scale, shift)) (no prologue when scale is
-    None), with z's per-channel mean and biased variance when `stats` (else empty)."""
+    None), with z's per-channel mean and biased variance when `stats` (else empty); with
+    out_scale, affine_act(z, out_scale, out_shift, out_slope) in place of z."""
     a = input if scale is None else reference_affine_act(input, scale, shift, negative_slope)
     if transposed:
         z = F.conv_transpose2d(a, weight, bias, stride, padding, output_padding, 1, dilation)
     else:
         z = F.conv2d(a, weight, bias, stride, padding, dilation)
     acc = _acc(input)
+    if out_scale is not None:
+        z = reference_affine_act(z, out_scale, out_shift, out_slope)
     if not stats:
         return z, input.new_empty((0,), dtype=acc), input.new_empty((0,), dtype=acc)
     zf = z.to(acc)
@@ -43,7 +48,8 @@ def reference_conv_bn_act(input: Tensor, weight: Tensor, bias: Tensor | None,
 
 def check_conv_args(name: str, input: Tensor, weight: Tensor, bias: Tensor | None,
                     scale: Tensor | None, shift: Tensor | None, transposed: bool, stride,
-                    padding, output_padding, dilation, stats: bool) -> None:
+                    padding, output_padding, dilation, stats: bool,
+                    out_scale: Tensor | None = None, out_shift: Tensor | None = None) -> None:
     """Clear errors for what the kernels do not take (they would read out of bounds)."""
     if input.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"{name}: input and weight must be 4-D, got input "
@@ -73,6 +79,13 @@ def check_conv_args(name: str, input: Tensor, weight: Tensor, bias: Tensor | Non
                        ("output_padding", output_padding, 0), ("dilation", dilation, 1)):
         if len(v) != 2 or min(v) < lo:
             raise ValueError(f"{name}: {arg} must be two ints >= {lo}, got {list(v)}")
+    if (out_scale is None) != (out_shift is None):
+        raise ValueError(f"{name}: out_scale and out_shift go together (the epilogue)")
+    if out_scale is not None and (out_scale.shape != (c_out,) or out_shift.shape != (c_out,)
+                                  or stats):
+        raise ValueError(f"{name}: out_scale and out_shift must have shape ({c_out},) and "
+                         f"come without stats, got {tuple(out_scale.shape)}, "
+                         f"{tuple(out_shift.shape)}, stats={stats}")
     if stats and input.shape[0] == 0:
         raise ValueError(f"{name}: batch statistics need a non-empty batch, got input "
                          f"{tuple(input.shape)}")

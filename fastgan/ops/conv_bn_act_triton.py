@@ -36,15 +36,17 @@ AFFINE_BACKWARD = "fastgan::triton_affine_act_backward"
     CONV, mutates_args=(),
     schema="(Tensor input, Tensor weight, Tensor? bias, Tensor? scale, Tensor? shift, "
            "float negative_slope, bool transposed, int[2] stride, int[2] padding, "
-           "int[2] output_padding, int[2] dilation, bool stats) -> (Tensor, Tensor, Tensor)")
+           "int[2] output_padding, int[2] dilation, bool stats, Tensor? out_scale=None, "
+           "Tensor? out_shift=None, float out_slope=0.0) -> (Tensor, Tensor, Tensor)")
 def triton_conv_bn_act(input: Tensor, weight: Tensor, bias: Tensor | None, scale: Tensor | None,
                        shift: Tensor | None, negative_slope: float, transposed: bool,
                        stride: list[int], padding: list[int], output_padding: list[int],
-                       dilation: list[int], stats: bool):
+                       dilation: list[int], stats: bool, out_scale: Tensor | None = None,
+                       out_shift: Tensor | None = None, out_slope: float = 0.0):
     check_conv_args(CONV, input, weight, bias, scale, shift, transposed, stride, padding,
-                    output_padding, dilation, stats)
+                    output_padding, dilation, stats, out_scale, out_shift)
     return K.forward(input, weight, bias, scale, shift, negative_slope, transposed, stride,
-                     padding, output_padding, dilation, stats)
+                     padding, output_padding, dilation, stats, out_scale, out_shift, out_slope)
 
 
 @torch.library.triton_op(
@@ -85,7 +87,11 @@ def _dtype(t: Tensor | None) -> torch.dtype | None:
 
 def _conv_setup_context(ctx, inputs, output):
     (x, weight, bias, scale, shift, slope, transposed, stride, padding, output_padding,
-     dilation, stats) = inputs
+     dilation, stats, out_scale, _out_shift, _out_slope) = inputs
+    if out_scale is not None:
+        raise RuntimeError(f"{CONV}: out_scale (the inference epilogue) has no backward; "
+                           "call it without autograd (torch.no_grad()), or apply the "
+                           "BatchNorm in the next convolution's prologue")
     z, mean, _var = output
     # z is read back only for the gradient of var (the statistics' term); without stats
     # it is not saved, and may be modified in place (an inplace LeakyReLU after it)
@@ -115,13 +121,13 @@ def _conv_backward(ctx, grad_z, grad_mean, grad_var):
         grads = iter(_partials(ref, [t for t, m in zip(ins, mask) if m],
                                (grad_z, grad_mean, grad_var)))
         res = [next(grads) if m else None for m in mask]
-        return (*res, None, None, None, None, None, None, None)
+        return (*res, *[None] * 10)
     gx, gw, gb, gs, gt = triton_conv_bn_act_backward(
         grad_z, grad_mean if stats else None, grad_var if stats else None, x, weight, scale,
         shift, slope, z, mean, transposed, stride, padding, dilation, bias is not None, mask)
     dtypes = (x.dtype, weight.dtype, weight.dtype, _dtype(scale), _dtype(shift))
     res = [g.to(dt) if m else None for g, m, dt in zip((gx, gw, gb, gs, gt), mask, dtypes)]
-    return (*res, None, None, None, None, None, None, None)
+    return (*res, *[None] * 10)
 
 
 triton_conv_bn_act.register_autograd(_conv_backward, setup_context=_conv_setup_context)
