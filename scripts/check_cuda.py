@@ -3,6 +3,11 @@ list of scripts/cuda_toolkit.py) with `-Xptxas -v` and fail on compile errors or
 spills. Needs nvcc, not a GPU (CI runs it).
 
     python scripts/check_cuda.py [--archs 75 80 86 89 90]
+    python scripts/check_cuda.py --built fastgan/_C*.so [--archs ...]
+
+--built reads an extension that was already compiled (setup.py's own flags) instead:
+cuobjdump -res-usage of its cubins, every arch present, no local memory (where spills
+go) and no stack frame in any kernel. Seconds instead of a second CUDA build.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ def main() -> int:
     from cuda_toolkit import DEFAULT_CUDA_ARCHS, find_cuda_home, sm_list  # scripts/, beside this file
 
     ap.add_argument("--archs", nargs="*", default=sm_list(DEFAULT_CUDA_ARCHS))
+    ap.add_argument("--built", help="a compiled extension (.so) to check instead")
     args = ap.parse_args()
+    if args.built:
+        return check_built(args.built, args.archs)
 
     cuda_home = find_cuda_home()
     if not cuda_home:
@@ -82,6 +90,44 @@ def main() -> int:
                 fn = None
     print("check_cuda:", "FAILED" if failed else "ok (compiled, no spills)")
     return 1 if failed else 0
+
+
+def _cuobjdump() -> str:
+    from cuda_toolkit import find_cuda_home
+    home = find_cuda_home()
+    path = os.path.join(home, "bin", "cuobjdump") if home else ""
+    if os.path.isfile(path):
+        return path
+    import triton  # ships one (the CUDA toolkit of a pip-only install may not)
+    return triton.knobs.nvidia.cuobjdump.path
+
+
+def check_built(so: str, archs: list[str]) -> int:
+    text = subprocess.run([_cuobjdump(), "-res-usage", so], capture_output=True, text=True,
+                          check=True).stdout
+    print(f"check_cuda: {os.path.relpath(so, ROOT)} (cuobjdump -res-usage)")
+    print(f"{'kernel':<70} {'arch':>5} {'regs':>5} {'smem':>6} {'local':>6} {'stack':>6}")
+    arch, fn, seen, failed = None, None, set(), False
+    for line in text.splitlines():
+        m = re.match(r"arch = sm_(\w+)", line.strip())
+        if m:
+            arch = m.group(1)
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            fn = m.group(1)
+        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
+        if m and fn and arch:
+            regs, stack, smem, local = m.groups()
+            seen.add(arch)
+            print(f"{demangle(fn)[:70]:<70} {arch:>5} {regs:>5} {smem:>6} {local:>6} {stack:>6}")
+            failed |= int(local) > 0 or int(stack) > 0
+            fn = None
+    missing = [a for a in archs if a not in seen]
+    if missing:
+        print(f"check_cuda: no kernels for sm_{', sm_'.join(missing)} in {so}")
+    ok = not failed and not missing and seen
+    print("check_cuda:", "ok (built, no spills)" if ok else "FAILED")
+    return 0 if ok else 1
 
 
 def demangle(name: str) -> str:
