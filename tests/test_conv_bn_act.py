@@ -352,26 +352,45 @@ class _Custom(torch.nn.Module):
         super().__init__()
         self.conv1 = torch.nn.ConvTranspose2d(6, 5, 4, 2, 1, bias=False)
         self.bn1 = torch.nn.BatchNorm2d(5)
-        self.conv2 = torch.nn.Conv2d(5, 3, 3, 1, 1)
+        self.conv2 = torch.nn.Conv2d(5, 4, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(4)
+        self.out = torch.nn.Conv2d(4, 3, 3, 1, 1)
 
     def forward(self, x):
-        return torch.tanh(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.nn.functional.leaky_relu(self.bn2(self.conv2(x)), 0.2)
+        return torch.tanh(self.out(x))
 
 
 def check_traced(device: str) -> list[str]:
-    """A traced module's block and plain convolution run in the fused convolutions."""
+    """A traced module's two consecutive blocks run as one linked chain and its plain
+    convolution in the fused convolution too; same numbers as eager. Saved by the
+    forward: the input, both blocks' z, the chain's output (the plain convolution's
+    input) and the Tanh's output; unlinked blocks would add the first block's output."""
     torch.manual_seed(0)
     eager = _Custom().to(device)
     fused = fastgan.convert(copy.deepcopy(eager))
-    x = torch.randn(3, 6, 4, 5, device=device)
-    outs = []
+    x = torch.randn(3, 6, 6, 7, device=device)  # larger than any weight
+    outs, saved = [], {}
+
+    def pack(t):
+        if t.numel() >= x.numel():
+            saved[t.untyped_storage().data_ptr()] = tuple(t.shape)
+        return t
+
     for m, ctx in ((eager, contextlib.nullcontext()), (fused, _Ops())):
         xx = x.clone().requires_grad_()
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if m is fused \
+            else contextlib.nullcontext()
         with ctx:
-            y = m(xx)
+            with hooks:
+                y = m(xx)
             (y * torch.arange(y.numel(), device=device).view_as(y).sin()).sum().backward()
         outs.append([y.detach(), xx.grad] + [p.grad for p in m.parameters()] + list(m.buffers()))
     fails = [] if not any("convolution" in n for n in ctx.names) else ["ATen convolution ran"]
+    if len(saved) != 5:
+        fails.append(f"saved {len(saved)} activation-sized tensors, want 5 (linked chain): "
+                     f"{sorted(saved.values())}")
     for i, (a, e) in enumerate(zip(outs[1], outs[0])):
         fails += _close(f"output/grad/buffer {i}", a, e, 2e-5)
     return fails

@@ -67,6 +67,20 @@ def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: 
     return conv_bn_act(x, conv, bn, negative_slope)
 
 
+def fused_run(x: Tensor, flag: bool, *blocks: Any) -> Tensor:
+    """Consecutive fused blocks of a traced graph, each feeding only the next (`blocks`:
+    conv, bn, negative_slope, conv, bn, ...): one fused chain when the triton backend's
+    convolutions run (fastgan/nn/fused_chain.py: no normalised activation written
+    between them), else fused_block after fused_block."""
+    triples = [tuple(blocks[i:i + 3]) for i in range(0, len(blocks), 3)]
+    if chain_enabled(x) and all(chainable(c, b) and not _hooked(c) and not _hooked(b)
+                                for c, b, _ in triples):
+        return fused_chain(x, triples)
+    for conv, bn, slope in triples:
+        x = fused_block(x, conv, bn, slope, flag)
+    return x
+
+
 # Running a traced graph in channels_last for an NCHW input, as FusedSequential does for
 # its children (see sequential._wants_channels_last for why and when): the first input
 # is relaid on entry, fused blocks and convolutions run channels_last, elementwise
@@ -297,6 +311,34 @@ def _run_channels_last(graph: fx.Graph, root: nn.Module) -> None:
             wrap(node, to_nchw)
 
 
+def _is_block(node: Any) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target is fused_block
+
+
+def _link_chains(graph: fx.Graph) -> None:
+    """Merges each run of fused_block nodes that feed only one another into one
+    fused_run call (after _run_channels_last, whose flag they carry)."""
+    for node in list(graph.nodes):
+        if node._erased or not _is_block(node):
+            continue
+        prev = node.args[0]
+        if _is_block(prev) and _only_user(prev) is node:
+            continue  # inside a run: its head collects it
+        run = [node]
+        while (nxt := _only_user(run[-1])) is not None and _is_block(nxt) \
+                and nxt.args[0] is run[-1]:
+            run.append(nxt)
+        if len(run) < 2:
+            continue
+        flag = node.args[4] if len(node.args) > 4 else False
+        with graph.inserting_before(run[-1]):
+            new = graph.call_function(fused_run, (node.args[0], flag)
+                                      + tuple(a for n in run for a in n.args[1:4]))
+        run[-1].replace_all_uses_with(new)
+        for n in reversed(run):
+            graph.erase_node(n)
+
+
 def _reduce_traced(self: nn.Module, protocol: int) -> Any:
     state = dict(self.__dict__)
     return (_rebuild, (type(self).__dict__[_BASE], state))
@@ -335,6 +377,7 @@ def convert_traced(m: nn.Module) -> list[str]:
             restore(set())
             return []
         _run_channels_last(graph, m)
+        _link_chains(graph)
         graph.lint()
         gm = fx.GraphModule(m, graph, class_name=type(m).__name__)
     except Exception:
@@ -354,4 +397,4 @@ def convert_traced(m: nn.Module) -> list[str]:
     return fused
 
 
-__all__ = ["candidate", "convert_traced", "fused_block", "is_traced"]
+__all__ = ["candidate", "convert_traced", "fused_block", "fused_run", "is_traced"]
