@@ -72,12 +72,14 @@ INDEX64_MIN_NUMEL = 2**31
 # larger config leave rows at count 0, which the merge drops (reset_to_zero clears the
 # rows a benchmarked config wrote before the chosen one runs).
 MIN_BLOCK_M = 64
+# 128-row tiles take 8 warps: with 4, the A tile's prologue (fp32 values of a 128 x 64
+# tile before rounding) and the pipeline's buffers reach 255 registers and spill on sm_80.
 GEMM_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=4, num_stages=3),
 ]
 _GEMM_KEY = ["N", "H", "W", "CI", "OH", "OW", "CO", "KH", "KW", "sh", "sw", "TRANSPOSED"]
