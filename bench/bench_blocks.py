@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 
 import pytest
 import torch
@@ -208,6 +209,23 @@ def test_blocks(benchmark, _cases, bench, impl):
     benchmark.pedantic(fn, rounds=10, iterations=1, warmup_rounds=1)
 
 
+ATEN_CONV = "fastgan[triton, ATen conv]"
+
+
+@contextlib.contextmanager
+def _aten_convolutions():
+    """FASTGAN_FUSED_CONV=0 inside: the triton backend keeps ATen's convolutions."""
+    old = os.environ.get("FASTGAN_FUSED_CONV")
+    os.environ["FASTGAN_FUSED_CONV"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FASTGAN_FUSED_CONV"]
+        else:
+            os.environ["FASTGAN_FUSED_CONV"] = old
+
+
 def rows(cfg):
     """`fastgan bench` rows on its default, the DCGAN 64x64 pair at cfg.batch: a ConvT
     block, generator sampling, and the G+D training step (with saved MB of G)."""
@@ -215,12 +233,20 @@ def rows(cfg):
     dev = cfg.device
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     fg = {f"fastgan[{b}]": b for b in cfg.fastgan_impls()}
+    if dev == "cuda" and "triton" in fg.values():
+        # fastgan[triton] runs the fused chain (Triton convolutions); this one the same
+        # backend around ATen's convolutions, to tell what the fusion itself buys
+        fg[ATEN_CONV] = "triton"
 
     def amp():
         return _ctx(bf16, dev)
 
     def use(name):
-        return fastgan.use_backend(fg.get(name, "auto"))
+        stack = contextlib.ExitStack()
+        stack.enter_context(fastgan.use_backend(fg.get(name, "auto")))
+        if name == ATEN_CONV:
+            stack.enter_context(_aten_convolutions())
+        return stack
 
     def prep(m):
         return m.to(dev).to(memory_format=fmt)
