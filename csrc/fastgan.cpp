@@ -22,7 +22,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update(
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     double slope);
-PyObject* relayout_py(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_call(
     const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
     c10::string_view reduction, double real_label);
@@ -152,10 +151,6 @@ PyMethodDef kRawMethods[] = {
      METH_FASTCALL,
      "bn_act_eager(x, weight, bias, running_mean, running_var, training, momentum, eps, "
      "negative_slope): fastgan::bn_act_forward and the running-stats update in one call"},
-    {"relayout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastgan::relayout_py)),
-     METH_FASTCALL,
-     "relayout(x, to_channels_last): a 4-D CPU tensor copied NCHW -> channels_last (True) or "
-     "back (False) by tile transposes, or None where that does not apply (csrc/cpu/kernels/relayout.cpp)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
