@@ -1,8 +1,6 @@
 """Does each CPU speed path of the blocks pay on this CPU? Each path on against off, paired
 in one process, with eager and torch.compile beside them:
 
-  inside   a lone training ConvTranspose2d block given an NCHW input runs its conv
-           channels_last and returns NCHW (nn/blocks.py: _conv_channels_last_inside)
   cl-run   a converted Sequential with two or more convs runs them channels_last for an
            NCHW input (nn/sequential.py: _wants_channels_last)
   gemm     the DCGAN end layers (ConvTranspose2d on 1x1, Conv2d covering its input) as
@@ -34,8 +32,7 @@ from .common import median, paired_ratio, paired_timings
 @contextlib.contextmanager
 def _off(path: str):
     """The named path switched off (its rule answers False) inside the block."""
-    targets = {"inside": [(blocks, "_conv_channels_last_inside")],
-               "cl-run": [(sequential, "_wants_channels_last")],
+    targets = {"cl-run": [(sequential, "_wants_channels_last")],
                "gemm": [(blocks, "_dense_transposed"), (blocks, "_dense_conv")]}[path]
     saved = [(mod, name, getattr(mod, name)) for mod, name in targets]
     for mod, name in targets:
@@ -67,8 +64,7 @@ def block_cases():
             mod(x.detach().requires_grad_()).backward(g)
         return run
 
-    return {"eager": step(eager), "torch.compile": step(compiled), "fastgan": step(fused),
-            "fastgan inside off": _with(step(fused), "inside")}
+    return {"eager": step(eager), "torch.compile": step(compiled), "fastgan": step(fused)}
 
 
 def sample_cases():

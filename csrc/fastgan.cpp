@@ -22,7 +22,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update(
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     double slope);
-PyObject* relayout_py(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_call(
     const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
     c10::string_view reduction, double real_label);
@@ -52,18 +51,17 @@ pybind11::dict build_info() {
 // fastgan.functional.gan_loss's eager fast path. At GAN batch sizes the loss op itself
 // takes ~2 us, and its Python wrapper (argument checks, backend choice, torch.ops'
 // boxed call) as long again. This function recognises the common case in C++ -- two
-// tensors of one floating dtype on one device (CPU, or CUDA when built with it), both
-// non-empty, a known kind and reduction, a valid real_label, and the backend auto picks
-// for the device (or none forced) -- and runs the op through the dispatcher (autograd
-// included), returning (d_loss, g_loss, d_real, d_fake). Anything else returns None and
-// the caller takes the Python path, which raises the errors, promotes mixed dtypes and
-// honours forced backends; so this path never decides anything the Python one would
-// decide differently.
+// tensors of one floating dtype on one device, both non-empty, a known kind and
+// reduction, a valid real_label, on a device whose backend is this extension's kernel --
+// and runs the op through the dispatcher (autograd included), returning (d_loss, g_loss,
+// d_real, d_fake). Anything else returns None and the caller takes the Python path,
+// which raises the errors, promotes mixed dtypes and runs the other backends; so this
+// path never decides anything the Python one would decide differently.
 //
-// gan_loss_eager(real, fake, kind, reduction, real_label, backend_stack): backend_stack
-// is fastgan._backend._stack (use_backend's nesting, innermost last); when it is empty
-// the backend comes from $FASTGAN_BACKEND (os.environ writes reach getenv through
-// putenv), else "auto". It is a raw METH_FASTCALL function rather than a pybind11
+// gan_loss_eager(real, fake, kind, reduction, real_label, compiled_devices):
+// compiled_devices is fastgan._backend.compiled_devices("gan_loss", ...), the device
+// types (a mask: 1 the CPU, 2 CUDA) on which the backend choice -- made in Python only --
+// is this extension's kernel. It is a raw METH_FASTCALL function rather than a pybind11
 // binding: pybind11's argument dispatch alone costs a tenth of the op here.
 PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
@@ -75,6 +73,11 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
   PyObject *real = args[0], *fake = args[1], *kind = args[2], *reduction = args[3],
            *real_label = args[4];
   double label = 1.0;
+  long devices = PyLong_Check(args[5]) ? PyLong_AsLong(args[5]) : 0;
+  if (devices == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    devices = 0;
+  }
   if (!THPVariable_Check(real) || !THPVariable_Check(fake) || !PyUnicode_Check(kind) ||
       !PyUnicode_Check(reduction) || !fastgan::number_arg(real_label, label)) {
     Py_RETURN_NONE;
@@ -98,8 +101,7 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
       r.numel() == 0 || f.numel() == 0 || r.device() != f.device()) {
     Py_RETURN_NONE;
   }
-  // the kernel auto picks for the device, unless another backend is requested
-  if (!fastgan::compiled_backend_serves(args[5], r)) Py_RETURN_NONE;
+  if (!(devices & (r.is_cpu() ? 1 : r.is_cuda() ? 2 : 0))) Py_RETURN_NONE;
   auto [d_loss, g_loss, d_real, d_fake] = fastgan::gan_loss_forward_call(
       r, f, c10::string_view(k, nk), c10::string_view(red, nr), label);
   return fastgan::tensors_tuple(std::move(d_loss), std::move(g_loss), std::move(d_real),
@@ -146,16 +148,12 @@ PyObject* bn_act_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nar
 PyMethodDef kRawMethods[] = {
     {"gan_loss_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&gan_loss_eager)),
      METH_FASTCALL,
-     "gan_loss_eager(real, fake, kind, reduction, real_label, backend_stack): "
+     "gan_loss_eager(real, fake, kind, reduction, real_label, compiled_devices): "
      "fastgan::gan_loss_forward for the common case, else None (eager fast path)"},
     {"bn_act_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&bn_act_eager)),
      METH_FASTCALL,
      "bn_act_eager(x, weight, bias, running_mean, running_var, training, momentum, eps, "
      "negative_slope): fastgan::bn_act_forward and the running-stats update in one call"},
-    {"relayout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastgan::relayout_py)),
-     METH_FASTCALL,
-     "relayout(x, to_channels_last): a 4-D CPU tensor copied NCHW -> channels_last (True) or "
-     "back (False) by tile transposes, or None where that does not apply (csrc/cpu/kernels/relayout.cpp)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

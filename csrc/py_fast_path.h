@@ -5,49 +5,9 @@
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#include <cstdlib>
-#include <string_view>
 #include <utility>
 
 namespace fastgan {
-
-// Whether the backend requested for a tensor on the CPU (cuda = false) or a CUDA device
-// is the one that device's compiled kernels serve: "auto", or the device's own name.
-// `stack` is fastgan._backend._stack (use_backend's nesting, innermost last); when it
-// is empty the request comes from $FASTGAN_BACKEND (os.environ writes reach getenv
-// through putenv), else "auto". `ok` is false when the stack is not a list of str.
-inline bool requested_backend_is(PyObject* stack, bool cuda, bool& ok) {
-  std::string_view name = "auto";
-  if (!PyList_Check(stack)) return ok = false;
-  const Py_ssize_t n = PyList_GET_SIZE(stack);
-  if (n > 0) {
-    PyObject* top = PyList_GET_ITEM(stack, n - 1);
-    if (!PyUnicode_Check(top)) return ok = false;
-    Py_ssize_t len = 0;
-    const char* s = PyUnicode_AsUTF8AndSize(top, &len);
-    if (s == nullptr) {
-      PyErr_Clear();
-      return ok = false;
-    }
-    name = std::string_view(s, len);
-  } else if (const char* env = std::getenv("FASTGAN_BACKEND"); env != nullptr && *env) {
-    name = env;
-  }
-  ok = true;
-  return name == "auto" || name == (cuda ? "cuda" : "cpu");
-}
-
-// Whether `t` is on a device this build has kernels for (the CPU; CUDA when built with
-// it) and the requested backend (see requested_backend_is) is that device's.
-inline bool compiled_backend_serves(PyObject* stack, const at::Tensor& t) {
-#ifdef FASTGAN_WITH_CUDA
-  const bool device_ok = t.is_cpu() || t.is_cuda();
-#else
-  const bool device_ok = t.is_cpu();
-#endif
-  bool ok = false;
-  return device_ok && requested_backend_is(stack, t.is_cuda(), ok) && ok;
-}
 
 // A float or int argument (not a bool) as a double; false for anything else.
 inline bool number_arg(PyObject* o, double& v) {

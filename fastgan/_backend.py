@@ -36,20 +36,32 @@ def _constant_result(fn):
     return fn
 
 
-# os.environ.get costs ~0.6 us (it encodes the key and decodes the value on every call);
-# select() reads two variables per op call, which at GAN-loss sizes is a visible share of
-# the op. The encoded mapping behind os.environ (kept in step by os.environ's setters,
-# as monkeypatch.setenv uses) is read directly where it exists.
+# os.environ.get costs ~0.4 us (it encodes the key and decodes the value on every call);
+# select() and compiled_devices() run once per op call and read the environment each
+# time, which at GAN-loss sizes would be a visible share of the op. They read the
+# encoded mapping behind os.environ (kept in step by os.environ's setters, as
+# monkeypatch.setenv uses) with keys encoded once, and key their caches on the raw
+# values: decoding and validating is left to a cache miss.
 _ENV_DATA = getattr(os.environ, "_data", None)
 _ENCODE = getattr(os.environ, "encodekey", None)
 _DECODE = getattr(os.environ, "decodevalue", None)
+_RAW_ENV = _ENV_DATA is not None and _ENCODE is not None and _DECODE is not None
+
+
+def _env_key(name: str):
+    return _ENCODE(name) if _RAW_ENV else name
+
+
+# _raw_env(_env_key(name)): the variable's value, undecoded (a bound C method: no Python
+# frame per read)
+_raw_env = _ENV_DATA.get if _RAW_ENV else os.environ.get
+_BACKEND_KEY = _env_key(_ENV)
+_INTERPRET_KEY = _env_key("TRITON_INTERPRET")
 
 
 def _getenv(name: str) -> str | None:
-    if _ENV_DATA is None or _ENCODE is None or _DECODE is None:
-        return os.environ.get(name)
-    v = _ENV_DATA.get(_ENCODE(name))
-    return None if v is None else _DECODE(v)
+    v = _raw_env(_env_key(name))
+    return _DECODE(v) if _RAW_ENV and v is not None else v
 
 
 def _check_name(name: str, source: str) -> str:
@@ -74,10 +86,10 @@ def use_backend(name: str) -> Iterator[None]:
         _stack.pop()
 
 
-def requested_name() -> str:
-    """requested_backend() without validating the name (hot paths that only compare it
-    to known names; an unknown one reaches requested_backend() later and raises)."""
-    return _stack[-1] if _stack else (_getenv(_ENV) or "auto")
+def _request() -> object:
+    """What requested_backend() is made of, as a cache key: the innermost use_backend()
+    name, else $FASTGAN_BACKEND's raw value (None when unset), neither validated."""
+    return _stack[-1] if _stack else _raw_env(_BACKEND_KEY)
 
 
 @_constant_result
@@ -133,7 +145,7 @@ _reasons: dict[tuple, str | None] = {}
 def _unusable_reason(name: str) -> str | None:
     """backend_status()[name][1], cached like select() (use_backend is on hot paths:
     a training loop may enter it at every step; backend_status() costs ~4 us)."""
-    key = (name, _getenv("TRITON_INTERPRET"))
+    key = (name, _raw_env(_INTERPRET_KEY))
     if key not in _reasons:
         _reasons[key] = backend_status()[name][1]
     return _reasons[key]
@@ -167,13 +179,39 @@ _selected: dict[tuple, str] = {}
 @_constant_result
 def select(op: str, device: torch.device, kernels: tuple[str, ...]) -> str:
     """The backend to run `op` on `device`; `kernels` lists the backends that have a kernel for it."""
-    name = requested_backend()
-    interpret = _getenv("TRITON_INTERPRET") if "triton" in kernels else None
-    key = (op, device, kernels, name, interpret)
+    interpret = _raw_env(_INTERPRET_KEY) if "triton" in kernels else None
+    key = (op, device, kernels, _request(), interpret)
     backend = _selected.get(key)
     if backend is None:
-        backend = _selected[key] = _select(op, device, kernels, name)
+        backend = _selected[key] = _select(op, device, kernels, requested_backend())
     return backend
+
+
+# compiled_devices() results, keyed as select()'s, less the device and TRITON_INTERPRET:
+# select() picks a compiled backend (auto's first choice, or cpu / cuda forced) whatever
+# the interpreter setting.
+_compiled: dict[tuple, int] = {}
+_DEVICE_BITS = (("cpu", 1), ("cuda", 2))
+
+
+def compiled_devices(op: str, kernels: tuple[str, ...]) -> int:
+    """The device types on which select() now runs `op` on fastgan._C's kernels (the cpu
+    and cuda backends), as a mask: 1 the CPU, 2 CUDA; a device where select() picks
+    another backend, or raises, is left out. For the eager fast paths in C++
+    (fastgan._C.gan_loss_eager), which so apply the choice made here without making one;
+    ~0.35 us a call, half of reading a tensor's device and calling select()."""
+    key = (op, kernels, _stack[-1] if _stack else _raw_env(_BACKEND_KEY))  # _request(), inlined
+    mask = _compiled.get(key)
+    if mask is None:
+        mask = 0
+        for device, bit in _DEVICE_BITS:
+            try:
+                if select(op, torch.device(device), kernels) == device:
+                    mask |= bit
+            except (RuntimeError, ValueError):  # a forced backend that is unknown or cannot
+                pass  # run there: the Python path raises that, after its argument checks
+        _compiled[key] = mask
+    return mask
 
 
 def _select(op: str, device: torch.device, kernels: tuple[str, ...], name: str) -> str:

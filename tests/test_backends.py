@@ -35,6 +35,31 @@ def test_auto_picks_cpu_kernel_for_cpu_tensors():
     assert _backend.select("bn_act", torch.device("cpu"), ()) == "reference"
 
 
+def test_compiled_devices_is_the_choice_select_makes(monkeypatch):
+    """The mask the C++ eager fast paths apply (1: CPU, 2: CUDA) follows use_backend()
+    and $FASTGAN_BACKEND through select(); forced backends that cannot run, or are
+    unknown, leave the device out (the Python path then raises)."""
+    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    kernels = ("cpu", "cuda")
+    cuda = 2 if "cuda" in fastgan.available_backends() else 0
+    cpu = 1 if _ext.ext_loaded() else 0
+    assert _backend.compiled_devices("op", kernels) == cpu | cuda
+    assert _backend.compiled_devices("op", ()) == 0
+    with fastgan.use_backend("reference"):
+        assert _backend.compiled_devices("op", kernels) == 0
+    if cpu:
+        with fastgan.use_backend("cpu"):
+            assert _backend.compiled_devices("op", kernels) == 1
+    monkeypatch.setenv("FASTGAN_BACKEND", "reference")
+    assert _backend.compiled_devices("op", kernels) == 0
+    monkeypatch.setenv("FASTGAN_BACKEND", "fast")
+    assert _backend.compiled_devices("op", kernels) == 0
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        _backend.select("op", torch.device("cpu"), kernels)
+    monkeypatch.setenv("FASTGAN_BACKEND", "auto")
+    assert _backend.compiled_devices("op", kernels) == cpu | cuda
+
+
 def test_use_backend_context_nests_and_restores():
     assert _backend.requested_backend() == "auto"
     with fastgan.use_backend("reference"):

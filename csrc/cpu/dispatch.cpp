@@ -2,16 +2,12 @@
 // kernels, which call the chosen copy. Compiled once, for the baseline instruction set.
 #include "dispatch.h"
 
-#include <Python.h>
-#include <torch/csrc/autograd/python_variable.h>
-#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
 
-#include "../common.h"
 
 namespace fastgan {
 namespace cpu {
@@ -177,29 +173,4 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
 }
 
 }  // namespace cpu
-
-// relayout(x, to_channels_last): x NCHW-contiguous (to_channels_last=True) or strictly
-// channels_last (False), 4-D, floating, on the CPU, not requiring grad; else None.
-PyObject* relayout_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  if (nargs != 2 || !THPVariable_Check(args[0]) || !PyBool_Check(args[1])) {
-    PyErr_SetString(PyExc_TypeError, "relayout(x: Tensor, to_channels_last: bool)");
-    return nullptr;
-  }
-  const at::Tensor& x = THPVariable_Unpack(args[0]);
-  const bool to_cl = args[1] == Py_True;
-  const bool ok_layout = to_cl ? x.is_contiguous() : is_channels_last(x);
-  if (!x.is_cpu() || x.dim() != 4 || !at::isFloatingType(x.scalar_type()) || !ok_layout ||
-      x.requires_grad() || x.numel() == 0 || x.is_conj() || x.is_neg()) {
-    Py_RETURN_NONE;
-  }
-  at::Tensor out;
-  {
-    pybind11::gil_scoped_release no_gil;
-    out = cpu::kernels().relayout(x, to_cl);
-  }
-  return THPVariable_Wrap(std::move(out));
-  END_HANDLE_TH_ERRORS
-}
-
 }  // namespace fastgan

@@ -39,8 +39,6 @@ struct KernelTable {
       const at::Tensor& grad_d_loss, const at::Tensor& grad_g_loss,
       const at::Tensor& real_logits, const at::Tensor& fake_logits, c10::string_view kind,
       c10::string_view reduction, double real_label, std::array<bool, 2> output_mask);
-  // NCHW <-> channels_last copy of a 4-D tensor by tile transposes
-  at::Tensor (*relayout)(const at::Tensor& x, bool to_channels_last);
 };
 
 // The instruction set in use ("default", "avx2" or "avx512"), chosen on the first call.

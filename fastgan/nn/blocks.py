@@ -128,75 +128,11 @@ def _use_folding(bn: nn.BatchNorm2d) -> bool:
 # ---------------------------------------------------------------------------
 # Training: ATen conv, fused BN+act, output registered for recomputation.
 
-class _ToChannelsLast(torch.autograd.Function):
-    """x relaid NCHW -> channels_last by tile transposes, its gradient relaid back."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return recompute.to_channels_last(x.detach())
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or not _strictly_channels_last(g):  # double backward
-            return g.contiguous()
-        return recompute.to_contiguous(g)
-
-
-class _ToContiguous(torch.autograd.Function):
-    """y relaid channels_last -> NCHW by tile transposes; its gradient goes back as it
-    comes (the BatchNorm backward kernel reads an NCHW gradient in place)."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor) -> Tensor:
-        return recompute.to_contiguous(y.detach())
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:
-        return g
-
-
-_RELAID_MIN_OUTPUT = 1 << 21  # output values from which _conv_channels_last_inside pays
-
-
-def _conv_channels_last_inside(x: Tensor, conv: nn.Module, memory_format) -> bool:
-    """Whether a training ConvTranspose2d block given an NCHW input on the CPU runs its
-    convolution in channels_last and still returns NCHW.
-
-    For an NCHW input ATen's ConvTranspose2d computes its output channels_last anyway and
-    copies it to NCHW (6.5 ms of 32 for (64,128,16,16) -> (64,64,32,32) here, with oneDNN
-    reorders into fresh buffers besides); given a channels_last input it takes 12-15 ms.
-    So the input is relaid (saved as the input itself: recompute.register_relayout), y is
-    relaid back to NCHW by tile transposes, and the BatchNorm backward kernel reads y's
-    NCHW gradient in place. Measured on the block's forward+backward
-    (paired runs, NCHW time / this path's): 0.98-1.16x, median ~1.08x, at that shape;
-    0.95x with 4x fewer output values and 0.99x for a Conv2d, hence the ConvTranspose2d-
-    only rule and the size threshold; 0.87x under bf16 autocast, hence fp32 only.
-    Not taken where a layout was chosen (memory_format, channels_last tensors, a
-    FusedSequential's own channels_last run), for few output channels, or under
-    torch.compile."""
-    if memory_format is not None or torch.compiler.is_compiling():
-        return False
-    if not (isinstance(conv, nn.ConvTranspose2d) and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and x.is_contiguous()
-            and x.shape[-2] * x.shape[-1] > 1 and conv.out_channels >= 16):
-        return False
-    n, _, h, w = x.shape
-    out_values = n * conv.out_channels * (h * conv.stride[0]) * (w * conv.stride[1])
-    return out_values >= _RELAID_MIN_OUTPUT
-
-
 def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: float,
                    output_size: list[int] | None, memory_format) -> Tensor:
-    sync = isinstance(bn, SyncBatchNormAct2d) and bn.synchronizes()
-    relaid = not sync and _conv_channels_last_inside(x, conv, memory_format)
-    if relaid:
-        source = x
-        x = _ToChannelsLast.apply(x) if x.requires_grad else recompute.to_channels_last(x)
-        recompute.register_relayout(x, source)  # the conv saves x: keep the source instead
     z = conv_forward(conv, x, conv.weight, conv.bias, output_size, memory_format)
     rm, rv, bn_training, factor = bn_act.module_args(bn)
-    if sync:  # statistics of the whole process group (fastgan/ops/sync_bn_act.py)
+    if isinstance(bn, SyncBatchNormAct2d) and bn.synchronizes():  # statistics of the whole process group (fastgan/ops/sync_bn_act.py)
         y, mean, var, backend = _sync.sync_batch_norm_act(z, rm, rv, bn.weight, bn.bias, factor,
                                                           bn.eps, negative_slope,
                                                           bn.process_group)
@@ -204,8 +140,6 @@ def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slop
         y, mean, var, backend = bn_act.forward_with_stats(z, rm, rv, bn.weight, bn.bias,
                                                           bn_training, factor, bn.eps,
                                                           negative_slope)
-    if relaid:
-        y = _ToContiguous.apply(y)
     if y.requires_grad and not torch.compiler.is_compiling():
         recompute.register(y, z, mean, var, bn.weight, bn.bias, bn.eps, negative_slope, backend)
     return y

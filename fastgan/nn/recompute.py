@@ -37,7 +37,6 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from fastgan import _ext
 from fastgan.ops import bn_act
 
 _local = threading.local()  # .active: a scope is open on this thread
@@ -47,7 +46,7 @@ class _Entry:
     """What it takes to recompute one block output."""
 
     __slots__ = ("ref", "version", "z", "mean", "var", "weight", "bias", "params_version",
-                 "eps", "slope", "backend", "relaid", "__weakref__")
+                 "eps", "slope", "backend", "__weakref__")
 
     def __init__(self, y: Tensor, z: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
                  bias: Tensor | None, eps: float, slope: float, backend: str) -> None:
@@ -57,9 +56,6 @@ class _Entry:
         self.bias = bias.detach() if bias is not None else None
         self.params_version = _versions(weight, bias)
         self.eps, self.slope, self.backend = eps, slope, backend
-        # y NCHW from a channels_last z (blocks._conv_channels_last_inside): recomputed y
-        # must be relaid the same way
-        self.relaid = y.is_contiguous() and not z.is_contiguous()
 
 
 _registry: dict[int, _Entry] = {}  # y's storage data_ptr -> entry, while y is alive
@@ -110,56 +106,6 @@ def _lookup(t: Tensor) -> _Entry | None:
     return entry
 
 
-_relaid: dict[int, tuple[weakref.ref, Tensor, int]] = {}  # id(copy) -> (ref, source, version)
-
-
-def register_relayout(copy: Tensor, source: Tensor) -> None:
-    """`copy` is `source` relaid to channels_last (a block's input, for a convolution run
-    in channels_last inside an NCHW caller): whoever saves `copy` keeps `source` instead,
-    packed as `source` itself would be, and relays it again on unpack; so the relayout
-    adds no saved tensor."""
-    ident = id(copy)
-
-    def forget(ref: weakref.ref) -> None:
-        if _relaid.get(ident, (None,))[0] is ref:
-            del _relaid[ident]
-
-    _relaid[ident] = (weakref.ref(copy, forget), source, copy._version)
-
-
-def _strictly_channels_last(t: Tensor) -> bool:
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
-def to_channels_last(t: Tensor) -> Tensor:
-    """t relaid NCHW -> channels_last, no autograd (fastgan._C.relayout where it applies)."""
-    out = _relayout(t, True) if _relayout is not None else None
-    return out if out is not None else t.contiguous(memory_format=torch.channels_last)
-
-
-def to_contiguous(t: Tensor) -> Tensor:
-    """t relaid channels_last -> NCHW, no autograd (as to_channels_last)."""
-    out = _relayout(t, False) if _relayout is not None else None
-    return out if out is not None else t.contiguous()
-
-
-_relayout = getattr(_ext._C, "relayout", None) if _ext.ext_loaded() else None
-
-
-class _Relaid:
-    """A packed channels_last copy: its source, packed as the source would be."""
-
-    __slots__ = ("source", "unpack")
-
-    def __init__(self, source: Any, unpack: Callable[[Any], Tensor]) -> None:
-        self.source, self.unpack = source, unpack
-
-    def get(self) -> Tensor:
-        if isinstance(self.source, _Recompute):  # a block output: recompute it relaid
-            return self.source.materialize(channels_last=True)
-        return to_channels_last(self.unpack(self.source))
-
-
 class _Recompute:
     """A packed block output: z (as packed by the outer hooks) and the view geometry."""
 
@@ -171,9 +117,8 @@ class _Recompute:
         self.unpack_z = outer[1] if outer else None
         self.geometry = (t.size(), t.stride(), t.storage_offset())
 
-    def materialize(self, channels_last: bool = False) -> Tensor:
-        """y as the forward returned it; `channels_last`: y relaid to channels_last (for
-        a _Relaid copy of y), computed in that layout directly where z already is."""
+    def materialize(self) -> Tensor:
+        """y as the forward returned it."""
         e = self.entry
         if _versions(e.weight, e.bias) != e.params_version:
             raise RuntimeError(
@@ -183,15 +128,9 @@ class _Recompute:
         z = self.unpack_z(self.z) if self.unpack_z else self.z
         # the forward's own backend and statistics: bitwise the y the forward returned
         y = bn_act.normalize_act(z, e.mean, e.var, e.weight, e.bias, e.eps, e.slope, e.backend)
-        size, stride, offset = self.geometry
-        whole = (y.size(), y.storage_offset()) == (size, offset)
-        if channels_last and whole and _strictly_channels_last(y):
-            return y  # in z's layout: bitwise the channels_last copy of the recorded y
-        if e.relaid and not y.is_contiguous():
-            y = to_contiguous(y)
         if (y.size(), y.stride(), y.storage_offset()) != self.geometry:
-            y = y.as_strided(size, stride, offset)
-        return to_channels_last(y) if channels_last else y
+            y = y.as_strided(*self.geometry)
+        return y
 
 
 class _Kept:
@@ -217,9 +156,6 @@ class _Kept:
 
 def _make_hooks(outer: tuple | None) -> tuple[Callable, Callable]:
     def pack(t: Tensor) -> Any:
-        rel = _relaid.get(id(t)) if _relaid else None
-        if rel is not None and rel[0]() is t and t._version == rel[2]:
-            return _Relaid(pack(rel[1]), unpack)
         entry = _lookup(t)
         if entry is not None:
             return _Recompute(entry, t, outer)
@@ -285,5 +221,4 @@ def install_scope_hooks(module: torch.nn.Module) -> bool:
     return True
 
 
-__all__ = ["scope", "register", "register_relayout", "active", "install_scope_hooks",
-           "to_channels_last", "to_contiguous"]
+__all__ = ["scope", "register", "active", "install_scope_hooks"]

@@ -93,13 +93,13 @@ def try_eager_fast_path(real_logits: Tensor, fake_logits: Tensor, kind: str, red
     checks, and the compiled op with its autograd), or None when the case is not common:
     another backend forced, torch.compile tracing, or anything gan_loss() would reject,
     promote or send elsewhere. At GAN batch sizes the Python wrapper costs as much as the
-    op, so this halves the forward's overhead (BENCHMARKS.md, GAN loss). A forced
-    backend that is the one auto would pick for the device (cpu for CPU tensors, cuda
-    for CUDA ones) takes the fast path too."""
+    op, so this halves the forward's overhead (BENCHMARKS.md, GAN loss). The backend is
+    chosen by fastgan._backend as for gan_loss(): the C++ side runs only on the device
+    types where that choice is the compiled kernel (_backend.compiled_devices)."""
     if _eager is None or torch.compiler.is_compiling():
         return None
-    # anything but auto / cpu / cuda is deferred; C++ runs cpu / cuda only on their devices
-    return _eager(real_logits, fake_logits, kind, reduction, real_label, _backend._stack)
+    return _eager(real_logits, fake_logits, kind, reduction, real_label,
+                  _backend.compiled_devices(OP, KERNELS))
 
 
 __all__ = ["KINDS", "LOGISTIC_KINDS", "REDUCTIONS", "KERNELS", "check_args", "check_kind",

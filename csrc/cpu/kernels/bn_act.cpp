@@ -3,9 +3,8 @@
 //
 // Layouts: NCHW-contiguous (bn_act_nchw.cpp) and channels_last (bn_act_nhwc.cpp, or
 // bn_act_nhwc_small.cpp for fewer channels than a vector) inputs are read in place;
-// anything else is made contiguous first. A channels_last input may come with an NCHW
-// incoming gradient: the wide NHWC backward reads it tile by tile. Shared pieces:
-// bn_act_common.h.
+// anything else is made contiguous first; the incoming gradient is read in the input's
+// layout (copied to it when it comes in another). Shared pieces: bn_act_common.h.
 #include "../../bn_act_checks.h"
 #include "bn_act_common.h"
 
@@ -80,11 +79,7 @@ Tensor3 bn_act_backward(const at::Tensor& grad_out, const at::Tensor& input,
   bn_act::check_backward(grad_out, input, weight, bias, mean, var);
   const bool cl = is_channels_last(input);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor x = input.contiguous(fmt);
-  const bool small = cl && x.size(1) < acc_lanes(x);
-  // An NCHW gradient for an NHWC input is read in place, tile by tile.
-  const bool dy_nchw = cl && !small && !is_channels_last(grad_out) && grad_out.is_contiguous();
-  const at::Tensor dy = dy_nchw ? grad_out : grad_out.contiguous(fmt);
+  const at::Tensor x = input.contiguous(fmt), dy = grad_out.contiguous(fmt);
   const auto acc_type = acc_scalar_type(x.scalar_type());
   const at::Tensor m = mean.to(acc_type).contiguous();
   const at::Tensor v = var.to(acc_type).contiguous();
@@ -94,10 +89,10 @@ Tensor3 bn_act_backward(const at::Tensor& grad_out, const at::Tensor& input,
                        negative_slope, sum_dz.data(), sum_dz_xc.data()};
   if (!cl) {
     backward_nchw(a);
-  } else if (small) {
+  } else if (x.size(1) < acc_lanes(x)) {
     backward_nhwc_small(a);
   } else {
-    backward_nhwc(a, dy_nchw);
+    backward_nhwc(a);
   }
   auto [dw, db] = param_grads(sum_dz, sum_dz_xc, weight, bias, v, eps, output_mask, x.options());
   return {dx.defined() ? dx : at::empty({0}, x.options()), dw, db};

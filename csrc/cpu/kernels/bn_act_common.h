@@ -41,7 +41,7 @@ struct ForwardArgs {
 };
 
 struct BackwardArgs {
-  const at::Tensor& dy;  // x's layout (NCHW for a channels_last x with dy_nchw)
+  const at::Tensor& dy;  // x's layout
   const at::Tensor& x;
   at::Tensor* dx;  // null when the input gradient is not wanted
   const at::Tensor& mean;
@@ -58,12 +58,12 @@ struct BackwardArgs {
 void forward_nchw(const ForwardArgs& a);
 void backward_nchw(const BackwardArgs& a);
 void forward_nhwc(const ForwardArgs& a);
-void backward_nhwc(const BackwardArgs& a, bool dy_nchw);
+void backward_nhwc(const BackwardArgs& a);
 void forward_nhwc_small(const ForwardArgs& a);
 void backward_nhwc_small(const BackwardArgs& a);
 
 // Lanes of a vector of x's accumulation type: channels_last inputs with fewer channels
-// take the small-C kernels, and only the wide kernels read NCHW gradient tiles.
+// take the small-C kernels.
 inline int64_t acc_lanes(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::vec::Vectorized<double>::size()
                                         : at::vec::Vectorized<float>::size();

@@ -4,39 +4,14 @@
 // Work is split into blocks of rows (parallel over blocks, vectorised over channels);
 // per-block partial statistics or sums are merged per channel in block order, so the
 // result does not depend on the number of threads.
-//
-// Mixed layouts: the backward reads an NCHW dy for a channels_last x (a block that runs
-// its convolution channels_last for an NCHW caller, fastgan/nn/blocks.py). Rows go
-// through a small NHWC-ordered tile that at::vec's tile transposes fill from the NCHW
-// tensor, instead of a whole copy first: at (64, 64,
-// 32, 32) fp32 the whole copy (ATen's strided copy) took 2-4.6 ms, the tiles add ~1.5 ms
-// to the 2.9 ms backward. Rows r of the NHWC view are (n, hw) = (r / HW, r % HW); the
-// NCHW side of rows [r0, r1) is, per image, C runs of up to HW contiguous values.
 #include <ATen/Dispatch.h>
 
 #include "bn_act_common.h"
-#include "transpose.h"
 
 namespace fastgan {
 namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
-
-// buf[(r - r0) * C + c] = src_nchw[n, c, hw] for rows r in [r0, r1).
-template <typename scalar_t>
-void gather_nchw_rows(const scalar_t* src, int64_t C, int64_t HW, int64_t r0, int64_t r1,
-                      scalar_t* buf) {
-  for (int64_t r = r0; r < r1;) {
-    const int64_t n = r / HW, hw = r % HW, len = std::min(r1 - r, HW - hw);
-    transpose_tiles<scalar_t>(src + n * C * HW + hw, HW, buf + (r - r0) * C, C, C, len);
-    r += len;
-  }
-}
-
-// Rows per transposed tile of the backward: ~16 KiB of values, a multiple of 16 rows.
-inline int64_t mixed_tile_rows(int64_t C) {
-  return std::max<int64_t>(16, (4096 / std::max<int64_t>(C, 1)) / 16 * 16);
-}
 
 // Rows per block: ~kBlockElems values.
 inline int64_t block_rows(int64_t R, int64_t C) {
@@ -137,9 +112,8 @@ class NhwcBackward {
   using Vec = at::vec::Vectorized<acc_t>;
 
  public:
-  NhwcBackward(const BackwardArgs& a, bool dy_nchw)
-      : a_(a), C_(a.x.size(1)), R_(a.x.numel() / C_), HW_(a.x.size(2) * a.x.size(3)),
-        dy_nchw_(dy_nchw), x_(a.x.const_data_ptr<scalar_t>()),
+  explicit NhwcBackward(const BackwardArgs& a)
+      : a_(a), C_(a.x.size(1)), R_(a.x.numel() / C_), x_(a.x.const_data_ptr<scalar_t>()),
         dy_(a.dy.const_data_ptr<scalar_t>()), mean_(a.mean.const_data_ptr<acc_t>()),
         f_(a.weight, a.bias, C_) {
     f_.fold_all(mean_, a.var.const_data_ptr<acc_t>(), a.eps);
@@ -150,44 +124,34 @@ class NhwcBackward {
     if (a_.dx == nullptr) return;
     const GradTables<acc_t> g(f_, a_.training, a_.sum_dz, a_.sum_dz_xc, R_);
     scalar_t* dx = a_.dx->mutable_data_ptr<scalar_t>();
-    const int64_t TB = dy_nchw_ ? mixed_tile_rows(C_) : R_;
-    const int64_t grain = std::max<int64_t>(dy_nchw_ ? TB : 1, kBlockElems / C_);
-    const bool stream = stream_rows(dx, C_, a_.dx->nbytes());
-    at::parallel_for(0, R_, grain, [&](int64_t r0, int64_t r1) {
-      std::vector<scalar_t> tile(dy_nchw_ ? TB * C_ : 0);
-      for (int64_t s0 = r0; s0 < r1; s0 += TB) {
-        const int64_t s1 = std::min(r1, s0 + TB);
-        const scalar_t* dyb = dy_rows(s0, s1, tile);
-        stream ? dx_rows<true>(s0, s1, dyb, g, dx) : dx_rows<false>(s0, s1, dyb, g, dx);
-      }
-      if (stream) stream_fence();
-    });
+    const int64_t grain = std::max<int64_t>(1, kBlockElems / C_);
+    if (stream_rows(dx, C_, a_.dx->nbytes())) {
+      at::parallel_for(0, R_, grain, [&](int64_t r0, int64_t r1) {
+        dx_rows<true>(r0, r1, g, dx);
+        stream_fence();
+      });
+    } else {
+      at::parallel_for(0, R_, grain,
+                       [&](int64_t r0, int64_t r1) { dx_rows<false>(r0, r1, g, dx); });
+    }
   }
 
  private:
-  // dy's rows [r0, r1), NHWC-ordered: in place, or gathered into `tile` from NCHW.
-  const scalar_t* dy_rows(int64_t r0, int64_t r1, std::vector<scalar_t>& tile) const {
-    if (!dy_nchw_) return dy_ + r0 * C_;
-    gather_nchw_rows<scalar_t>(dy_, C_, HW_, r0, r1, tile.data());
-    return tile.data();
-  }
-
   void sums() const {
     const int64_t B = block_rows(R_, C_), nblk = (R_ + B - 1) / B;
     std::vector<acc_t> bsum(nblk * C_), bsumx(nblk * C_);
     at::parallel_for(0, nblk, serial_if_small(a_.x.numel(), nblk, 1), [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> tile(dy_nchw_ ? B * C_ : 0);
       for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t r0 = blk * B, r1 = std::min(R_, r0 + B);
-        block_sums(r0, r1, dy_rows(r0, r1, tile), bsum.data() + blk * C_, bsumx.data() + blk * C_);
+        block_sums(blk * B, std::min(R_, (blk + 1) * B), bsum.data() + blk * C_,
+                   bsumx.data() + blk * C_);
       }
     });
     sum_blocks(bsum, bsumx, nblk, C_, a_.sum_dz, a_.sum_dz_xc);
   }
 
-  // Per-channel sum(dz) and sum(dz * (x - mean)) over rows [r0, r1); dyb holds their dy.
-  void block_sums(int64_t r0, int64_t r1, const scalar_t* dyb, acc_t* bs, acc_t* bsx) const {
-    const scalar_t* x = x_;
+  // Per-channel sum(dz) and sum(dz * (x - mean)) over rows [r0, r1).
+  void block_sums(int64_t r0, int64_t r1, acc_t* bs, acc_t* bsx) const {
+    const scalar_t *x = x_, *dy = dy_;
     const int64_t C = C_;
     const acc_t *scale = f_.scale.data(), *shift = f_.shift.data(), *mean = mean_;
     const Vec vslope(static_cast<acc_t>(a_.slope));
@@ -197,7 +161,7 @@ class NhwcBackward {
       Vec s(acc_t(0)), sx(acc_t(0));
       for (int64_t r = r0; r < r1; ++r) {
         const Vec xv = width.load(x + r * C + c);
-        const Vec dz = width.load(dyb + (r - r0) * C + c) *
+        const Vec dz = width.load(dy + r * C + c) *
                        leaky_grad_vec<acc_t>(at::vec::fmadd(xv, vs, vb), vslope);
         s += dz;
         sx = at::vec::fmadd(dz, xv - vm, sx);
@@ -207,17 +171,16 @@ class NhwcBackward {
     });
   }
 
-  // dx = gain * (dz - proj * (x - mean) - mean_dz) for rows [r0, r1); dyb holds their dy.
+  // dx = gain * (dz - proj * (x - mean) - mean_dz) for rows [r0, r1).
   template <bool Stream>
-  void dx_rows(int64_t r0, int64_t r1, const scalar_t* dyb, const GradTables<acc_t>& g,
-               scalar_t* dx) const {
-    const scalar_t* x = x_;
+  void dx_rows(int64_t r0, int64_t r1, const GradTables<acc_t>& g, scalar_t* dx) const {
+    const scalar_t *x = x_, *dy = dy_;
     const int64_t C = C_;
     const acc_t *scale = f_.scale.data(), *shift = f_.shift.data(), *mean = mean_;
     const acc_t *gain = g.gain.data(), *proj = g.proj.data(), *mdz = g.mean_dz.data();
     const Vec vslope(static_cast<acc_t>(a_.slope));
     for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t *xr = x + r * C, *dyr = dyb + (r - r0) * C;
+      const scalar_t *xr = x + r * C, *dyr = dy + r * C;
       scalar_t* dxr = dx + r * C;
       for_channel_vectors<scalar_t, Stream>(C, [&](int64_t c, auto width) {
         const Vec xv = width.load(xr + c);
@@ -231,8 +194,7 @@ class NhwcBackward {
   }
 
   const BackwardArgs& a_;
-  const int64_t C_, R_, HW_;
-  const bool dy_nchw_;
+  const int64_t C_, R_;
   const scalar_t* x_;
   const scalar_t* dy_;
   const acc_t* mean_;
@@ -246,9 +208,9 @@ void forward_nhwc(const ForwardArgs& a) {
                                   [&] { NhwcForward<scalar_t>(a).run(); });
 }
 
-void backward_nhwc(const BackwardArgs& a, bool dy_nchw) {
+void backward_nhwc(const BackwardArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.x.scalar_type(), "bn_act_backward",
-                                  [&] { NhwcBackward<scalar_t>(a, dy_nchw).run(); });
+                                  [&] { NhwcBackward<scalar_t>(a).run(); });
 }
 
 }  // namespace CPU_CAPABILITY

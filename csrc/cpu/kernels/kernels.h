@@ -1,7 +1,7 @@
 // The entry points of one instruction set's copy of the CPU kernels. Sources in this
 // folder are compiled once per instruction set with CPU_CAPABILITY naming it (setup.py),
 // so all their code lives in fastgan::cpu::<CPU_CAPABILITY> (including the helpers of
-// vec_io.h and transpose.h, whose vector types differ per copy): no symbol of one copy
+// vec_io.h, whose vector types differ per copy): no symbol of one copy
 // can stand in for another's. They hold no static initialisers and no op registrations,
 // so loading _C never runs an instruction the CPU lacks; csrc/cpu/dispatch.cpp
 // registers the ops and calls the chosen copy.
@@ -30,7 +30,6 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward(
     const at::Tensor& grad_d_loss, const at::Tensor& grad_g_loss, const at::Tensor& real_logits,
     const at::Tensor& fake_logits, c10::string_view kind, c10::string_view reduction,
     double real_label, std::array<bool, 2> output_mask);
-at::Tensor relayout(const at::Tensor& x, bool to_channels_last);
 
 // This copy's table (kernels/table.cpp).
 const KernelTable& kernel_table();

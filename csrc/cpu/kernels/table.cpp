@@ -8,7 +8,7 @@ namespace CPU_CAPABILITY {
 
 namespace {
 constexpr KernelTable kTable{&bn_act_forward, &bn_act_backward, &gan_loss_forward,
-                             &gan_loss_backward, &relayout};
+                             &gan_loss_backward};
 }  // namespace
 
 const KernelTable& kernel_table() { return kTable; }
