@@ -57,7 +57,7 @@ def affine_act(z: Tensor, scale: Tensor, shift: Tensor, negative_slope: float) -
 
 @_backend._constant_result
 def _chain_requested() -> bool:
-    return (_backend.requested_name() == "triton"
+    return (_backend.requested_backend() == "triton"
             and _backend._getenv("FASTGAN_FUSED_CONV") != "0")
 
 
