@@ -11,8 +11,9 @@ forward or backward, except the chain's output (affine_act: one elementwise pass
 Saved for backward: each block's input and z, that is one activation-sized tensor per
 block (z_i is block i+1's input), plus per-channel vectors.
 
-Taken by FusedSequential (fastgan/nn/sequential.py) for runs of blocks when
-fastgan.ops.conv_bn_act.chain_enabled(x) says so.
+Taken when fastgan.ops.conv_bn_act.chain_enabled(x) says so: by FusedSequential
+(fastgan/nn/sequential.py) for stretches of blocks, by traced models for blocks that feed
+one another (traced.fused_run), and by a lone block (blocks.conv_bn_act).
 """
 
 from __future__ import annotations
