@@ -1,15 +1,16 @@
-// Schemas and autograd of the fused BatchNorm2d + LeakyReLU op.
+// Schemas, autograd and running-statistics update of the fused BatchNorm2d + LeakyReLU op.
 //
-// bn_act_forward: training=True computes per-channel batch statistics (returned as mean
-// and biased var, in fp32, or fp64 for fp64 input) and normalises with them;
-// training=False normalises with running_mean / running_var (returned as copies). The
-// running-stats update is not part of the op (it stays functional, so autograd and
-// torch.compile can treat it as a pure function); fastgan/ops/bn_act.py applies it with
-// bn_act_update_running_stats_ (below). bn_act_backward recomputes x_hat and the
-// activation mask from the saved input and statistics. Outputs masked off by
-// output_mask are empty. negative_slope = 1 is the identity: a BatchNorm alone.
-// Kernels: csrc/cpu/kernels/bn_act*.cpp, csrc/cuda/bn_act.cu; Python side (checks, backend
-// choice, reference, fake kernels): fastgan/ops/bn_act.py.
+// bn_act_forward has aten::native_batch_norm's schema plus the slope: training=True
+// computes per-channel batch statistics (returned as mean and biased var, in fp32, or
+// fp64 for fp64 input), normalises with them and, when running_mean / running_var are
+// given, updates them in place (update_running_stats, below) in the same call;
+// training=False normalises with running_mean / running_var (returned as copies).
+// The device registrations run their kernel and that update (bn_act.h:
+// forward_and_update). bn_act_backward recomputes x_hat and the activation mask from the
+// saved input and statistics. Outputs masked off by output_mask are empty.
+// negative_slope = 1 is the identity: a BatchNorm alone. Kernels:
+// csrc/cpu/kernels/bn_act*.cpp, csrc/cuda/bn_act.cu; Python side (checks, backend choice,
+// reference, fake kernels): fastgan/ops/bn_act.py.
 //
 // Autograd lives here, once, at the Autograd key (as csrc/gan_loss.cpp's): a
 // hand-written node that saves the input and the statistics (never the output) and
@@ -24,23 +25,67 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
+
+#include "bn_act.h"
 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def(
-      "bn_act_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean, "
-      "Tensor? running_var, bool training, float eps, float negative_slope) "
-      "-> (Tensor out, Tensor mean, Tensor var)");
+      "bn_act_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, bool training, float momentum, float eps, "
+      "float negative_slope) -> (Tensor out, Tensor mean, Tensor var)");
   m.def(
       "bn_act_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor var, bool training, float eps, float negative_slope, "
       "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
-  m.def(
-      "bn_act_update_running_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, "
-      "Tensor mean, Tensor var, float momentum, int count) -> ()");
 }
 
 namespace fastgan {
+
+// ---------------------------------------------------------------------------
+// Running statistics (declared in bn_act.h): nn.BatchNorm2d's rule. On the CPU one loop
+// over the channels in double, as ATen's CPU BatchNorm computes it; elsewhere ATen ops.
+
+namespace bn_act {
+
+void update_running_stats(const at::Tensor& running_mean, const at::Tensor& running_var,
+                          const at::Tensor& mean, const at::Tensor& var, double momentum,
+                          int64_t count) {
+  TORCH_CHECK(count > 1, "fastgan::bn_act_forward: running statistics need more than 1 value per channel, got ", count);
+  const int64_t C = running_mean.numel();
+  TORCH_CHECK(running_var.numel() == C && mean.numel() == C && var.numel() == C,
+              "fastgan::bn_act_forward: running_mean, running_var, mean and var "
+              "must all have ", C, " elements");
+  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+  at::NoGradGuard no_grad;
+  const bool cpu_loop = running_mean.is_cpu() && running_var.is_cpu() && mean.is_cpu() &&
+                        var.is_cpu() && running_mean.is_contiguous() &&
+                        running_var.is_contiguous() &&
+                        running_mean.scalar_type() == running_var.scalar_type();
+  if (!cpu_loop) {
+    running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.scalar_type()), momentum);
+    running_var.mul_(1.0 - momentum).add_((var * unbias).to(running_var.scalar_type()), momentum);
+    return;
+  }
+  const at::Tensor m = mean.to(at::kDouble).contiguous();
+  const at::Tensor v = var.to(at::kDouble).contiguous();
+  const double* mp = m.const_data_ptr<double>();
+  const double* vp = v.const_data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean.scalar_type(),
+                                  "bn_act_update_running_stats", [&] {
+    scalar_t* rm = running_mean.mutable_data_ptr<scalar_t>();
+    scalar_t* rv = running_var.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      rm[c] = static_cast<scalar_t>(momentum * mp[c] + (1.0 - momentum) * static_cast<double>(rm[c]));
+      rv[c] = static_cast<scalar_t>(momentum * vp[c] * unbias +
+                                    (1.0 - momentum) * static_cast<double>(rv[c]));
+    }
+  });
+}
+
+}  // namespace bn_act
+
 namespace {
 
 using torch::autograd::SavedVariable;
@@ -48,7 +93,7 @@ using torch::autograd::variable_list;
 using OptTensor = c10::optional<at::Tensor>;
 using Out3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using ForwardFn = Out3(const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                       const OptTensor&, bool, double, double);
+                       const OptTensor&, bool, double, double, double);
 using BackwardFn = Out3(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
                         const at::Tensor&, const at::Tensor&, bool, double, double,
                         std::array<bool, 3>);
@@ -73,46 +118,6 @@ OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c1
 
 // A per-channel (C,) tensor shaped to broadcast against (N, C, H, W).
 at::Tensor per_channel(const at::Tensor& t) { return t.view({1, -1, 1, 1}); }
-
-// ---------------------------------------------------------------------------
-// Running statistics: nn.BatchNorm2d's rule as one call instead of half a dozen small
-// tensor ops from Python: running = (1 - m) * running + m * batch, with the unbiased
-// variance tracked. Device-agnostic (a CPU loop, or ATen ops).
-
-void update_running_stats(at::Tensor& running_mean, at::Tensor& running_var,
-                          const at::Tensor& mean, const at::Tensor& var, double momentum,
-                          int64_t count) {
-  TORCH_CHECK(count > 1, "fastgan::bn_act_update_running_stats_: count must be > 1, got ", count);
-  const int64_t C = running_mean.numel();
-  TORCH_CHECK(running_var.numel() == C && mean.numel() == C && var.numel() == C,
-              "fastgan::bn_act_update_running_stats_: running_mean, running_var, mean and var "
-              "must all have ", C, " elements");
-  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
-  at::NoGradGuard no_grad;
-  const bool cpu_loop = running_mean.is_cpu() && running_var.is_cpu() && mean.is_cpu() &&
-                        var.is_cpu() && running_mean.is_contiguous() &&
-                        running_var.is_contiguous() &&
-                        running_mean.scalar_type() == running_var.scalar_type();
-  if (!cpu_loop) {
-    running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.scalar_type()), momentum);
-    running_var.mul_(1.0 - momentum).add_((var * unbias).to(running_var.scalar_type()), momentum);
-    return;
-  }
-  const at::Tensor m = mean.to(at::kDouble).contiguous();
-  const at::Tensor v = var.to(at::kDouble).contiguous();
-  const double* mp = m.const_data_ptr<double>();
-  const double* vp = v.const_data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean.scalar_type(),
-                                  "bn_act_update_running_stats_", [&] {
-    scalar_t* rm = running_mean.mutable_data_ptr<scalar_t>();
-    scalar_t* rv = running_var.mutable_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < C; ++c) {
-      rm[c] = static_cast<scalar_t>(momentum * mp[c] + (1.0 - momentum) * static_cast<double>(rm[c]));
-      rv[c] = static_cast<scalar_t>(momentum * vp[c] * unbias +
-                                    (1.0 - momentum) * static_cast<double>(rv[c]));
-    }
-  });
-}
 
 // ---------------------------------------------------------------------------
 // bn_act_backward in differentiable ATen ops, for when its outputs need gradients.
@@ -207,7 +212,7 @@ struct BnActBackward final : public torch::autograd::Node {
 
 Out3 forward_autograd(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
                       const OptTensor& running_mean, const OptTensor& running_var, bool training,
-                      double eps, double slope) {
+                      double momentum, double eps, double slope) {
   TORCH_CHECK(!torch::autograd::isFwGradDefined(input) &&
                   !torch::autograd::isFwGradDefined(weight) &&
                   !torch::autograd::isFwGradDefined(bias),
@@ -215,7 +220,13 @@ Out3 forward_autograd(const at::Tensor& input, const OptTensor& weight, const Op
   Out3 out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    out = forward_op().call(input, weight, bias, running_mean, running_var, training, eps, slope);
+    out = forward_op().call(input, weight, bias, running_mean, running_var, training, momentum,
+                            eps, slope);
+  }
+  if (training) {  // updated in place (below the ADInplaceOrView key this guard skipped)
+    for (const OptTensor* t : {&running_mean, &running_var}) {
+      if (bn_act::present(*t)) torch::autograd::increment_version(**t);
+    }
   }
   if (torch::autograd::compute_requires_grad(input, weight, bias)) {
     auto node = c10::make_intrusive<BnActBackward>();
@@ -237,38 +248,19 @@ Out3 forward_autograd(const at::Tensor& input, const OptTensor& weight, const Op
 
 }  // namespace
 
-// fastgan::bn_act_forward (autograd included) and, in training with running statistics,
-// their update: what fastgan.ops.bn_act.forward_with_stats runs on the compiled
-// backends, in one call from Python (fastgan._C.bn_act_eager, csrc/fastgan.cpp). Both
-// ops go through the dispatcher, so modes and subclasses see them as usual.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update(
-    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
-    const OptTensor& running_mean, const OptTensor& running_var, bool training, double momentum,
-    double eps, double slope) {
-  const bool has_running = running_mean.has_value() && running_mean->defined();
-  const bool batch_stats = training || !has_running;
-  const OptTensor none;
-  auto out = forward_op().call(input, weight, bias, batch_stats ? none : running_mean,
-                               batch_stats ? none : running_var, batch_stats, eps, slope);
-  if (training && has_running) {
-    static const auto update = c10::Dispatcher::singleton()
-                                   .findSchemaOrThrow("fastgan::bn_act_update_running_stats_", "")
-                                   .typed<void(at::Tensor&, at::Tensor&, const at::Tensor&,
-                                               const at::Tensor&, double, int64_t)>();
-    at::Tensor rm = *running_mean, rv = *running_var;
-    update.call(rm, rv, std::get<1>(out), std::get<2>(out), momentum,
-                input.numel() / input.size(1));
-  }
-  return out;
+// fastgan::bn_act_forward through the dispatcher (autograd included), from C++: what
+// fastgan.ops.bn_act.forward_with_stats runs on the compiled backends in eager mode
+// (fastgan._C.bn_act_eager, csrc/fastgan.cpp), without torch.ops' boxed call.
+Out3 bn_act_forward_call(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                         const OptTensor& running_mean, const OptTensor& running_var,
+                         bool training, double momentum, double eps, double slope) {
+  return forward_op().call(input, weight, bias, running_mean, running_var, training, momentum,
+                           eps, slope);
 }
 
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
   m.impl("bn_act_forward", &forward_autograd);
   m.impl("bn_act_backward", &backward_autograd);
-}
-
-TORCH_LIBRARY_IMPL(fastgan, CompositeExplicitAutograd, m) {
-  m.impl("bn_act_update_running_stats_", &update_running_stats);
 }
 
 }  // namespace fastgan

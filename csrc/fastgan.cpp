@@ -17,7 +17,7 @@
 #include "py_fast_path.h"
 
 namespace fastgan {
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_call(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
@@ -110,12 +110,13 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
 }
 
 // fastgan.ops.bn_act.forward_with_stats on the compiled backends in eager mode, after
-// its argument checks and backend choice: the op with its autograd and the running-stats
-// update (csrc/bn_act.cpp's bn_act_forward_update) in one call. At DCGAN layer sizes
-// the two boxed torch.ops calls and their Python glue cost more than the fused kernel
-// saves on a small layer.
+// its argument checks and backend choice: fastgan::bn_act_forward (autograd and the
+// running-stats update included) called from C++ (csrc/bn_act.cpp's bn_act_forward_call).
+// At DCGAN layer sizes a boxed torch.ops call and its Python glue cost more than the
+// fused kernel saves on a small layer.
 // bn_act_eager(x, weight, bias, running_mean, running_var, training, momentum, eps,
-//              negative_slope) -> (y, mean, var); the tensors other than x may be None.
+//              negative_slope) -> (y, mean, var): the op's arguments; the tensors other
+// than x may be None.
 PyObject* bn_act_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 9) {
@@ -139,7 +140,7 @@ PyObject* bn_act_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nar
     return nullptr;
   }
   auto [y, mean, var] =
-      fastgan::bn_act_forward_update(THPVariable_Unpack(args[0]), opt[0], opt[1], opt[2],
+      fastgan::bn_act_forward_call(THPVariable_Unpack(args[0]), opt[0], opt[1], opt[2],
                                      opt[3], args[5] == Py_True, momentum, eps, slope);
   return fastgan::tensors_tuple(std::move(y), std::move(mean), std::move(var));
   END_HANDLE_TH_ERRORS
@@ -153,7 +154,7 @@ PyMethodDef kRawMethods[] = {
     {"bn_act_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&bn_act_eager)),
      METH_FASTCALL,
      "bn_act_eager(x, weight, bias, running_mean, running_var, training, momentum, eps, "
-     "negative_slope): fastgan::bn_act_forward and the running-stats update in one call"},
+     "negative_slope): fastgan::bn_act_forward, called from C++"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

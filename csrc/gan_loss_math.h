@@ -29,7 +29,7 @@
 namespace fastgan {
 namespace gan_loss {
 
-// The loss kinds of DESIGN.md ("Loss kinds"). minimax and ns are logistic: their
+// The loss kinds of docs/ARCHITECTURE.md ("Loss kinds"). minimax and ns are logistic: their
 // inputs are logits and the real term may use a smoothed target `label`.
 enum Kind : int { kMinimax = 0, kNs = 1, kLsgan = 2, kHinge = 3, kWgan = 4 };
 

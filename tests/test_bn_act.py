@@ -162,7 +162,8 @@ def test_large_mean_fp32_statistics(backend):
     rm, rv = torch.zeros(4), torch.ones(4)
     with fastgan.use_backend(backend):
         y = batch_norm_act(x, rm, rv, None, None, True, 1.0, 1e-5, 0.2)
-    ref, *_ = bn_act_op.reference_forward(x.double(), None, None, None, None, True, 1e-5, 0.2)
+    ref, *_ = bn_act_op.reference_forward(x.double(), None, None, None, None, True, 0.1, 1e-5,
+                                          0.2)
     assert_close_scaled(y, ref, 2e-3)  # input rounding (ulp(1e4) = 1e-3) bounds what is achievable
     var64 = x.double().var(dim=(0, 2, 3), unbiased=True)
     assert_close_scaled(rv, var64, 1e-5)
@@ -175,7 +176,7 @@ def test_fp16_cpu_matches_reference():
     with fastgan.use_backend("cpu"):
         y = batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, 0.2)
     ref, *_ = bn_act_op.reference_forward(x.double(), w.double(), b.double(), None, None, True,
-                                          1e-5, 0.2)
+                                          0.1, 1e-5, 0.2)
     assert_close_scaled(y, ref, 4e-3)
     assert y.dtype == torch.float16
 
@@ -197,7 +198,7 @@ def test_layout_paths_agree_with_reference(shape):
         (gx,) = torch.autograd.grad(y, xi, g[:, :, : inp.shape[2]])
         xr = inp.double().requires_grad_()
         yr, *_ = bn_act_op.reference_forward(xr, w.double(), b.double(), None, None, True,
-                                             1e-5, 0.2)
+                                             0.1, 1e-5, 0.2)
         (gr,) = torch.autograd.grad(yr, xr, g[:, :, : inp.shape[2]].double())
         assert_close_scaled(y, yr, 2e-5)
         assert_close_scaled(gx, gr, 2e-5)
@@ -225,7 +226,7 @@ def test_channels_last_few_channels_matches_reference(C, dtype, tol):
             xr = x.detach().double().requires_grad_()
             wr, br = w.detach().double().requires_grad_(), b.detach().double().requires_grad_()
             rs = (None, None) if training else (rm.double(), rv.double())
-            yr, *_ = bn_act_op.reference_forward(xr, wr, br, *rs, training, 1e-5, 0.2)
+            yr, *_ = bn_act_op.reference_forward(xr, wr, br, *rs, training, 0.1, 1e-5, 0.2)
             ref = torch.autograd.grad(yr, (xr, wr, br), g.double())
             assert_close_scaled(y, yr, tol)
             for a, r in zip(got, ref):
@@ -241,7 +242,7 @@ def test_backward_gradient_in_another_layout(shape):
     x = _input(shape, torch.float32, True, mean=0.5, std=2.0)
     C = shape[1]
     w, b = torch.rand(C) + 0.5, torch.randn(C)
-    _, mean, var = torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 1e-5, 0.2)
+    _, mean, var = torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 0.1, 1e-5, 0.2)
     g = torch.randn(shape)
     for training in (True, False):
         args = (x, w, b, mean, var, training, 1e-5, 0.2, [True, True, True])
@@ -319,7 +320,8 @@ def test_opcheck(training, channels_last, dtype):
     x, w, b, rm, rv = _grad_inputs(channels_last)
     x, w, b = (t.detach().to(dtype).requires_grad_() for t in (x, w, b))
     rm, rv = rm.to(dtype), rv.to(dtype)
-    args = (x, w, b, None if training else rm, None if training else rv, training, 1e-5, 0.2)
+    # in training the running statistics are updated in place: opcheck checks the mutation
+    args = (x, w, b, rm, rv, training, 0.1, 1e-5, 0.2)
     torch.library.opcheck(torch.ops.fastgan.bn_act_forward.default, args)
     y, mean, var = torch.ops.fastgan.bn_act_forward(*args)
     g = torch.randn_like(y)
@@ -328,7 +330,7 @@ def test_opcheck(training, channels_last, dtype):
                               (g, x.detach(), w.detach(), b.detach(), mean, var, training, 1e-5,
                                0.2, mask))
     torch.library.opcheck(torch.ops.fastgan.bn_act_forward.default,
-                          (x, None, None, None, None, True, 1e-5, 0.0))
+                          (x, None, None, None, None, True, 0.1, 1e-5, 0.0))
 
 
 @needs_c
@@ -447,10 +449,10 @@ def test_compiled_op_checks_its_arguments():
     """The C++ op checks too, for callers of torch.ops.fastgan directly."""
     with pytest.raises(RuntimeError, match="weight must have shape"):
         torch.ops.fastgan.bn_act_forward(torch.randn(2, 4, 3, 3), torch.ones(3), None, None,
-                                         None, True, 1e-5, 0.2)
+                                         None, True, 0.1, 1e-5, 0.2)
     with pytest.raises(RuntimeError, match="4-D"):
         torch.ops.fastgan.bn_act_forward(torch.randn(2, 4), None, None, None, None, True,
-                                         1e-5, 0.2)
+                                         0.1, 1e-5, 0.2)
 
 
 @needs_c
@@ -464,7 +466,7 @@ def test_one_autograd_for_every_caller():
     bn = fastgan.nn.BatchNormAct2d(4, dtype=torch.float64)
     with torch.no_grad():
         bn.weight.copy_(w), bn.bias.copy_(b)
-    ys = [torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 1e-5, 0.2)[0],
+    ys = [torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 0.1, 1e-5, 0.2)[0],
           batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, 0.2), bn(x)]
     assert all(y.grad_fn.name() == "BnActBackward" for y in ys)
     with fastgan.use_backend("reference"):
@@ -497,7 +499,7 @@ def test_autograd_node_contract(channels_last, affine, training):
 
     def f(x, *wb):
         ww, bb = wb if affine else (None, None)
-        y = torch.ops.fastgan.bn_act_forward(x, ww, bb, *stats, training, 1e-5, 0.2)[0]
+        y = torch.ops.fastgan.bn_act_forward(x, ww, bb, *stats, training, 0.1, 1e-5, 0.2)[0]
         assert y.grad_fn.name() == "BnActBackward"
         return y
 

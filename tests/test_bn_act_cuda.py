@@ -108,19 +108,19 @@ def test_cuda_gradcheck(training, channels_last):
 def test_cuda_matches_cpu_kernel_and_opcheck():
     x = torch.randn(8, 16, 7, 7, dtype=torch.float64) * 4 + 50
     w, b = torch.rand(16, dtype=torch.float64) + 0.5, torch.randn(16, dtype=torch.float64)
-    y_cpu, m_cpu, v_cpu = torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 1e-5, 0.2)
+    y_cpu, m_cpu, v_cpu = torch.ops.fastgan.bn_act_forward(x, w, b, None, None, True, 0.1, 1e-5, 0.2)
     y_gpu, m_gpu, v_gpu = torch.ops.fastgan.bn_act_forward(x.cuda(), w.cuda(), b.cuda(), None,
-                                                           None, True, 1e-5, 0.2)
+                                                           None, True, 0.1, 1e-5, 0.2)
     assert_close_scaled(y_gpu, y_cpu, 1e-10)
     assert_close_scaled(v_gpu, v_cpu, 1e-10)
     torch.library.opcheck(torch.ops.fastgan.bn_act_forward.default,
-                           (x.cuda(), w.cuda(), b.cuda(), None, None, True, 1e-5, 0.2))
-    args = (x.cuda().float(), None, None, None, None, True, 1e-5, 0.0)
+                           (x.cuda(), w.cuda(), b.cuda(), None, None, True, 0.1, 1e-5, 0.2))
+    args = (x.cuda().float(), None, None, None, None, True, 0.1, 1e-5, 0.0)
     y, mean, var = torch.ops.fastgan.bn_act_forward(*args)
     torch.library.opcheck(torch.ops.fastgan.bn_act_backward.default,
                           (torch.randn_like(y), args[0], None, None, mean, var, True, 1e-5, 0.0,
                            [True, False, False]))
-    ref, *_ = bn_act_op.reference_forward(args[0], None, None, None, None, True, 1e-5, 0.0)
+    ref, *_ = bn_act_op.reference_forward(args[0], None, None, None, None, True, 0.1, 1e-5, 0.0)
     assert_close_scaled(y, ref, 2e-5)
 
 

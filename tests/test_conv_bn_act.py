@@ -6,7 +6,7 @@ TRITON_INTERPRET=1 with the triton backend forced (this file, `--worker`), on CP
 the tests here assert on its per-check results. The same checks run on CUDA tensors in
 the `gpu` tests (TF32 off there, so that fp32 is compared with fp32).
 
-Tolerances (DESIGN.md, "Numerics"), against the reference composite (ATen convolution +
+Tolerances (docs/ARCHITECTURE.md, "Numerics"), against the reference composite (ATen convolution +
 torch ops) in the same dtype: fp64 1e-10 and fp32 2e-5 of the result's scale; bf16/fp16 no
 worse than twice that composite's own error against an fp64 run (plus a quarter of an ulp
 at the result's scale).

@@ -262,7 +262,7 @@ def test_extreme_logits_finite(kind, dtype, backend):
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
 @pytest.mark.parametrize("kind", KINDS)
 def test_low_precision_error_within_eager(kind, dtype):
-    """bf16/fp16: error against fp64 no worse than twice eager's own (DESIGN.md)."""
+    """bf16/fp16: error against fp64 no worse than twice eager's own (docs/ARCHITECTURE.md, "Numerics")."""
     r64, f64 = logits(301, seed=18), logits(203, seed=19)
     d64, g64 = eager(r64, f64, kind)
     gr64 = grads(d64 + g64, r64, f64)

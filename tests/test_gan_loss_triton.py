@@ -8,7 +8,7 @@ does). The same checks run in-process on CUDA tensors in the `gpu` tests, which 
 without a device.
 
 The oracle is reference_forward (fastgan/ops/gan_loss.py) in fp64 on the same (rounded)
-inputs, with its autograd for the gradients. Tolerances (DESIGN.md, "Numerics"): fp64
+inputs, with its autograd for the gradients. Tolerances (docs/ARCHITECTURE.md, "Numerics"): fp64
 1e-10, fp32 1e-5, relative to max(1, |reference|); the fp32 losses of bf16/fp16 inputs
 1e-5 too; bf16/fp16 gradients one ulp of their dtype at the gradient's scale (each is
 one rounding of an fp32 value).

@@ -4,6 +4,8 @@
 
 #include <torch/library.h>
 
+#include "../bn_act.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -137,9 +139,9 @@ namespace {
 
 Tensor3 bn_act_forward(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
                        const OptTensor& running_mean, const OptTensor& running_var,
-                       bool training, double eps, double negative_slope) {
-  return kernels().bn_act_forward(input, weight, bias, running_mean, running_var, training, eps,
-                                  negative_slope);
+                       bool training, double momentum, double eps, double negative_slope) {
+  return bn_act::forward_and_update(kernels().bn_act_forward, input, weight, bias, running_mean,
+                                    running_var, training, momentum, eps, negative_slope);
 }
 
 Tensor3 bn_act_backward(const at::Tensor& grad_out, const at::Tensor& input,

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 
+#include "../bn_act.h"
 #include "../bn_act_checks.h"
 #include "../bn_act_math.h"
 #include "../common.h"
@@ -577,10 +578,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cuda(
   return {dx, gw, gb};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update_cuda(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
+    double negative_slope) {
+  return bn_act::forward_and_update(&bn_act_forward_cuda, input, weight, bias, running_mean,
+                                    running_var, training, momentum, eps, negative_slope);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
-  m.impl("bn_act_forward", &bn_act_forward_cuda);
+  m.impl("bn_act_forward", &bn_act_forward_update_cuda);
   m.impl("bn_act_backward", &bn_act_backward_cuda);
 }
 

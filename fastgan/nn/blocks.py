@@ -1,7 +1,10 @@
 """Fused ConvTranspose2d/Conv2d -> BatchNorm2d -> LeakyReLU blocks.
 
-`conv_bn_act(x, conv, bn, negative_slope)` is the whole computation; the modules
-ConvTranspose2dBNAct / Conv2dBNAct and fastgan.convert's FusedSequential both call it.
+`block_forward(x, conv, bn, negative_slope)` is one block around an ATen convolution;
+`run_blocks(x, blocks)` runs blocks that feed one another, and is where the choice between
+that and the triton backend's fully fused chain (fastgan/nn/fused_chain.py) is made, once
+per call. The modules ConvTranspose2dBNAct / Conv2dBNAct, FusedSequential and traced
+models all go through these two.
 
 Training (or BatchNorm without running statistics): the convolution runs in ATen
 (oneDNN/cuDNN, backward through autograd) and everything after it in the fused
@@ -34,9 +37,9 @@ from torch import Tensor, nn
 
 from fastgan.nn import recompute
 from fastgan.nn.fused_chain import chainable, fused_chain
+from fastgan.nn.runs import hooked
 from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
-from fastgan.ops import bn_act
-from fastgan.ops import sync_bn_act as _sync
+from fastgan.ops import bn_act, sync_bn_act
 from fastgan.ops.conv_bn_act import chain_enabled
 
 
@@ -132,16 +135,14 @@ def _train_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slop
                    output_size: list[int] | None, memory_format) -> Tensor:
     z = conv_forward(conv, x, conv.weight, conv.bias, output_size, memory_format)
     rm, rv, bn_training, factor = bn_act.module_args(bn)
-    if isinstance(bn, SyncBatchNormAct2d) and bn.synchronizes():  # statistics of the whole process group (fastgan/ops/sync_bn_act.py)
-        y, mean, var, backend = _sync.sync_batch_norm_act(z, rm, rv, bn.weight, bn.bias, factor,
-                                                          bn.eps, negative_slope,
-                                                          bn.process_group)
+    if isinstance(bn, SyncBatchNormAct2d) and bn.synchronizes():  # statistics of the whole process group
+        y, again = sync_bn_act.sync_batch_norm_act(z, rm, rv, bn.weight, bn.bias, factor, bn.eps,
+                                                   negative_slope, bn.process_group)
     else:
-        y, mean, var, backend = bn_act.forward_with_stats(z, rm, rv, bn.weight, bn.bias,
-                                                          bn_training, factor, bn.eps,
-                                                          negative_slope)
+        y, again = bn_act.forward_with_stats(z, rm, rv, bn.weight, bn.bias, bn_training, factor,
+                                             bn.eps, negative_slope)
     if y.requires_grad and not torch.compiler.is_compiling():
-        recompute.register(y, z, mean, var, bn.weight, bn.bias, bn.eps, negative_slope, backend)
+        recompute.register(y, z, again)
     return y
 
 
@@ -204,13 +205,12 @@ def _eval_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope
     return F.leaky_relu_(y, negative_slope)
 
 
-def conv_bn_act(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d,
-                negative_slope: float, output_size: list[int] | None = None,
-                memory_format: torch.memory_format | None = None) -> Tensor:
-    """`leaky_relu(bn(conv(x)), negative_slope)`, fused (see the module docstring).
-    `memory_format`, if given, is the layout of the result (and of the saved conv output)."""
-    if output_size is None and chain_enabled(x) and chainable(conv, bn):
-        return fused_chain(x, [(conv, bn, negative_slope)])  # the triton backend's own conv
+def block_forward(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d,
+                  negative_slope: float, output_size: list[int] | None = None,
+                  memory_format: torch.memory_format | None = None) -> Tensor:
+    """`leaky_relu(bn(conv(x)), negative_slope)` around an ATen convolution (see the module
+    docstring). `memory_format`, if given, is the layout of the result (and of the saved
+    conv output)."""
     args = (x, conv, bn, negative_slope)
     if _use_folding(bn):
         return _eval_forward(*args, output_size, memory_format)
@@ -218,6 +218,21 @@ def conv_bn_act(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNor
         return _train_forward(*args, output_size, memory_format)
     with recompute.scope():
         return _train_forward(*args, output_size, memory_format)
+
+
+def run_blocks(x: Tensor, blocks: list[tuple[nn.Module, nn.BatchNorm2d, float]],
+               memory_format: torch.memory_format | None = None) -> Tensor:
+    """(conv, bn, negative_slope) blocks, each feeding the next: one fused chain when the
+    triton backend's convolutions run (fastgan.ops.conv_bn_act.chain_enabled) and every
+    block is chainable and unhooked, so that no normalised activation is written between
+    them; else block_forward after block_forward (in `memory_format`, if given). The only
+    place that makes this choice."""
+    if chain_enabled(x) and all(chainable(c, b) and not hooked(c) and not hooked(b)
+                                for c, b, _ in blocks):
+        return fused_chain(x, blocks)
+    for conv, bn, slope in blocks:
+        x = block_forward(x, conv, bn, slope, memory_format=memory_format)
+    return x
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +300,9 @@ class ConvTranspose2dBNAct(_ConvBNAct):
         super().__init__(conv, bn, negative_slope)
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
-        return conv_bn_act(input, self.conv, self.bn, self.negative_slope, output_size)
+        if output_size is not None:  # (the fused chain takes output_padding only)
+            return block_forward(input, self.conv, self.bn, self.negative_slope, output_size)
+        return run_blocks(input, [(self.conv, self.bn, self.negative_slope)])
 
 
 class Conv2dBNAct(_ConvBNAct):
@@ -308,7 +325,8 @@ class Conv2dBNAct(_ConvBNAct):
         super().__init__(conv, bn, negative_slope)
 
     def forward(self, input: Tensor) -> Tensor:
-        return conv_bn_act(input, self.conv, self.bn, self.negative_slope)
+        return run_blocks(input, [(self.conv, self.bn, self.negative_slope)])
 
 
-__all__ = ["ConvTranspose2dBNAct", "Conv2dBNAct", "conv_bn_act", "fold_bn"]
+__all__ = ["ConvTranspose2dBNAct", "Conv2dBNAct", "block_forward", "run_blocks", "conv_forward",
+           "fold_bn"]

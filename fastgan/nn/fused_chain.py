@@ -12,8 +12,9 @@ Saved for backward: each block's input and z, that is one activation-sized tenso
 block (z_i is block i+1's input), plus per-channel vectors.
 
 Taken when fastgan.ops.conv_bn_act.chain_enabled(x) says so: by FusedSequential
-(fastgan/nn/sequential.py) for stretches of blocks, by traced models for blocks that feed
-one another (traced.fused_run), and by a lone block (blocks.conv_bn_act).
+(fastgan/nn/sequential.py) for each stretch of blocks with the plain convolution after it,
+and by fastgan/nn/blocks.py: run_blocks for the blocks of a traced model's run and for a
+lone block module.
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ normalise+activate (the same kernel as the forward, so the result is bitwise equ
 No inversion of the activation is involved (that is InPlace-ABN's trick; it fails for
 ReLU, small |gamma| and bf16).
 
-- Blocks call `register(y, ...)` after their forward; the registry is keyed by y's
-  storage and forgets y when y is freed (weakref), so it never keeps z alive by itself.
+- Blocks call `register(y, z, again)` after their forward, `again` being the op's own
+  way to compute y from z (fastgan.ops.bn_act.Recompute: its statistics, affine and
+  backend); the registry is keyed by y's storage and forgets y when y is freed
+  (weakref), so it never keeps z alive by itself.
 - `scope()` pushes the hooks unless a scope is already active on this thread, under
   torch.compile (AOTAutograd decides what is saved there) or when saved-tensor hooks are
   disabled. Blocks open a scope around their own forward (block -> block chains need no
@@ -37,7 +39,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from fastgan.ops import bn_act
+from fastgan.ops.bn_act import Recompute
 
 _local = threading.local()  # .active: a scope is open on this thread
 
@@ -45,25 +47,20 @@ _local = threading.local()  # .active: a scope is open on this thread
 class _Entry:
     """What it takes to recompute one block output."""
 
-    __slots__ = ("ref", "version", "z", "mean", "var", "weight", "bias", "params_version",
-                 "eps", "slope", "backend", "__weakref__")
+    __slots__ = ("ref", "version", "z", "again", "params_version", "__weakref__")
 
-    def __init__(self, y: Tensor, z: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
-                 bias: Tensor | None, eps: float, slope: float, backend: str) -> None:
+    def __init__(self, y: Tensor, z: Tensor, again: Recompute) -> None:
         self.version = y._version
-        self.z, self.mean, self.var = z.detach(), mean.detach(), var.detach()
-        self.weight = weight.detach() if weight is not None else None
-        self.bias = bias.detach() if bias is not None else None
-        self.params_version = _versions(weight, bias)
-        self.eps, self.slope, self.backend = eps, slope, backend
+        self.z, self.again = z.detach(), again
+        self.params_version = _versions(*again.params())
 
 
 _registry: dict[int, _Entry] = {}  # y's storage data_ptr -> entry, while y is alive
 _by_id: dict[int, _Entry] = {}  # id(y) -> entry: the usual case, y itself saved
 
 
-def _versions(*ts: Tensor | None) -> tuple[int, ...]:
-    return tuple(t._version for t in ts if t is not None)
+def _versions(*ts: Tensor) -> tuple[int, ...]:
+    return tuple(t._version for t in ts)
 
 
 def _forget(key: int, ident: int, entry_ref: weakref.ref) -> Callable[[Any], None]:
@@ -76,10 +73,9 @@ def _forget(key: int, ident: int, entry_ref: weakref.ref) -> Callable[[Any], Non
     return cb
 
 
-def register(y: Tensor, z: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
-             bias: Tensor | None, eps: float, slope: float, backend: str) -> None:
-    """Make y = act(bn(z; mean, var, weight, bias)) recomputable for whoever saves it."""
-    entry = _Entry(y, z, mean, var, weight, bias, eps, slope, backend)
+def register(y: Tensor, z: Tensor, again: Recompute) -> None:
+    """Make y = again(z) recomputable for whoever saves it."""
+    entry = _Entry(y, z, again)
     key = y.untyped_storage().data_ptr()
     entry.ref = weakref.ref(y, _forget(key, id(y), weakref.ref(entry)))
     _registry[key] = entry
@@ -120,14 +116,13 @@ class _Recompute:
     def materialize(self) -> Tensor:
         """y as the forward returned it."""
         e = self.entry
-        if _versions(e.weight, e.bias) != e.params_version:
+        if _versions(*e.again.params()) != e.params_version:
             raise RuntimeError(
                 "fastgan: a BatchNorm weight or bias of a fused block was modified in place "
                 "between forward and backward; its output cannot be recomputed (same rule as "
                 "autograd's 'modified by an inplace operation' error)")
         z = self.unpack_z(self.z) if self.unpack_z else self.z
-        # the forward's own backend and statistics: bitwise the y the forward returned
-        y = bn_act.normalize_act(z, e.mean, e.var, e.weight, e.bias, e.eps, e.slope, e.backend)
+        y = e.again(z)  # the forward's own statistics and backend: bitwise its y
         if (y.size(), y.stride(), y.storage_offset()) != self.geometry:
             y = y.as_strided(*self.geometry)
         return y

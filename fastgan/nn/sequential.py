@@ -6,7 +6,9 @@ they were (`seq[0]` is still the nn.ConvTranspose2d, `seq[1]` the nn.BatchNorm2d
 forward() changes. Runs are found again whenever the children change.
 
 On the CPU an NCHW input is run in channels_last through the convolutions and
-elementwise layers of the Sequential and returned NCHW (see _wants_channels_last).
+elementwise layers of the Sequential and returned NCHW (runs.wants_channels_last).
+What makes a run and the layout rule are fastgan/nn/runs.py's; how blocks execute
+(ATen convolutions or the triton backend's fused chain) fastgan/nn/blocks.py's.
 """
 
 from __future__ import annotations
@@ -15,14 +17,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from fastgan.nn import recompute
-from fastgan.nn.blocks import conv_bn_act, conv_forward
+from fastgan.nn import recompute, runs
+from fastgan.nn.blocks import block_forward, conv_forward
 from fastgan.nn.fused_chain import chainable, fused_chain
+from fastgan.nn.runs import LAYOUT_AGNOSTIC, PLAIN_CONVS, act_slope, bn_slope, hooked, is_conv
 from fastgan.ops.conv_bn_act import chain_enabled
-from fastgan.nn.bn_act import BatchNormAct2d
-from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
 
 
 @dataclass(frozen=True)
@@ -34,56 +34,24 @@ class Run:
     negative_slope: float  # 1.0 when there is no activation: BatchNorm alone
 
 
-def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                or getattr(m, "_backward_pre_hooks", None))
-
-
-def _is_conv(m: nn.Module) -> bool:
-    if type(m) in (nn.Conv2d, nn.ConvTranspose2d):
-        return True
-    # weight parametrizations (spectral_norm, weight_norm via torch.nn.utils.parametrizations)
-    # keep `.weight` a plain attribute, so the fused path sees the parametrized weight.
-    return parametrize.is_parametrized(m) and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
-
-
-def _slope(m: nn.Module) -> float | None:
-    if type(m) is nn.ReLU:
-        return 0.0
-    if type(m) is nn.LeakyReLU and m.negative_slope >= 0:
-        return float(m.negative_slope)
-    return None
-
-
-def bn_slope(m: nn.Module | None) -> float | None:
-    """For a BatchNorm a fused block can take, the activation it applies itself (1.0 for
-    none: nn.BatchNorm2d, or a SyncBatchNormAct2d made from one by convert(sync_bn=True));
-    None for anything else."""
-    if type(m) is nn.BatchNorm2d:
-        return 1.0
-    if type(m) in (SyncBatchNormAct2d, BatchNormAct2d):
-        return m.negative_slope
-    return None
-
-
 def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
     """Fusable runs in a list of children, and why near misses were not fused."""
-    runs: list[Run] = []
+    found: list[Run] = []
     skipped: list[str] = []
     i = 0
     while i < len(modules):
         conv = modules[i]
         bn = modules[i + 1] if i + 1 < len(modules) else None
         own = bn_slope(bn)
-        if not (_is_conv(conv) and own is not None):
+        if not (is_conv(conv) and own is not None):
             i += 1
             continue
         act = modules[i + 2] if i + 2 < len(modules) and own == 1.0 else None
-        slope = _slope(act) if act is not None else None
+        slope = act_slope(act) if act is not None else None
         parts = [conv, bn] + ([act] if slope is not None else [])
         slope = own if slope is None else slope
         why = None
-        if any(_hooked(m) for m in parts):
+        if any(hooked(m) for m in parts):
             why = "a module in the run has forward/backward hooks"
         elif conv.out_channels != bn.num_features:
             why = (f"conv has {conv.out_channels} output channels, BatchNorm2d "
@@ -92,51 +60,13 @@ def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
             skipped.append(f"children {i}..{i + len(parts) - 1}: {why}")
             i += 1
             continue
-        runs.append(Run(i, len(parts), slope))
+        found.append(Run(i, len(parts), slope))
         i += len(parts)
-    return runs, skipped
-
-
-_PLAIN_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
-
-# Modules that accept any memory format and keep it (so a channels_last run can go through).
-_LAYOUT_AGNOSTIC = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
-                    nn.Identity)
+    return found, skipped
 
 
 def _conv_count(steps: list) -> int:
-    return sum(1 for s in steps if isinstance(s, (tuple, *_PLAIN_CONVS)))
-
-
-def _wants_channels_last(x: Tensor, n_convs: int, first_conv: nn.Module | None) -> bool:
-    """Whether to run this Sequential's convolutions in channels_last for an NCHW input
-    (`n_convs` convolutions, fused or plain; `first_conv` that of the first fused run).
-
-    On the CPU, oneDNN's convolutions (forward and both backward passes) are faster in
-    channels_last than in NCHW, where they also reorder their inputs and outputs. So an
-    NCHW input is relaid once on entry, every conv run and elementwise layer runs in
-    channels_last, and the result is made contiguous again on exit: the caller sees NCHW
-    values and NCHW gradients. With autograd this pays only when the entry and exit
-    copies (and their gradients) are shared by two or more convolutions; for a lone
-    block it costs more than it saves (measured), so a one-conv Sequential stays NCHW in
-    training. Models already in channels_last, other layouts, and devices other than
-    the CPU are left as they are."""
-    if not (isinstance(x, Tensor) and x.dim() == 4 and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()):
-        return False
-    if n_convs < 2 and torch.is_grad_enabled():
-        return False
-    w = _stored_weight(first_conv) if first_conv is not None else None
-    return w is not None and w.dim() == 4 and w.is_contiguous()
-
-
-def _stored_weight(conv: nn.Module) -> Tensor | None:
-    """The weight tensor a conv stores, without evaluating a parametrization: reading
-    `.weight` of a spectral-normalised conv in training runs a power iteration (and
-    advances its state), which only the convolution's own call may do."""
-    if parametrize.is_parametrized(conv, "weight"):
-        return conv.parametrizations.weight.original
-    return conv.weight
+    return sum(1 for s in steps if isinstance(s, (tuple, *PLAIN_CONVS)))
 
 
 class FusedSequential(nn.Sequential):
@@ -170,26 +100,25 @@ class FusedSequential(nn.Sequential):
 
     def _run(self, input: Tensor) -> Tensor:
         steps, n_convs, first_conv = self._plan()
-        if isinstance(input, Tensor) and chain_enabled(input):
+        if isinstance(input, Tensor) and chain_enabled(input):  # decided once per call
             return _run_chained(input, steps)
-        relayout = _wants_channels_last(input, n_convs, first_conv)
+        relayout = runs.wants_channels_last(input, n_convs, first_conv)
+        fmt = torch.channels_last if relayout else None
         for step in steps:
             if relayout:
                 # channels_last inside runs of convolutions and elementwise layers only;
                 # anything else gets the layout it was given
-                known = isinstance(step, tuple) or type(step) in _LAYOUT_AGNOSTIC
+                known = isinstance(step, tuple) or type(step) in LAYOUT_AGNOSTIC
                 input = input.contiguous(memory_format=torch.channels_last if known
                                          else torch.contiguous_format)
             if isinstance(step, tuple):
                 conv, bn, slope = step
-                input = conv_bn_act(input, conv, bn, slope,
-                                    memory_format=torch.channels_last if relayout else None)
-            elif type(step) in _PLAIN_CONVS and not _hooked(step) and isinstance(input, Tensor):
+                input = block_forward(input, conv, bn, slope, memory_format=fmt)
+            elif type(step) in PLAIN_CONVS and not hooked(step) and isinstance(input, Tensor):
                 # a convolution outside a run (a discriminator's first and last layers):
                 # the same ATen call as its forward(), in the run's layout, with the
                 # matrix-product form where it applies (blocks.conv_forward)
-                input = conv_forward(step, input, step.weight, step.bias,
-                                     memory_format=torch.channels_last if relayout else None)
+                input = conv_forward(step, input, step.weight, step.bias, memory_format=fmt)
             else:
                 input = step(input)
         if relayout and isinstance(input, Tensor):
@@ -213,17 +142,17 @@ def _run_chained(input: Tensor, steps: list) -> Tensor:
         if isinstance(step, tuple) and chainable(step[0], step[1]):
             chain.append(step)
             continue
-        plain = type(step) in _PLAIN_CONVS and not _hooked(step) and chainable(step)
+        plain = type(step) in PLAIN_CONVS and not hooked(step) and chainable(step)
         if chain or plain:
             input = fused_chain(input, chain, tail=step if plain else None)
             chain = []
             if plain:
                 continue
-        if isinstance(step, tuple):
-            input = conv_bn_act(input, *step)
+        if isinstance(step, tuple):  # a block the chain cannot take (groups, SyncBN, hooks)
+            input = block_forward(input, *step)
         elif step is not None:
             input = step(input)
     return input
 
 
-__all__ = ["FusedSequential", "find_runs", "Run", "bn_slope"]
+__all__ = ["FusedSequential", "find_runs", "Run"]

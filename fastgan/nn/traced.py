@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from fastgan.nn.blocks import conv_bn_act, conv_forward
+from fastgan.nn import runs
+from fastgan.nn.blocks import block_forward, conv_forward, run_blocks
 from fastgan.nn.fused_chain import chainable, fused_chain
+from fastgan.nn.runs import LAYOUT_AGNOSTIC, PLAIN_CONVS, act_slope, bn_slope, hooked, is_conv
 from fastgan.ops.conv_bn_act import chain_enabled
-from fastgan.nn.sequential import (_LAYOUT_AGNOSTIC, _PLAIN_CONVS, _hooked, _is_conv, _slope,
-                                   _wants_channels_last, bn_slope)
 
 _BASE = "_fastgan_traced_base"
 
@@ -58,37 +58,36 @@ def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: 
     `channels_last`: the graph runs in channels_last inside (see _run_channels_last).
     Hooks registered on the conv or the BatchNorm after conversion are honoured: the
     chain then runs unfused, module by module."""
-    if _hooked(conv) or _hooked(bn):
+    if hooked(conv) or hooked(bn):
         y = bn(conv(x))
         return y if bn_slope(bn) != 1.0 else F.leaky_relu(y, negative_slope)
-    if channels_last:
-        return conv_bn_act(x.contiguous(memory_format=torch.channels_last), conv, bn,
-                           negative_slope, memory_format=torch.channels_last)
-    return conv_bn_act(x, conv, bn, negative_slope)
+    return fused_run(x, channels_last, conv, bn, negative_slope)
 
 
 def fused_run(x: Tensor, flag: bool, *blocks: Any) -> Tensor:
     """Consecutive fused blocks of a traced graph, each feeding only the next (`blocks`:
-    conv, bn, negative_slope, conv, bn, ...): one fused chain when the triton backend's
-    convolutions run (fastgan/nn/fused_chain.py: no normalised activation written
-    between them), else fused_block after fused_block."""
+    conv, bn, negative_slope, conv, bn, ...), through blocks.run_blocks: one fused chain
+    when the triton backend's convolutions run, else block after block (in channels_last
+    when `flag`)."""
     triples = [tuple(blocks[i:i + 3]) for i in range(0, len(blocks), 3)]
-    if chain_enabled(x) and all(chainable(c, b) and not _hooked(c) and not _hooked(b)
-                                for c, b, _ in triples):
-        return fused_chain(x, triples)
-    for conv, bn, slope in triples:
-        x = fused_block(x, conv, bn, slope, flag)
-    return x
+    if any(hooked(c) or hooked(b) for c, b, _ in triples):  # hooks added after conversion
+        for conv, bn, slope in triples:
+            x = fused_block(x, conv, bn, slope, flag)
+        return x
+    if flag:
+        return run_blocks(x.contiguous(memory_format=torch.channels_last), triples,
+                          memory_format=torch.channels_last)
+    return run_blocks(x, triples)
 
 
 # Running a traced graph in channels_last for an NCHW input, as FusedSequential does for
-# its children (see sequential._wants_channels_last for why and when): the first input
+# its children (see runs.wants_channels_last for why and when): the first input
 # is relaid on entry, fused blocks and convolutions run channels_last, elementwise
 # functions keep whatever layout they get, and everything else (views, flatten, cat,
 # ...) and the outputs get NCHW tensors back. Decided per call from the input.
 
 def layout_flag(x: Any, n_convs: int, first_conv: nn.Module) -> bool:
-    return _wants_channels_last(x, n_convs, first_conv)
+    return runs.wants_channels_last(x, n_convs, first_conv)
 
 
 def to_channels_last(t: Any, flag: bool) -> Any:
@@ -100,7 +99,7 @@ def plain_conv(x: Tensor, conv: nn.Module, flag: bool) -> Tensor:
     """A convolution outside the chains, as FusedSequential runs one: conv_forward (the
     matrix-product form of the DCGAN end layers), in channels_last when `flag`; a conv
     given hooks after conversion is called as a module."""
-    if _hooked(conv):
+    if hooked(conv):
         return conv(x.contiguous(memory_format=torch.channels_last) if flag else x)
     if chain_enabled(x) and chainable(conv):
         return fused_chain(x, [], tail=conv)
@@ -122,7 +121,7 @@ _ELEMENTWISE_METHODS = {"relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_",
                         "mul", "mul_", "sub", "sub_", "neg", "clamp", "clamp_"}
 
 
-# activations recognised after the BatchNorm (as a module: sequential._slope)
+# activations recognised after the BatchNorm (as a module: runs.act_slope)
 _RELU_FUNCS = (F.relu, torch.relu, F.relu_, torch.relu_)
 _LEAKY_FUNCS = (F.leaky_relu, F.leaky_relu_)
 _RELU_METHODS = ("relu", "relu_")
@@ -163,7 +162,7 @@ def candidate(m: nn.Module) -> bool:
     if mod.startswith(("torch.", "fastgan.")):
         return False
     kids = _own_layers(m)
-    return any(_is_conv(k) for k in kids) and any(bn_slope(k) is not None for k in kids)
+    return any(is_conv(k) for k in kids) and any(bn_slope(k) is not None for k in kids)
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -171,7 +170,7 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
-def _act_slope(node: fx.Node, src: fx.Node, root: nn.Module) -> float | None:
+def _node_act_slope(node: fx.Node, src: fx.Node, root: nn.Module) -> float | None:
     """negative_slope if `node` is ReLU/LeakyReLU applied to `src` alone, else None."""
     if not node.args or node.args[0] is not src:
         return None
@@ -180,7 +179,7 @@ def _act_slope(node: fx.Node, src: fx.Node, root: nn.Module) -> float | None:
         return None
     if node.op == "call_module":
         m = root.get_submodule(node.target)
-        return None if _hooked(m) else _slope(m)
+        return None if hooked(m) else act_slope(m)
     if node.op == "call_function":
         if node.target in _RELU_FUNCS:
             return 0.0
@@ -222,7 +221,7 @@ def _rewrite(graph: fx.Graph, root: nn.Module) -> list[str]:
         if node.op != "call_module" or node._erased:  # (erased: part of an earlier chain)
             continue
         conv = root.get_submodule(node.target)
-        if not _is_conv(conv) or _hooked(conv) or len(node.args) != 1 or node.kwargs:
+        if not is_conv(conv) or hooked(conv) or len(node.args) != 1 or node.kwargs:
             continue
         bn_node = _only_user(node)
         if bn_node is None or bn_node.op != "call_module" or bn_node.args != (node,) \
@@ -230,11 +229,11 @@ def _rewrite(graph: fx.Graph, root: nn.Module) -> list[str]:
             continue
         bn = root.get_submodule(bn_node.target)
         own = bn_slope(bn)
-        if own is None or _hooked(bn) or bn.num_features != conv.out_channels:
+        if own is None or hooked(bn) or bn.num_features != conv.out_channels:
             continue
         act_node, slope = _only_user(bn_node), None
         if act_node is not None and own == 1.0:  # (a BatchNorm with its own activation ends it)
-            slope = _act_slope(act_node, bn_node, root)
+            slope = _node_act_slope(act_node, bn_node, root)
         last = bn_node if slope is None else act_node
         with graph.inserting_before(node):
             c = graph.get_attr(node.target)
@@ -260,7 +259,7 @@ def _run_channels_last(graph: fx.Graph, root: nn.Module) -> None:
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     fused = [n for n in graph.nodes if n.op == "call_function" and n.target is fused_block]
     convs = [n for n in graph.nodes if n.op == "call_module"
-             and type(root.get_submodule(n.target)) in _PLAIN_CONVS]
+             and type(root.get_submodule(n.target)) in PLAIN_CONVS]
     if not placeholders or not fused or len(fused) + len(convs) < 2:
         return
     x = placeholders[-1]  # after every input: new nodes go here
@@ -288,9 +287,9 @@ def _run_channels_last(graph: fx.Graph, root: nn.Module) -> None:
             continue
         if node.op == "call_function" and node.target is fused_block:
             node.args = node.args[:4] + (flag,)
-        elif node.op == "call_module" and type(root.get_submodule(node.target)) in _PLAIN_CONVS:
+        elif node.op == "call_module" and type(root.get_submodule(node.target)) in PLAIN_CONVS:
             conv = root.get_submodule(node.target)
-            if _hooked(conv) or len(node.args) != 1 or node.kwargs:
+            if hooked(conv) or len(node.args) != 1 or node.kwargs:
                 wrap(node, to_channels_last)
                 continue
             with graph.inserting_before(node):
@@ -298,7 +297,7 @@ def _run_channels_last(graph: fx.Graph, root: nn.Module) -> None:
                 new = graph.call_function(plain_conv, (node.args[0], c, flag))
             node.replace_all_uses_with(new)
             graph.erase_node(node)
-        elif node.op == "call_module" and type(root.get_submodule(node.target)) in _LAYOUT_AGNOSTIC:
+        elif node.op == "call_module" and type(root.get_submodule(node.target)) in LAYOUT_AGNOSTIC:
             pass
         elif node.op == "call_function" and node.target in _ELEMENTWISE_FUNCS:
             pass

@@ -1,19 +1,28 @@
-"""Fused BatchNorm2d + LeakyReLU: backend choice, and the compiled op's registration.
+"""Fused BatchNorm2d + LeakyReLU: the op as the rest of fastgan calls it, and its backend choice.
 
-The compiled op (csrc/bn_act.cpp) is functional:
-    fastgan::bn_act_forward(x, weight, bias, running_mean, running_var, training, eps,
-                            negative_slope) -> (y, mean, var)
-returns the output and the per-channel statistics used (fp32, fp64 for fp64 input);
-the running-stats update is applied here, exactly as nn.BatchNorm2d does it. Its
-autograd is registered in C++ next to the schema: backward saves only the input and the
-statistics and recomputes x_hat and the activation mask (fastgan::bn_act_backward),
-and with create_graph=True that backward is itself differentiable, so double backward
-(gradient penalties) works. What is registered here are the fake kernels.
+Every backend's forward has one schema, aten::native_batch_norm's plus the slope:
 
-This module is where the backend is chosen (forward_with_stats); what it chose is
-returned, so that a recomputation (fastgan.nn.recompute, through normalize_act) runs on
-the same one. Checks and the reference are in fastgan/ops/bn_act_reference.py; the
-`triton` backend in fastgan/ops/bn_act_triton.py.
+    bn_act_forward(x, weight, bias, running_mean(a!)?, running_var(b!)?, training, momentum,
+                   eps, negative_slope) -> (y, mean, var)
+
+training=True normalises with the batch statistics and, when running statistics are
+given, updates them in place in the same call (nn.BatchNorm2d's rule); training=False
+normalises with the running statistics. mean and var are the statistics used (biased
+var; fp32, fp64 for fp64 input). The backends:
+
+    cpu, cuda   fastgan::bn_act_forward / bn_act_backward: csrc/bn_act.cpp (schemas, the
+                one C++ autograd, the running-statistics update), kernels in csrc/cpu/ and
+                csrc/cuda/; their fake kernels are registered here
+    triton      fastgan::triton_bn_act_forward / _backward: fastgan/ops/bn_act_triton.py
+                (its `forward` adds the update: triton ops with autograd are functional)
+    reference   reference_forward / reference_backward: fastgan/ops/bn_act_reference.py
+                (also the argument checks and the running-statistics rule in torch ops)
+
+The backend is chosen here, once per call (forward_with_stats), which returns with the
+output a `Recompute`: the same output again from the same input, on the same backend
+(fastgan.nn.recompute keeps the input and that instead of the output), so the backend
+never leaves this module. `backward` is the op's backward on a given backend
+(fastgan/ops/sync_bn_act.py differentiates through it).
 """
 
 from __future__ import annotations
@@ -23,24 +32,21 @@ from torch import Tensor
 
 from fastgan import _backend, _ext
 from fastgan.ops.bn_act_reference import (acc_dtype, check_args, out_format,
-                                          reference_forward)
+                                          reference_backward, reference_forward,
+                                          update_running_stats)
 
 OP = "bn_act"
 
 
 # ---------------------------------------------------------------------------
-# Registration of the compiled op: fake kernels (autograd is in csrc/bn_act.cpp).
+# The compiled op: fake kernels (schemas and autograd are in csrc/bn_act.cpp).
 
 def _register_fake_kernels() -> None:
     @torch.library.register_fake("fastgan::bn_act_forward")
-    def _(x, weight, bias, running_mean, running_var, training, eps, negative_slope):
+    def _(x, weight, bias, running_mean, running_var, training, momentum, eps, negative_slope):
         C = x.shape[1]
         y = torch.empty_like(x, memory_format=out_format(x))
         return y, x.new_empty((C,), dtype=acc_dtype(x)), x.new_empty((C,), dtype=acc_dtype(x))
-
-    @torch.library.register_fake("fastgan::bn_act_update_running_stats_")
-    def _(running_mean, running_var, mean, var, momentum, count):
-        return None
 
     @torch.library.register_fake("fastgan::bn_act_backward")
     def _(grad_out, x, weight, bias, mean, var, training, eps, negative_slope, output_mask):
@@ -59,46 +65,31 @@ _compiled = _ext.ext_loaded() and hasattr(torch.ops.fastgan, "bn_act_forward")
 if _compiled:
     _register_fake_kernels()
     KERNELS = ("cpu", "cuda") if _ext.build_info().get("cuda") else ("cpu",)
-    _forward = torch.ops.fastgan.bn_act_forward.default
-    _update = torch.ops.fastgan.bn_act_update_running_stats_.default
+    _compiled_forward = torch.ops.fastgan.bn_act_forward.default
+    _compiled_backward = torch.ops.fastgan.bn_act_backward.default
+    # the same op, called from C++ without torch.ops' boxed call (csrc/fastgan.cpp)
     _eager = _ext._C.bn_act_eager
 _ON_DEVICE = ("cpu", "cuda")  # the compiled backends
 if _backend._triton_installed():  # registered on first use: fastgan/ops/bn_act_triton.py
     KERNELS += ("triton",)
 
 
-def _triton_forward():
+def _triton():
     from fastgan.ops import bn_act_triton  # imports triton; registers the ops once
-    return bn_act_triton.triton_bn_act_forward
+    return bn_act_triton
 
 
-def _run(backend: str, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-         running_mean: Tensor | None, running_var: Tensor | None, use_batch_stats: bool,
-         eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
+def _forward_op(backend: str):
     """The forward op of `backend` (its autograd included)."""
     if backend == "reference":
-        fn = reference_forward
-    elif backend == "triton":
-        fn = _triton_forward()
-    else:
-        fn = _forward
-    return fn(x, weight, bias, running_mean, running_var, use_batch_stats, eps, negative_slope)
+        return reference_forward
+    if backend == "triton":
+        return _triton().forward
+    return _compiled_forward
 
 
 # ---------------------------------------------------------------------------
 # The op as the rest of fastgan calls it.
-
-def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
-                         momentum: float, count: int) -> None:
-    """nn.BatchNorm2d's update: biased var normalises, unbiased var is tracked."""
-    if _compiled:
-        _update(running_mean, running_var, mean, var, momentum, count)
-        return
-    with torch.no_grad():
-        unbiased = var * (count / (count - 1))
-        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-
 
 def module_args(bn: torch.nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None, bool, float]:
     """nn.BatchNorm2d.forward's bookkeeping for a module `bn`: (running_mean, running_var,
@@ -114,37 +105,54 @@ def module_args(bn: torch.nn.BatchNorm2d) -> tuple[Tensor | None, Tensor | None,
             factor)
 
 
-def forward_with_stats(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                       weight: Tensor | None, bias: Tensor | None, training: bool,
-                       momentum: float, eps: float,
-                       negative_slope: float) -> tuple[Tensor, Tensor, Tensor, str]:
-    """batch_norm_act, also returning the statistics used (mean, biased var; fp32, or
-    fp64 for fp64 input) and the backend that ran (pass it to normalize_act to recompute
-    the output bitwise)."""
-    check_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
-               negative_slope)
-    backend = _backend.select(OP, x.device, KERNELS)
-    if backend in _ON_DEVICE and not torch.compiler.is_compiling():
-        # what the lines below do, in one C++ call (fastgan._C.bn_act_eager)
-        return (*_eager(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                        negative_slope), backend)
-    use_batch_stats = training or running_mean is None
-    stats = (None, None) if use_batch_stats else (running_mean, running_var)
-    y, mean, var = _run(backend, x, weight, bias, *stats, use_batch_stats, eps, negative_slope)
-    if training and running_mean is not None:
-        update_running_stats(running_mean, running_var, mean.detach(), var.detach(), momentum,
-                             x.numel() // x.shape[1])
-    return y, mean, var, backend
-
-
 def normalize_act(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
                   bias: Tensor | None, eps: float, negative_slope: float,
                   backend: str) -> Tensor:
     """`leaky_relu((x - mean) / sqrt(var + eps) * weight + bias)` on `backend`, without
-    autograd: with the statistics and backend forward_with_stats returned, bitwise the
-    output it returned."""
+    autograd: the forward with the statistics given."""
     with torch.no_grad():
-        return _run(backend, x, weight, bias, mean, var, False, eps, negative_slope)[0]
+        return _forward_op(backend)(x, weight, bias, mean, var, False, 0.0, eps,
+                                    negative_slope)[0]
+
+
+class Recompute:
+    """A forward's output, computed again from its input: the statistics the forward
+    used, its affine parameters (detached) and the backend that ran, so that the result
+    is bitwise the output it returned."""
+
+    __slots__ = ("mean", "var", "weight", "bias", "eps", "slope", "backend")
+
+    def __init__(self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
+                 eps: float, slope: float, backend: str) -> None:
+        self.mean, self.var = mean.detach(), var.detach()
+        self.weight = weight.detach() if weight is not None else None
+        self.bias = bias.detach() if bias is not None else None
+        self.eps, self.slope, self.backend = eps, slope, backend
+
+    def params(self) -> tuple[Tensor, ...]:
+        """The affine parameters it reads (whose versions its user checks)."""
+        return tuple(t for t in (self.weight, self.bias) if t is not None)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return normalize_act(x, self.mean, self.var, self.weight, self.bias, self.eps,
+                             self.slope, self.backend)
+
+
+def forward_with_stats(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                       weight: Tensor | None, bias: Tensor | None, training: bool,
+                       momentum: float, eps: float,
+                       negative_slope: float) -> tuple[Tensor, Recompute]:
+    """batch_norm_act, also returning how to compute its output again (Recompute)."""
+    check_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
+               negative_slope)
+    backend = _backend.select(OP, x.device, KERNELS)
+    args = (x, weight, bias, running_mean, running_var, training or running_mean is None,
+            momentum, eps, negative_slope)
+    if backend in _ON_DEVICE and not torch.compiler.is_compiling():
+        y, mean, var = _eager(*args)
+    else:
+        y, mean, var = _forward_op(backend)(*args)
+    return y, Recompute(mean, var, weight, bias, eps, negative_slope, backend)
 
 
 def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -156,5 +164,21 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
                               eps, negative_slope)[0]
 
 
-__all__ = ["KERNELS", "batch_norm_act", "check_args", "forward_with_stats", "module_args",
-           "normalize_act", "reference_forward", "update_running_stats"]
+def backward(grad_out: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+             mean: Tensor, var: Tensor, training: bool, eps: float, negative_slope: float,
+             output_mask: list[bool], backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) of the forward on `backend`; with training=False, for the
+    statistics given (their own gradients are the caller's). With grad mode on
+    (create_graph=True) the result is differentiable in every tensor argument, mean and
+    var included: the compiled op's C++ autograd takes its differentiable form; the Triton
+    and reference backends the reference's."""
+    if backend == "reference" or (backend == "triton" and torch.is_grad_enabled()):
+        return reference_backward(grad_out, x, weight, bias, mean, var, training, eps,
+                                  negative_slope)
+    op = _triton().triton_bn_act_backward if backend == "triton" else _compiled_backward
+    return op(grad_out, x, weight, bias, mean, var, training, eps, negative_slope, output_mask)
+
+
+__all__ = ["KERNELS", "OP", "Recompute", "backward", "batch_norm_act", "check_args",
+           "forward_with_stats", "module_args", "normalize_act", "reference_forward",
+           "update_running_stats"]

@@ -69,16 +69,28 @@ def out_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def reference_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
-                      running_mean: Tensor | None, running_var: Tensor | None,
-                      use_batch_stats: bool, eps: float,
-                      negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, mean, var) with the same meaning as fastgan::bn_act_forward's outputs."""
+def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                         momentum: float, count: int) -> None:
+    """nn.BatchNorm2d's update, in place: running = (1 - momentum) * running + momentum *
+    batch, with the unbiased variance (var * count / (count - 1)) tracked. The rule of
+    every path written in torch ops (this reference, the Triton op, the fused chain,
+    synchronized BatchNorm); the compiled op applies it in C++ in the same call as its
+    kernel (csrc/bn_act.cpp: update_running_stats)."""
+    with torch.no_grad():
+        unbiased = var * (count / (count - 1))
+        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+def _normalize_act(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor | None,
+                   var: Tensor | None, negative_slope: float,
+                   eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, var): with the given statistics, or the batch's when they are None."""
     acc = acc_dtype(x)
-    if use_batch_stats:
+    if mean is None:
         var, mean = torch.var_mean(x.to(acc), dim=DIMS, correction=0)
     else:
-        mean, var = running_mean.to(acc), running_var.to(acc)
+        mean, var = mean.to(acc), var.to(acc)
     z = (x.to(acc) - mean[:, None, None]) * torch.rsqrt(var + eps)[:, None, None]
     if weight is not None:
         z = z * weight.to(acc)[:, None, None]
@@ -89,26 +101,47 @@ def reference_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     return z.to(x.dtype).contiguous(memory_format=out_format(x)), mean, var
 
 
+def reference_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                      running_mean: Tensor | None, running_var: Tensor | None,
+                      training: bool, momentum: float, eps: float,
+                      negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, var) with the same meaning as fastgan::bn_act_forward's outputs, and its
+    in-place update of the running statistics in training."""
+    if not training:
+        return _normalize_act(x, weight, bias, running_mean, running_var, negative_slope, eps)
+    y, mean, var = _normalize_act(x, weight, bias, None, None, negative_slope, eps)
+    if running_mean is not None:
+        update_running_stats(running_mean, running_var, mean.detach(), var.detach(), momentum,
+                             x.numel() // x.shape[1])
+    return y, mean, var
+
+
 def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor | None,
                        bias: Tensor | None, mean: Tensor, var: Tensor, training: bool,
                        eps: float, negative_slope: float
                        ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Gradients of reference_forward's y (given `grad_out`) w.r.t. x, weight and bias, as
-    a differentiable graph (create_graph): the op's backward for double backward. In
-    training the statistics are recomputed from x (`mean` and `var` are not used)."""
+    differentiable functions of every argument (create_graph; the op's double backward).
+    In training the statistics are recomputed from x (`mean` and `var` are not used);
+    otherwise `mean` and `var` are constants of y, and the results partial derivatives
+    (torch.func.vjp: where mean and var are themselves computed from x, as synchronized
+    BatchNorm's are, autograd.grad would follow them back to x)."""
     present = [t for t in (x, weight, bias) if t is not None]
-    leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in present]
-    with torch.enable_grad():
-        args = iter(leaves)
-        xi = next(args)
-        wi = next(args) if weight is not None else None
-        bi = next(args) if bias is not None else None
-        y = reference_forward(xi, wi, bi, mean, var, training, eps, negative_slope)[0]
-        grads = iter(torch.autograd.grad(y, leaves, grad_out, create_graph=True))
+    stats = (None, None) if training else (mean, var)
+
+    def y_of(*args: Tensor) -> Tensor:
+        it = iter(args)
+        xi = next(it)
+        wi = next(it) if weight is not None else None
+        bi = next(it) if bias is not None else None
+        return _normalize_act(xi, wi, bi, *stats, negative_slope, eps)[0]
+
+    _, vjp = torch.func.vjp(y_of, *present)  # (its own autograd level: runs under no_grad)
+    grads = iter(vjp(grad_out))
     gx = next(grads)
     gw = next(grads) if weight is not None else None
     gb = next(grads) if bias is not None else None
     return gx, gw, gb
 
 __all__ = ["check_args", "acc_dtype", "out_format", "reference_forward", "reference_backward",
-           "DIMS"]
+           "update_running_stats", "DIMS"]

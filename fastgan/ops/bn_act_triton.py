@@ -1,7 +1,8 @@
 """The `triton` backend of the fused BatchNorm2d + LeakyReLU op.
 
 Registers, with torch.library.triton_op (so torch.compile traces into the kernels),
-    fastgan::triton_bn_act_forward   same schema and semantics as fastgan::bn_act_forward
+    fastgan::triton_bn_act_forward   fastgan::bn_act_forward without the running-statistics
+                                     update (`forward` below adds it)
     fastgan::triton_bn_act_backward  same schema and semantics as fastgan::bn_act_backward
 with the kernels of fastgan.kernels.bn_act, and the autograd of the forward (what the
 compiled op's C++ autograd does: save the input and the statistics, recompute in
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from fastgan.kernels import bn_act as K
-from fastgan.ops.bn_act_reference import check_args, reference_backward
+from fastgan.ops.bn_act_reference import check_args, reference_backward, update_running_stats
 
 FORWARD = "fastgan::triton_bn_act_forward"
 BACKWARD = "fastgan::triton_bn_act_backward"
@@ -95,3 +96,20 @@ def _backward(ctx, grad_out, _gmean, _gvar):
 
 
 triton_bn_act_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
+            running_mean: Tensor | None, running_var: Tensor | None, training: bool,
+            momentum: float, eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The backend's forward with fastgan::bn_act_forward's signature and semantics: the
+    triton op, then in training the running-statistics update. (The update is outside the
+    op: torch.library registers autograd for functional ops only.)"""
+    if not training:
+        return triton_bn_act_forward(input, weight, bias, running_mean, running_var, False, eps,
+                                     negative_slope)
+    y, mean, var = triton_bn_act_forward(input, weight, bias, None, None, True, eps,
+                                         negative_slope)
+    if running_mean is not None:
+        update_running_stats(running_mean, running_var, mean.detach(), var.detach(), momentum,
+                             input.numel() // input.shape[1])
+    return y, mean, var

@@ -12,7 +12,7 @@ raises instead of returning a wrong zero. The `triton` backend
 (fastgan/ops/gan_loss_triton.py, kernels/gan_loss.py) has the same schema and behaviour.
 Checks and the reference are in fastgan/ops/gan_loss_reference.py.
 
-Kinds (DESIGN.md): each term is a mean (or sum) over its own batch; with
+Kinds (docs/ARCHITECTURE.md, "Loss kinds"): each term is a mean (or sum) over its own batch; with
 real_label = t the logistic kinds' real term is binary_cross_entropy_with_logits(r, t).
 
     kind      d_loss                           g_loss

@@ -10,16 +10,17 @@ the backward and the double backward (gradient penalties) from them:
 
 - Forward: one all-reduce of 2C + 1 values per layer (per-channel sums and one count).
   Ranks may hold different batch sizes, or none: the merge weights each by its count.
-- Backward: autograd runs _NormAct's backward (the fused backward kernel of the chosen
-  backend, in its "statistics given" form: one pass over x and dy that also returns the
-  per-channel sums from which the gradients w.r.t. mean and var follow), then the
+- Backward: autograd runs _NormAct's backward (the op's backward on the chosen backend,
+  fastgan.ops.bn_act.backward, in its "statistics given" form: one pass over x and dy
+  that also returns the per-channel sums from which the gradients w.r.t. mean and var
+  follow), then the
   all-reduce's backward, which is itself one all-reduce of 2C + 1 values, then
   _LocalSums' backward (gx += a_c + b_c * (x - mean_c), per channel). That is
   nn.SyncBatchNorm's structure: one collective each way, per-channel values only.
-- Double backward: each piece's backward is written in differentiable torch ops when
-  autograd records a graph (create_graph=True), and the collective's backward is a
-  collective with its own autograd, so second derivatives cross ranks exactly as first
-  ones do.
+- Double backward: each piece's backward is differentiable when autograd records a
+  graph (create_graph=True; the op's backward then takes its differentiable form), and
+  the collective's backward is a collective with its own autograd, so second
+  derivatives cross ranks exactly as first ones do.
 
 Numerics: each rank computes its own mean and biased variance in the accumulation type
 (fp32, fp64 for fp64 input) with torch.var_mean (Welford), then sends n * mean and
@@ -41,7 +42,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fastgan import _backend
-from fastgan.ops import bn_act as _bn_act
+from fastgan.ops import bn_act
 from fastgan.ops.bn_act_reference import acc_dtype, check_args
 
 _DIMS = (0, 2, 3)
@@ -97,50 +98,8 @@ class _LocalSums(torch.autograd.Function):
         return gx.to(x.dtype)
 
 
-def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor, eps: float,
-               negative_slope: float, backend: str) -> Tensor:
-    """leaky_relu((x - mean) / sqrt(var + eps) * weight + bias) by `backend`'s fused op."""
-    return _bn_act.normalize_act(x, mean, var, weight, bias, eps, negative_slope, backend)
-
-
-def _partials(g: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor,
-              eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, sum dz * x_hat, sum dz) of _normalize in differentiable torch ops, with mean and
-    var as inputs of their own: partial derivatives (the statistics' paths back to x are
-    the other pieces'), for the reference backend and for create_graph=True. The
-    activation step is eager's leaky_relu_backward, so parameters get zero gradients
-    where eager's do, not none."""
-    acc = mean.dtype
-    invstd = torch.rsqrt(var + eps)
-    xhat = (x.to(acc) - _c(mean)) * _c(invstd)
-    dz = g.to(acc)
-    if negative_slope != 1.0:
-        z = xhat * _c(weight.to(acc)) + _c(bias.to(acc))
-        dz = torch.ops.aten.leaky_relu_backward(dz, z, negative_slope, False)
-    gx = dz * _c(weight.to(acc) * invstd)
-    return (gx.to(x.dtype), (dz * xhat).sum(_DIMS).to(weight.dtype),
-            dz.sum(_DIMS).to(bias.dtype))
-
-
-def _normalize_backward(g: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
-                        var: Tensor, eps: float, negative_slope: float, backend: str,
-                        need_x: bool) -> tuple[Tensor | None, Tensor, Tensor]:
-    """(dx, sum dz * x_hat, sum dz) of _normalize, dz the gradient before the affine."""
-    if backend == "reference":
-        return _partials(g, x, weight, bias, mean, var, eps, negative_slope)
-    mask = [need_x, True, True]
-    if backend == "triton":
-        from fastgan.ops import bn_act_triton
-        gx, gw, gb = bn_act_triton.triton_bn_act_backward(g, x, weight, bias, mean, var, False,
-                                                          eps, negative_slope, mask)
-    else:
-        gx, gw, gb = torch.ops.fastgan.bn_act_backward(g, x, weight, bias, mean, var, False, eps,
-                                                       negative_slope, mask)
-    return (gx if need_x else None), gw, gb
-
-
 class _NormAct(torch.autograd.Function):
-    """y = _normalize(x, mean, var, weight, bias), differentiable in all five (mean and
+    """y = normalize_act(x, mean, var, weight, bias), differentiable in all five (mean and
     var are the merged statistics; their gradients are per-channel sums the fused
     backward kernel returns anyway). weight / bias None: affine=False."""
 
@@ -152,7 +111,7 @@ class _NormAct(torch.autograd.Function):
         if x.numel() == 0:  # a rank without samples still takes part in the collectives
             return x.clone()
         w, b = _affine(weight, bias, mean)
-        return _normalize(x, mean, var, w, b, eps, negative_slope, backend)
+        return bn_act.normalize_act(x, mean, var, w, b, eps, negative_slope, backend)
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -161,11 +120,10 @@ class _NormAct(torch.autograd.Function):
         w, b = _affine(weight, bias, mean)
         if x.numel() == 0:
             gx, gw, gb = torch.zeros_like(x), torch.zeros_like(w), torch.zeros_like(b)
-        elif torch.is_grad_enabled():  # create_graph=True: differentiable in every input
-            gx, gw, gb = _partials(g, x, w, b, mean, var, ctx.eps, ctx.negative_slope)
-        else:
-            gx, gw, gb = _normalize_backward(g, x, w, b, mean, var, ctx.eps, ctx.negative_slope,
-                                             ctx.backend, bool(need[0]))
+        else:  # with create_graph=True, differentiable in every input, mean and var too
+            gx, gw, gb = bn_act.backward(g, x, w, b, mean, var, False, ctx.eps,
+                                         ctx.negative_slope, [bool(need[0]), True, True],
+                                         ctx.backend)
         # y depends on mean through -w * invstd per element and on var through
         # -w * x_hat * invstd^2 / 2: sums of the same dz as the affine gradients
         acc = mean.dtype
@@ -204,14 +162,15 @@ def _check(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
 def sync_batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                         weight: Tensor | None, bias: Tensor | None, momentum: float, eps: float,
                         negative_slope: float, process_group=None
-                        ) -> tuple[Tensor, Tensor, Tensor, str]:
+                        ) -> tuple[Tensor, bn_act.Recompute]:
     """Training-mode `leaky_relu(batch_norm(x))` with the batch statistics of the whole
     `process_group` (the default group when None); every rank must call it.
 
-    Returns (y, mean, var, backend): the merged statistics (biased var; fp32, fp64 for
-    fp64 input; detached) and the backend of the fused op that ran. Running statistics,
-    when given, are updated in place with the merged mean and the unbiased variance of
-    the global count, identically on every rank."""
+    Returns (y, how to compute y again from x: fastgan.ops.bn_act.Recompute, with the
+    merged statistics and the backend that ran). Running statistics, when given, are
+    updated in place with the merged mean and the unbiased variance of the global count,
+    identically on every rank (fastgan.ops.bn_act.update_running_stats; the count is
+    read on the host, a synchronisation on CUDA)."""
     _check(x, running_mean, running_var, weight, bias, momentum, eps, negative_slope)
     import torch.distributed._functional_collectives as fc
 
@@ -226,15 +185,13 @@ def sync_batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Ten
     mean64 = s1 / count
     var64 = (s2 / count - mean64 * mean64).clamp_min(0.0)
     mean, var = mean64.to(acc), var64.to(acc)
-    backend = _backend.select(_bn_act.OP, x.device, _bn_act.KERNELS)
+    backend = _backend.select(bn_act.OP, x.device, bn_act.KERNELS)
     y = _NormAct.apply(x, mean, var, weight, bias, eps, negative_slope, backend)
     if running_mean is not None:
-        with torch.no_grad():
-            # count > 1 over the group, or the unbiased variance is undefined (as in eager)
-            unbiased = var64 * (count / (count - 1))
-            running_mean.mul_(1.0 - momentum).add_(mean64.to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-    return y, mean.detach(), var.detach(), backend
+        # count > 1 over the group, or the unbiased variance is undefined (as in eager)
+        bn_act.update_running_stats(running_mean, running_var, mean64.detach(), var64.detach(),
+                                    momentum, int(count))
+    return y, bn_act.Recompute(mean, var, weight, bias, eps, negative_slope, backend)
 
 
 __all__ = ["sync_batch_norm_act", "group_size"]
