@@ -63,7 +63,7 @@ if _compiled:
     _update = torch.ops.fastgan.bn_act_update_running_stats_.default
     _eager = _ext._C.bn_act_eager
 _ON_DEVICE = ("cpu", "cuda")  # the compiled backends
-if _backend._triton_installed():  # registered on first use: fastgan/ops/bn_act_triton.py
+if _backend.triton_installed():  # registered on first use: fastgan/ops/bn_act_triton.py
     KERNELS += ("triton",)
 
 
