@@ -1,4 +1,5 @@
-"""The training loop of `fastgan train`: models, optimizers, one GAN step, state, run.
+"""The training loop of `fastgan train`: optimizers, one GAN step, state, run (the models
+and the sampled generator come from fastgan.runs.generator).
 
 One step is pytorch/examples' dcgan step, generalised:
   - `n_critic` discriminator updates, each on a fresh real batch and fresh noise; the
