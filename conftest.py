@@ -23,6 +23,13 @@ class BenchModule(pytest.Module):
         return importlib.import_module(f"fastgan.bench.{self.path.stem}")
 
 
+def pytest_collect_directory(path: pathlib.Path, parent):
+    # a plain folder, not a Package: pytest would import bench/__init__.py as `bench`
+    if path.resolve() == BENCH_DIR:
+        return pytest.Dir.from_parent(parent, path=path)
+    return None
+
+
 def pytest_pycollect_makemodule(module_path: pathlib.Path, parent):
     if module_path.resolve().parent == BENCH_DIR:
         return BenchModule.from_parent(parent, path=module_path)
