@@ -15,7 +15,7 @@ for channels_last and bf16 autocast where oneDNN convolutions gain from them.
 pytest-benchmark (one group per benchmark):
     python -m pytest bench/bench_blocks.py --benchmark-only
 Paired ratios (what BENCHMARKS.md quotes):
-    python -m bench.bench_blocks [--rounds 20] [--benches block sample train]
+    python -m fastgan.bench.bench_blocks [--rounds 20] [--benches block sample train]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 import fastgan
 from fastgan.models import Discriminator, Generator, weights_init
 
-from .common import Row, format_table, paired_ratio, paired_timings, saved_tensor_bytes
+from fastgan.bench.common import Row, format_table, paired_ratio, paired_timings, saved_tensor_bytes
 
 BENCHES = ("block", "sample", "train", "traced")
 
@@ -99,7 +99,9 @@ def sample_cases(extra: bool = True):
     return cases
 
 
-def _train_step(G, D, optG, optD, real, noise, bf16):
+def train_step(G, D, optG, optD, real, noise, bf16):
+    """One DCGAN step as pytorch/examples writes it (BCELoss on D's sigmoid); bench_paths
+    times it too."""
     crit = nn.BCELoss()
     dev = real.device.type
     with _ctx(bf16, dev):
@@ -142,7 +144,7 @@ def train_cases(extra: bool = True):
         optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
 
         def run(G=G, D=D, optG=optG, optD=optD, bf16=bf16, r=_fmt(real, cl), n=_fmt(noise, cl)):
-            _train_step(G, D, optG, optD, r, n, bf16)
+            train_step(G, D, optG, optD, r, n, bf16)
 
         cases[name] = run
     return cases
@@ -150,7 +152,7 @@ def train_cases(extra: bool = True):
 
 def traced_cases(extra: bool = True):
     """The training step of the explicit-forward pair: eager, torch.compile, fastgan."""
-    from .explicit_dcgan import ExplicitDiscriminator, ExplicitGenerator
+    from fastgan.bench.explicit_dcgan import ExplicitDiscriminator, ExplicitGenerator
 
     torch.manual_seed(0)
     G0 = ExplicitGenerator(100, 32).apply(weights_init)
@@ -170,7 +172,7 @@ def traced_cases(extra: bool = True):
         optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
 
         def run(G=G, D=D, optG=optG, optD=optD):
-            _train_step(G, D, optG, optD, real, noise, False)
+            train_step(G, D, optG, optD, real, noise, False)
 
         cases[name] = run
     return cases
@@ -311,7 +313,7 @@ def rows(cfg):
 
         def run():
             with use(name):
-                _train_step(G, D, optG, optD, real, noise, bf16)
+                train_step(G, D, optG, optD, real, noise, bf16)
         return run
 
     def saved(name):

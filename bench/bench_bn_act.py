@@ -5,7 +5,7 @@ fastgan.nn.BatchNormAct2d on each usable backend.
 pytest-benchmark (one group per configuration, so --benchmark-compare lines up):
     python -m pytest bench/bench_bn_act.py --benchmark-only
 Paired ratios (what BENCHMARKS.md quotes):
-    python -m bench.bench_bn_act [--rounds 40]
+    python -m fastgan.bench.bench_bn_act [--rounds 40]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 import fastgan
 
-from .common import Row, format_table, paired_timings, saved_tensor_bytes, tune_malloc
+from fastgan.bench.common import Row, format_table, paired_timings, saved_tensor_bytes, tune_malloc
 
 CONFIGS = {
     # name: (shape, dtype, channels_last)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="*", default=list(CONFIGS))
     p.add_argument("--modes", nargs="*", default=["train", "eval"])
     p.add_argument("--malloc", choices=["default", "tuned"], default="default",
-                   help="see bench.common.tune_malloc")
+                   help="see fastgan.bench.common.tune_malloc")
     args = p.parse_args(argv)
     if args.malloc == "tuned" and not tune_malloc():
         raise SystemExit("--malloc tuned needs glibc")

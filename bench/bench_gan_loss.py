@@ -14,7 +14,7 @@ returns D(x) and D(G(z)); the "+stats" cases have eager and compile compute them
 pytest-benchmark (one group per case, so --benchmark-compare lines up):
     python -m pytest bench/bench_gan_loss.py --benchmark-only
 Paired ratios (each round times every implementation back to back; see common.py):
-    python -m bench.bench_gan_loss [--rounds 200] [--steps 20]
+    python -m fastgan.bench.bench_gan_loss [--rounds 200] [--steps 20]
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 import fastgan
 
-from .common import Row, paired_ratio, paired_timings
+from fastgan.bench.common import Row, paired_ratio, paired_timings
 
 SIZES = (64, 512)
-IMPLS = ("eager", "torch.compile", "fastgan[cpu]")
+IMPL_LABELS = ("eager", "torch.compile", "fastgan[cpu]")
 
 
 def eager_ns(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -76,7 +76,7 @@ def make_cases(n: int, stats: bool = False, steps: int = 1, device: str = "cpu")
 
 @pytest.mark.parametrize("stats", (False, True), ids=("ns", "ns+stats"))
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_LABELS)
 def test_gan_loss(benchmark, impl: str, n: int, stats: bool) -> None:
     cases = make_cases(n, stats)
     if impl not in cases:

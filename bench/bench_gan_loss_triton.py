@@ -1,7 +1,7 @@
 """GPU benchmark of the triton backend of the combined GAN loss against eager and
 torch.compile.
 
-    python -m bench.bench_gan_loss_triton            # table on stdout
+    python -m fastgan.bench.bench_gan_loss_triton            # table on stdout
     python -m pytest bench/bench_gan_loss_triton.py  # the same, as (skipped-without-CUDA) tests
 
 The ns loss, forward + (d_loss + g_loss).backward() + clearing both .grad fields, at
@@ -22,7 +22,7 @@ import torch
 
 import fastgan
 
-from .bench_gan_loss import eager_ns, fastgan_ns
+from fastgan.bench.bench_gan_loss import eager_ns, fastgan_ns
 
 SIZES = (64, 512, 65536)
 

@@ -7,7 +7,7 @@ in one process, with eager and torch.compile beside them:
            one addmm (nn/blocks.py: conv_forward)
 
 "off" switches a path off by replacing its rule for the duration of the call, nothing
-else. Usage: python -m bench.bench_paths [--rounds 20] [--cases block sample train]
+else. Usage: python -m fastgan.bench.bench_paths [--rounds 20] [--cases block sample train]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from fastgan import _ext
 from fastgan.models import Discriminator, Generator, weights_init
 from fastgan.nn import blocks, sequential
 
-from .bench_blocks import _train_step
-from .common import median, paired_ratio, paired_timings
+from fastgan.bench.bench_blocks import train_step
+from fastgan.bench.common import median, paired_ratio, paired_timings
 
 
 @contextlib.contextmanager
@@ -97,7 +97,7 @@ def train_cases():
         optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
         if compiled:
             G, D = torch.compile(G, dynamic=False), torch.compile(D, dynamic=False)
-        return lambda: _train_step(G, D, optG, optD, real, noise, False)
+        return lambda: train_step(G, D, optG, optD, real, noise, False)
 
     fused = step(True)
     return {"eager": step(False), "torch.compile": step(False, compiled=True), "fastgan": fused,

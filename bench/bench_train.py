@@ -9,10 +9,10 @@ Adam, EMA; batch 64 unless --batch-size):
   first `--steps` steps including that warm-up.
 - **Steady state, paired**: the three trainers side by side in one process, warmed up,
   then `--rounds` interleaved rounds of `--window` steps each; img/s medians and the
-  median of per-round ratios (> 1: fastgan faster), as bench.common does for every row.
+  median of per-round ratios (> 1: fastgan faster), as fastgan.bench.common does for every row.
 
-    python -m bench.bench_train                 # both, ~4 minutes on a 2-core CPU
-    python -m bench.bench_train --skip-cold --rounds 10
+    python -m fastgan.bench.bench_train                 # both, ~4 minutes on a 2-core CPU
+    python -m fastgan.bench.bench_train --skip-cold --rounds 10
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import time
 
 import torch
 
-from .common import median, paired_ratio, paired_timings
+from fastgan.bench.common import median, paired_ratio, paired_timings
+from fastgan.runs.config import IMPLS, TrainConfig
 
-IMPLS = ("eager", "compile", "fastgan")
+# `fastgan train --impl`'s choices, the baselines first: the order of the rows
+IMPL_ORDER = tuple(sorted(IMPLS, key=lambda impl: impl == "fastgan"))
 
 
 def _config(impl: str, batch_size: int, image_size: int, device: str):
-    from fastgan.train import TrainConfig
-
     return TrainConfig(impl=impl, batch_size=batch_size, image_size=image_size, device=device,
                        out="").check()
 
@@ -83,7 +83,7 @@ def steady_state(batch_size: int, image_size: int, device: str, rounds: int, win
 
     images = load_dataset("fashion-mnist", image_size)
     trainers = {impl: Trainer(_config(impl, batch_size, image_size, device), images)
-                for impl in IMPLS}
+                for impl in IMPL_ORDER}
 
     def steps(t):
         return lambda: [t.train_step() for _ in range(window)]
@@ -99,7 +99,8 @@ def steady_state(batch_size: int, image_size: int, device: str, rounds: int, win
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m fastgan.bench.bench_train",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_cold:
         res["cold"] = {}
         print(f"cold start (fresh process, empty compile caches, first {args.steps} steps):")
-        for impl in IMPLS:
+        for impl in IMPL_ORDER:
             r = cold_start(impl, args.steps, args.batch_size, args.image_size, args.device)
             res["cold"][impl] = r
             print(f"  {impl:<8} time to first step {r['first_step_s']:7.2f} s   "

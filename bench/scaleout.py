@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastgan.nn import SyncBatchNormAct2d
-from fastgan.train.config import TrainConfig
+from fastgan.runs.config import TrainConfig
 from fastgan.train.loop import Trainer
 
 LINKS = {  # name: (bandwidth per direction, bytes/s; latency of one small all-reduce, s)

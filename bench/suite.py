@@ -2,7 +2,7 @@
 
 Each bench module contributes rows through a `rows(cfg)` function; a row is one
 workload (an op, a block, a training step, sampling) with a callable per
-implementation. Every row is timed with interleaved rounds (bench.common.paired_timings)
+implementation. Every row is timed with interleaved rounds (fastgan.bench.common.paired_timings)
 and reported as medians with the median of paired ratios against eager and against
 torch.compile (static shapes: `dynamic=False`, as for a fixed batch size; otherwise
 dynamo's automatic dynamic shapes kick in when one process compiles the same module class
@@ -24,8 +24,9 @@ import torch
 
 import fastgan
 
-from . import bench_blocks, bench_bn_act, bench_gan_loss
-from .common import Config, Row, median, paired_ratio, paired_timings, spread, tune_malloc
+from fastgan.bench import bench_blocks, bench_bn_act, bench_gan_loss
+from fastgan.bench.common import (Config, Row, median, paired_ratio, paired_timings, spread,
+                                  tune_malloc)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -221,13 +222,13 @@ def machine_info(cfg: Config) -> dict:
 def first_steps(cfg: Config) -> dict[str, float]:
     """`fastgan train`'s time to first step (trainer construction + step 1, default run at
     this batch) with --impl eager, compile and fastgan, each in a fresh process with empty
-    compile caches (bench.bench_train.cold_start)."""
-    from .bench_train import IMPLS, cold_start
+    compile caches (fastgan.bench.bench_train.cold_start)."""
+    from fastgan.bench.bench_train import IMPL_ORDER, cold_start
 
     print(f"\ntime to first training step (fastgan train's default run, batch {cfg.batch}, "
           "fresh process, empty compile caches):", flush=True)
     out = {}
-    for impl in IMPLS:
+    for impl in IMPL_ORDER:
         try:
             out[impl] = cold_start(impl, 1, cfg.batch, 32, cfg.device)["first_step_s"]
             print(f"  --impl {impl:<8} {out[impl]:7.2f} s", flush=True)

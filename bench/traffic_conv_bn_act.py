@@ -3,7 +3,7 @@ generator layer, forward + backward, for eager PyTorch, an Inductor-class schedu
 convolution an extern call, BatchNorm + activation fused around it) and fastgan's fused
 chain (kernels/conv_bn_act.py), with the H100 roofline time of each.
 
-    python -m bench.traffic_conv_bn_act [--batch 128] [--bytes 2]
+    python -m fastgan.bench.traffic_conv_bn_act [--batch 128] [--bytes 2]
 
 Passes over activations, per layer with input X (elements) and output Z, counted from
 the kernels each schedule runs (weights are read once per GEMM and written once by
@@ -53,7 +53,7 @@ def layer_rows(batch: int, nbytes: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.traffic_conv_bn_act")
+    p = argparse.ArgumentParser(prog="python -m fastgan.bench.traffic_conv_bn_act")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--bytes", type=int, default=2, help="bytes per element (2: bf16)")
     args = p.parse_args(argv)

@@ -26,7 +26,7 @@ _ENV = "FASTGAN_BACKEND"
 _stack: list[str] = []  # use_backend() nesting; a plain list so torch.compile can read it
 
 
-def _constant_result(fn):
+def constant_result(fn):
     """torch.compiler.assume_constant_result, without importing torch._dynamo (and with
     it triton, ~1.5 s) when fastgan is imported: that function only sets the marker below,
     which dynamo reads when it traces. Once dynamo is loaded, the public call is used."""
@@ -59,7 +59,7 @@ _BACKEND_KEY = _env_key(_ENV)
 _INTERPRET_KEY = _env_key("TRITON_INTERPRET")
 
 
-def _getenv(name: str) -> str | None:
+def getenv(name: str) -> str | None:
     v = _raw_env(_env_key(name))
     return _DECODE(v) if _RAW_ENV and v is not None else v
 
@@ -92,24 +92,24 @@ def _request() -> object:
     return _stack[-1] if _stack else _raw_env(_BACKEND_KEY)
 
 
-@_constant_result
+@constant_result
 def requested_backend() -> str:
     """The backend asked for: innermost use_backend(), else $FASTGAN_BACKEND, else auto."""
     if _stack:
         return _stack[-1]
-    env = _getenv(_ENV)
+    env = getenv(_ENV)
     if not env:
         return "auto"
     return _check_name(env.strip() or "auto", f"${_ENV}")
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_installed() -> bool:
+def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
 def _triton_reason() -> str | None:
-    if not _triton_installed():
+    if not triton_installed():
         return "triton is not installed"
     if os.environ.get("TRITON_INTERPRET") == "1":
         return None
@@ -176,7 +176,7 @@ def _runs_on(backend: str, device: torch.device) -> bool:
 _selected: dict[tuple, str] = {}
 
 
-@_constant_result
+@constant_result
 def select(op: str, device: torch.device, kernels: tuple[str, ...]) -> str:
     """The backend to run `op` on `device`; `kernels` lists the backends that have a kernel for it."""
     interpret = _raw_env(_INTERPRET_KEY) if "triton" in kernels else None

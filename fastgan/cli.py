@@ -1,6 +1,10 @@
 """The `fastgan` command: `fastgan train`, `fastgan sample`, `fastgan eval`, `fastgan info`,
 `fastgan bench`, `fastgan demo`.
 
+This file parses the flags and holds the small commands; `sample` and `eval` live in
+fastgan/commands/, `bench` in fastgan.bench.suite (bench/). The top layer: nothing in
+fastgan imports it but `python -m fastgan` (fastgan/__main__.py).
+
 A user's mistake (fastgan.errors.UserError, a bad flag) ends the command with one line on
 stderr and exit status 2; Ctrl-C outside training's own handling exits 130 quietly.
 """
@@ -106,7 +110,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _train_flags(p: argparse.ArgumentParser) -> None:
     """`fastgan train`'s flags (DESIGN.md). Every default is None here, so a resumed run
     knows which flags were given again; the defaults live in TrainConfig."""
-    from fastgan.train.config import AMP, IMPLS, LOSSES
+    from fastgan.runs.config import AMP, IMPLS, LOSSES
 
     a = p.add_argument
     a("--data", help="fashion-mnist (built in, the default), a folder of PNG/JPEG images, "
@@ -142,8 +146,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from fastgan.runs.config import TrainConfig, default_device, merge_resume, read_config
     from fastgan.train import train
-    from fastgan.train.config import TrainConfig, default_device, merge_resume, read_config
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("cmd", "func", "resume", "quiet")}
@@ -160,14 +164,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from fastgan.train.sample import sample
+    from fastgan.commands.sample import sample
 
     return sample(args.ckpt, n=args.n, out=args.out, npz=args.npz, seed=args.seed,
                   ema=not args.no_ema)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from fastgan.metrics.evaluate import eval_command
+    from fastgan.commands.eval import eval_command
 
     return eval_command(args.ckpt, args.images, args.data, args.n, args.metrics, args.features,
                         args.weights, args.json, split=args.split, image_size=args.image_size,

@@ -42,9 +42,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastgan.kernels._common import acc_dtype as _acc_dtype
-from fastgan.kernels._common import f64 as _f64
-from fastgan.kernels._common import split_f64 as _split_f64
+from fastgan.kernels.common import (acc_dtype, f64, leaky, leaky_grad, merge_grid, merge_lanes,
+                                    split_f64, stats_merge_kernel)
 
 # 64-bit offsets from this many elements on (a module attribute so tests can lower it).
 INDEX64_MIN_NUMEL = 2**31
@@ -187,37 +186,12 @@ def _store_per_channel(ptr, row, v, pid_c, k_lo, C, CHANNELS_LAST: tl.constexpr,
 
 
 @triton.jit
-def _chan_combine(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
-    """Chan et al.'s count-weighted merge of two (mean, M2, count) moments (as
-    merge_moments in csrc/bn_act_math.h); empty sides (count 0) drop out."""
-    n = n_a + n_b
-    frac_b = n_b / tl.maximum(n, 1.0)
-    delta = mean_b - mean_a
-    return mean_a + delta * frac_b, m2_a + m2_b + delta * delta * n_a * frac_b, n
-
-
-@triton.jit
-def _merge_lanes(mean, m2, cnt, AXIS: tl.constexpr):
-    """Count-weighted merge of per-lane moments along AXIS (None: all of them): Chan's
-    formula for k parts at once, mean = sum(n_i mean_i) / n and
-    M2 = sum(M2_i) + sum(n_i (mean_i - mean)^2); deviations only, so it is as stable as
-    the pairwise merge (and needs only plain sums)."""
-    n = tl.sum(cnt, AXIS)
-    mu = tl.sum(cnt * mean, AXIS) / tl.maximum(n, 1.0)
-    if AXIS is None:
-        d = mean - mu
-    else:
-        d = mean - tl.expand_dims(mu, AXIS)
-    return mu, tl.sum(m2, AXIS) + tl.sum(cnt * d * d, AXIS), n
-
-
-@triton.jit
 def _reduce_moments(mean, m2, cnt, CHANNELS_LAST: tl.constexpr):
     """Merges a tile of per-lane moments per channel: over rows (NHWC) or everything."""
     if CHANNELS_LAST:
-        mean, m2, cnt = _merge_lanes(mean, m2, cnt, 0)
+        mean, m2, cnt = merge_lanes(mean, m2, cnt, 0)
     else:
-        mean, m2, cnt = _merge_lanes(mean, m2, cnt, None)
+        mean, m2, cnt = merge_lanes(mean, m2, cnt, None)
     return mean, m2, cnt
 
 
@@ -228,17 +202,6 @@ def _sum_per_channel(v, CHANNELS_LAST: tl.constexpr):
     else:
         s = tl.sum(v)
     return s
-
-
-@triton.jit
-def _leaky(z, slope):
-    return tl.where(z > 0, z, z * slope)
-
-
-@triton.jit
-def _leaky_grad(z, slope):
-    # torch's leaky_relu_backward tests z > 0: the derivative at 0 is the slope.
-    return tl.where(z > 0, 1.0, slope)
 
 
 # ---------------------------------------------------------------------------
@@ -276,30 +239,6 @@ def _stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, pcnt_ptr, C, HW, ROWS, ROWS
                        BLOCK_K)
 
 
-@triton.jit
-def _stats_merge_kernel(pmean_ptr, pm2_ptr, pcnt_ptr, mean_ptr, var_ptr, C, S,
-                        BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Merges the (S, C) partial moments per channel (Chan, count-weighted) into the
-    mean and the biased variance."""
-    acc_ty: tl.constexpr = pmean_ptr.dtype.element_ty
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    mean = tl.zeros([BLOCK_S, BLOCK_C], acc_ty)
-    m2 = tl.zeros([BLOCK_S, BLOCK_C], acc_ty)
-    cnt = tl.zeros([BLOCK_S, BLOCK_C], acc_ty)
-    for s0 in range(0, S, BLOCK_S):
-        srows = s0 + tl.arange(0, BLOCK_S)
-        mask = (srows < S)[:, None] & cmask[None, :]
-        offs = srows[:, None] * C + cols[None, :]
-        mean, m2, cnt = _chan_combine(mean, m2, cnt,
-                                      tl.load(pmean_ptr + offs, mask=mask, other=0.0),
-                                      tl.load(pm2_ptr + offs, mask=mask, other=0.0),
-                                      tl.load(pcnt_ptr + offs, mask=mask, other=0.0))
-    mean, m2, cnt = _merge_lanes(mean, m2, cnt, 0)
-    tl.store(mean_ptr + cols, mean, mask=cmask)
-    tl.store(var_ptr + cols, m2 / tl.maximum(cnt, 1.0), mask=cmask)
-
-
 @_autotune(ELEMENTWISE_CONFIGS)
 @triton.jit
 def _apply_kernel(x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, C, HW, ROWS, ROWS_PER_SPLIT,
@@ -311,16 +250,16 @@ def _apply_kernel(x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, C, HW, ROWS, RO
     BLOCK_R: tl.constexpr = TILE // BLOCK_K
     acc_ty: tl.constexpr = mean_ptr.dtype.element_ty
     pid_c, r_lo, r_hi, k_lo, k_hi = _extent(HW, ROWS, ROWS_PER_SPLIT, CHANNELS_LAST, BLOCK_K)
-    slope = _f64(slope_hi, slope_lo, acc_ty)
+    slope = f64(slope_hi, slope_lo, acc_ty)
     _mean, _invstd, _w, scale, shift = _channel_affine(
-        mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, _f64(eps_hi, eps_lo, acc_ty), acc_ty,
+        mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, f64(eps_hi, eps_lo, acc_ty), acc_ty,
         HAS_WEIGHT, HAS_BIAS, CHANNELS_LAST, BLOCK_K)
     for r0 in range(r_lo, r_hi, BLOCK_R):
         for k0 in range(k_lo, k_hi, BLOCK_K):
             offs, mask = _tile(pid_c, r0, k0, r_hi, C, HW, CHANNELS_LAST, INDEX_64,
                                BLOCK_R, BLOCK_K)
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-            y = _leaky(x * scale + shift, slope)
+            y = leaky(x * scale + shift, slope)
             tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -336,9 +275,9 @@ def _grad_partial_kernel(dy_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, psum_pt
     BLOCK_R: tl.constexpr = TILE // BLOCK_K
     acc_ty: tl.constexpr = mean_ptr.dtype.element_ty
     pid_c, r_lo, r_hi, k_lo, k_hi = _extent(HW, ROWS, ROWS_PER_SPLIT, CHANNELS_LAST, BLOCK_K)
-    slope = _f64(slope_hi, slope_lo, acc_ty)
+    slope = f64(slope_hi, slope_lo, acc_ty)
     mean, _invstd, _w, scale, shift = _channel_affine(
-        mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, _f64(eps_hi, eps_lo, acc_ty), acc_ty,
+        mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, f64(eps_hi, eps_lo, acc_ty), acc_ty,
         HAS_WEIGHT, HAS_BIAS, CHANNELS_LAST, BLOCK_K)
     s_dz = tl.zeros([BLOCK_R, BLOCK_K], acc_ty)
     s_dzx = tl.zeros([BLOCK_R, BLOCK_K], acc_ty)
@@ -348,7 +287,7 @@ def _grad_partial_kernel(dy_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, psum_pt
                                BLOCK_R, BLOCK_K)
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-            dz = dy * _leaky_grad(x * scale + shift, slope)  # 0 on masked lanes (dy = 0)
+            dz = dy * leaky_grad(x * scale + shift, slope)  # 0 on masked lanes (dy = 0)
             s_dz += dz
             s_dzx += dz * (x - mean)
     split = tl.program_id(1)
@@ -376,7 +315,7 @@ def _grad_merge_kernel(psum_ptr, psumx_ptr, var_ptr, sum_dz_ptr, sum_dzx_ptr, gw
     s_dz = tl.sum(s_dz, 0)
     s_dzx = tl.sum(s_dzx, 0)
     var = tl.load(var_ptr + cols, mask=cmask, other=0.0).to(acc_ty)
-    invstd = _inv_std(var, _f64(eps_hi, eps_lo, acc_ty))
+    invstd = _inv_std(var, f64(eps_hi, eps_lo, acc_ty))
     tl.store(sum_dz_ptr + cols, s_dz, mask=cmask)
     tl.store(sum_dzx_ptr + cols, s_dzx, mask=cmask)
     tl.store(gw_ptr + cols, s_dzx * invstd, mask=cmask)
@@ -396,9 +335,9 @@ def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, s
     BLOCK_R: tl.constexpr = TILE // BLOCK_K
     acc_ty: tl.constexpr = mean_ptr.dtype.element_ty
     pid_c, r_lo, r_hi, k_lo, k_hi = _extent(HW, ROWS, ROWS_PER_SPLIT, CHANNELS_LAST, BLOCK_K)
-    slope = _f64(slope_hi, slope_lo, acc_ty)
+    slope = f64(slope_hi, slope_lo, acc_ty)
     mean, invstd, w, scale, shift = _channel_affine(
-        mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, _f64(eps_hi, eps_lo, acc_ty), acc_ty,
+        mean_ptr, var_ptr, w_ptr, b_ptr, pid_c, k_lo, C, f64(eps_hi, eps_lo, acc_ty), acc_ty,
         HAS_WEIGHT, HAS_BIAS, CHANNELS_LAST, BLOCK_K)
     gain = w * invstd
     if TRAINING:
@@ -412,7 +351,7 @@ def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, s
                                BLOCK_R, BLOCK_K)
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-            dz = dy * _leaky_grad(x * scale + shift, slope)
+            dz = dy * leaky_grad(x * scale + shift, slope)
             if TRAINING:
                 dz = dz - (proj * (x - mean) + mean_dz)
             tl.store(dx_ptr + offs, (gain * dz).to(dx_ptr.dtype.element_ty), mask=mask)
@@ -463,12 +402,6 @@ class _Geometry:
                 "BLOCK_K": self.block_k}
 
 
-def _merge_grid(C: int, S: int) -> tuple[tuple[int], dict]:
-    block_s = min(triton.next_power_of_2(S), 16)
-    block_c = min(triton.next_power_of_2(C), 64)
-    return (triton.cdiv(C, block_c),), {"BLOCK_S": block_s, "BLOCK_C": block_c}
-
-
 def _layout(t: torch.Tensor, like_channels_last: bool) -> torch.Tensor:
     fmt = torch.channels_last if like_channels_last else torch.contiguous_format
     return t.contiguous(memory_format=fmt)
@@ -477,7 +410,7 @@ def _layout(t: torch.Tensor, like_channels_last: bool) -> torch.Tensor:
 def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of x (N, C, H, W), in the accumulation type."""
     geo = _Geometry(x, reduction=True)
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     S, C = geo.splits, geo.C
     pmean = x.new_empty((S, C), dtype=acc)
     pm2 = x.new_empty((S, C), dtype=acc)
@@ -485,8 +418,8 @@ def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     wrap_triton(_stats_partial_kernel)[geo.grid](x, pmean, pm2, pcnt, *geo.args(), **geo.meta())
     mean = x.new_empty((C,), dtype=acc)
     var = x.new_empty((C,), dtype=acc)
-    grid, meta = _merge_grid(C, S)
-    wrap_triton(_stats_merge_kernel)[grid](pmean, pm2, pcnt, mean, var, C, S, **meta)
+    grid, meta = merge_grid(C, S)
+    wrap_triton(stats_merge_kernel)[grid](pmean, pm2, pcnt, mean, var, C, S, **meta)
     return mean, var
 
 
@@ -496,7 +429,7 @@ def forward(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor
     """(y, mean, var) as fastgan::bn_act_forward; y keeps the input's layout
     (channels_last stays channels_last, anything else becomes NCHW-contiguous)."""
     x = _layout(input, _channels_last(input))
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     if training:
         mean, var = batch_stats(x)
     else:
@@ -507,7 +440,7 @@ def forward(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor
     w = weight.contiguous() if weight is not None else mean
     b = bias.contiguous() if bias is not None else mean
     wrap_triton(_apply_kernel)[geo.grid](
-        x, y, mean, var, w, b, *geo.args(), *_split_f64(eps), *_split_f64(negative_slope),
+        x, y, mean, var, w, b, *geo.args(), *split_f64(eps), *split_f64(negative_slope),
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **geo.meta())
     return y, mean, var
 
@@ -520,7 +453,7 @@ def backward(grad_out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor |
     cl = _channels_last(input)
     x = _layout(input, cl)
     dy = _layout(grad_out, cl)
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     C = x.shape[1]
     mean = mean.to(acc).contiguous()
     var = var.to(acc).contiguous()
@@ -530,7 +463,7 @@ def backward(grad_out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor |
     w = weight.contiguous() if weight is not None else mean
     b = bias.contiguous() if bias is not None else mean
     flags = {"HAS_WEIGHT": weight is not None, "HAS_BIAS": bias is not None}
-    eps2, slope2 = _split_f64(eps), _split_f64(negative_slope)
+    eps2, slope2 = split_f64(eps), split_f64(negative_slope)
 
     sum_dz = sum_dzx = gw = mean  # placeholders, never read unless computed
     if (want_gx and training) or want_gw or want_gb:
@@ -544,7 +477,7 @@ def backward(grad_out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor |
         sum_dz = x.new_empty((C,), dtype=acc)
         sum_dzx = x.new_empty((C,), dtype=acc)
         gw = x.new_empty((C,), dtype=acc)
-        grid, meta = _merge_grid(C, S)
+        grid, meta = merge_grid(C, S)
         wrap_triton(_grad_merge_kernel)[grid](psum, psumx, var, sum_dz, sum_dzx, gw, C, S,
                                               *eps2, **meta)
     if want_gx:
@@ -563,7 +496,7 @@ def backward(grad_out: torch.Tensor, input: torch.Tensor, weight: torch.Tensor |
 
 
 # Every kernel of this file, for the ahead-of-time compile check (fastgan.kernels.aot).
-KERNELS = (_stats_partial_kernel, _stats_merge_kernel, _apply_kernel, _grad_partial_kernel,
+KERNELS = (_stats_partial_kernel, stats_merge_kernel, _apply_kernel, _grad_partial_kernel,
            _grad_merge_kernel, _grad_input_kernel)
 
 
@@ -587,7 +520,7 @@ def aot_cases(quick: bool = False) -> list:
                 x = x.contiguous(memory_format=torch.channels_last)
             C = shape[1]
             w = torch.empty(C, dtype=dtype, device="meta")
-            stats = torch.empty(C, dtype=_acc_dtype(x), device="meta")
+            stats = torch.empty(C, dtype=acc_dtype(x), device="meta")
             y, mean, var = forward(x, w, w, None, None, True, 1e-5, 0.2)
             forward(x, w, w, stats, stats, False, 1e-5, 0.2)
             backward(y, x, w, w, mean, var, True, 1e-5, 0.2, [True, True, True])

@@ -4,7 +4,7 @@ One block of a chain is conv -> BatchNorm -> LeakyReLU. Here the convolution car
 BatchNorm around it: its **prologue** applies the producing block's normalisation and
 activation, a = leaky(x * scale + shift), to each input tile as it is loaded, and its
 **epilogue** writes the pre-normalisation output z together with per-tile, per-channel
-(mean, M2, count) partials that `_stats_merge_kernel` of kernels/bn_act.py merges into the
+(mean, M2, count) partials that `stats_merge_kernel` of kernels/common.py merges into the
 batch statistics (Chan's formula, in a fixed order: no float atomics, bitwise repeatable).
 A chain of blocks therefore never writes a normalised activation; the last block's output
 is materialised by `affine_act` (one elementwise pass).
@@ -47,10 +47,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastgan.kernels._common import acc_dtype as _acc_dtype
-from fastgan.kernels._common import f64 as _f64
-from fastgan.kernels._common import split_f64 as _split_f64
-from fastgan.kernels.bn_act import _leaky, _leaky_grad, _merge_grid, _stats_merge_kernel
+from fastgan.kernels.common import (acc_dtype, f64, leaky, leaky_grad, merge_grid, split_f64,
+                                    stats_merge_kernel)
 
 # A-operand prologues of the GEMMs (the `MODE` constexpr of _a_tile).
 MODE_NONE = 0  # the tensor as stored
@@ -133,7 +131,7 @@ def _a_tile(x_ptr, aux_ptr, p_ptr, q_ptr, c_ptr, rows, row_ok, ch, C, slope,
     if MODE == 1:
         p = tl.load(p_ptr + ch, mask=cmask, other=0.0).to(acc_ty)
         q = tl.load(q_ptr + ch, mask=cmask, other=0.0).to(acc_ty)
-        u = _leaky(a.to(acc_ty) * p[None, :] + q[None, :], slope)
+        u = leaky(a.to(acc_ty) * p[None, :] + q[None, :], slope)
         a = tl.where(mask, u, 0.0)
     elif MODE == 2:
         p = tl.load(p_ptr + ch, mask=cmask, other=0.0).to(acc_ty)
@@ -232,7 +230,7 @@ def _act_backward(da, x_ptr, dx_ptr, psum_ptr, psumx_ptr, row, offs, mask, cols,
     sum(du * x) into row `row` of the (tiles, C) partials (the gradients of q and p)."""
     acc_ty: tl.constexpr = psum_ptr.dtype.element_ty
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-    du = tl.where(mask, da * _leaky_grad(x * p + q, slope), 0.0)
+    du = tl.where(mask, da * leaky_grad(x * p + q, slope), 0.0)
     tl.store(dx_ptr + offs, (du * p).to(dx_ptr.dtype.element_ty), mask=mask)
     _store_partial(psum_ptr, row, cols, tl.sum(du, 0), C)
     _store_partial(psumx_ptr, row, cols, tl.sum(du * x, 0), C)
@@ -264,7 +262,7 @@ def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, taps_h_ptr, taps_w_ptr, b_ptr, 
     mode: tl.constexpr = 1 if PROLOGUE else 0
     acc = _implicit_gemm(x_ptr, x_ptr, p_ptr, q_ptr, p_ptr, w_ptr, taps_h_ptr, taps_w_ptr, n, jh,
                          jw, m_ok, ph, pw, co, H, W, CI, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w,
-                         _f64(slope_hi, slope_lo, acc_ty), acc_ty, dot_ty, TRANSPOSED, mode,
+                         f64(slope_hi, slope_lo, acc_ty), acc_ty, dot_ty, TRANSPOSED, mode,
                          PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     co_ok = co < CO
     if HAS_BIAS:
@@ -275,7 +273,7 @@ def _conv_fwd_kernel(x_ptr, p_ptr, q_ptr, w_ptr, taps_h_ptr, taps_w_ptr, b_ptr, 
         p_out = tl.load(op_ptr + co, mask=co_ok, other=0.0).to(acc_ty)[None, :]
         q_out = tl.load(oq_ptr + co, mask=co_ok, other=0.0).to(acc_ty)[None, :]
         u = z.to(acc_ty) * p_out + q_out
-        z = _leaky(u, _f64(out_slope_hi, out_slope_lo, acc_ty)).to(z_ptr.dtype.element_ty)
+        z = leaky(u, f64(out_slope_hi, out_slope_lo, acc_ty)).to(z_ptr.dtype.element_ty)
     tl.store(z_ptr + pix[:, None] * CO + co[None, :], z, mask=mask)
     if STATS:
         v = tl.where(mask, z.to(acc_ty), 0.0)
@@ -309,7 +307,7 @@ def _conv_dgrad_kernel(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, taps_h_ptr, 
     co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n, jh, jw, m_ok, ph, pw, pix = _out_pixels(pid, ROWS, N, OH, OW, sh, sw, TRANSPOSED,
                                                INDEX_64, BLOCK_M)
-    slope = _f64(slope_hi, slope_lo, acc_ty)
+    slope = f64(slope_hi, slope_lo, acc_ty)
     da = _implicit_gemm(g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr, w_ptr, taps_h_ptr, taps_w_ptr, n,
                         jh, jw, m_ok, ph, pw, co, H, W, CI, CO, KH, KW, sh, sw, pad_h, pad_w, dil_h, dil_w, slope,
                         acc_ty, dot_ty, TRANSPOSED, GRAD_MODE, PRECISION, BLOCK_M, BLOCK_N,
@@ -354,7 +352,7 @@ def _conv_wgrad_kernel(x_ptr, p_ptr, q_ptr, g_ptr, z_ptr, gp_ptr, gq_ptr, gc_ptr
         DH, DW, GH, GW = H, W, OH, OW
     else:
         DH, DW, GH, GW = OH, OW, H, W
-    slope = _f64(slope_hi, slope_lo, acc_ty)
+    slope = f64(slope_hi, slope_lo, acc_ty)
     x_mode: tl.constexpr = 1 if PROLOGUE else 0
     n_pix = N * DH * DW
     lo = split * PIX_PER_SPLIT
@@ -414,7 +412,7 @@ def _affine_act_kernel(z_ptr, p_ptr, q_ptr, y_ptr, ROWS, C, slope_hi, slope_lo,
     mask = (rows < ROWS)[:, None] & (cols < C)[None, :]
     offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     y = _a_tile(z_ptr, z_ptr, p_ptr, q_ptr, p_ptr, rows.to(tl.int64) * C, rows < ROWS, cols, C,
-                _f64(slope_hi, slope_lo, acc_ty), acc_ty, 1)
+                f64(slope_hi, slope_lo, acc_ty), acc_ty, 1)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -434,7 +432,7 @@ def _affine_act_backward_kernel(gy_ptr, z_ptr, p_ptr, q_ptr, dz_ptr, psum_ptr, p
     p = tl.load(p_ptr + cols, mask=cmask, other=0.0).to(acc_ty)[None, :]
     q = tl.load(q_ptr + cols, mask=cmask, other=0.0).to(acc_ty)[None, :]
     _act_backward(gy, z_ptr, dz_ptr, psum_ptr, psumx_ptr, tl.program_id(0), offs, mask, cols,
-                  C, p, q, _f64(slope_hi, slope_lo, acc_ty))
+                  C, p, q, f64(slope_hi, slope_lo, acc_ty))
 
 
 # ---------------------------------------------------------------------------
@@ -540,7 +538,7 @@ def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     KH, KW = weight.shape[2], weight.shape[3]
     CO = weight.shape[1] if transposed else weight.shape[0]
     OH, OW = output_size(H, W, (KH, KW), transposed, stride, padding, output_padding, dilation)
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     z = torch.empty((N, CO, OH, OW), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)
     gemm = _Gemm(N, OH, OW, CO, transposed, (KH, KW), stride, padding, dilation, x.dtype,
@@ -557,15 +555,15 @@ def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         wrap_triton(_conv_fwd_kernel)[gemm.grid](
             x, p, q, packed_weight(weight, transposed), *gemm.taps, b, op, oq, z, pmean, pm2,
             pcnt, N, H, W, CI, OH, OW, CO, KH, KW, *stride, *padding, *dilation, gemm.rows,
-            *_split_f64(negative_slope), *_split_f64(out_slope), TRANSPOSED=transposed,
+            *split_f64(negative_slope), *split_f64(out_slope), TRANSPOSED=transposed,
             PROLOGUE=scale is not None, HAS_BIAS=bias is not None, STATS=stats,
             EPILOGUE=epilogue, **gemm.meta)
     if not stats:
         return z, x.new_empty((0,), dtype=acc), x.new_empty((0,), dtype=acc)
     mean = x.new_empty((CO,), dtype=acc)
     var = x.new_empty((CO,), dtype=acc)
-    grid, meta = _merge_grid(CO, rows)
-    wrap_triton(_stats_merge_kernel)[grid](pmean, pm2, pcnt, mean, var, CO, rows, **meta)
+    grid, meta = merge_grid(CO, rows)
+    wrap_triton(stats_merge_kernel)[grid](pmean, pm2, pcnt, mean, var, CO, rows, **meta)
     return z, mean, var
 
 
@@ -583,13 +581,13 @@ def backward(grad_out: torch.Tensor, grad_mean: torch.Tensor | None,
     N, CI, H, W = x.shape
     CO, OH, OW = g.shape[1], g.shape[2], g.shape[3]
     KH, KW = weight.shape[2], weight.shape[3]
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     empty = x.new_empty((0,), dtype=acc)
     want_x, want_w, want_b, want_p, want_q = (bool(m) for m in output_mask)
     prologue = scale is not None
     want_p, want_q = want_p and prologue, want_q and prologue
     want_b = want_b and has_bias
-    slope = _split_f64(negative_slope)
+    slope = split_f64(negative_slope)
     count = N * OH * OW
     # The gradient the GEMMs read: g + (z - mean) * gp + gq (MODE_GRAD) or g itself.
     grad_mode = MODE_GRAD if grad_mean is not None or grad_var is not None else MODE_NONE
@@ -662,7 +660,7 @@ def _channel_sums(g, zc, gp, gq, gc, grad_mode) -> torch.Tensor:
     block_c = min(triton.next_power_of_2(C), 64)
     per_split = max(1024, triton.cdiv(rows, 256))
     splits = triton.cdiv(rows, per_split)
-    part = g.new_empty((splits, C), dtype=_acc_dtype(g))
+    part = g.new_empty((splits, C), dtype=acc_dtype(g))
     wrap_triton(_channel_sum_kernel)[(triton.cdiv(C, block_c), splits)](
         g, zc, gp, gq, gc, part, rows, C, per_split, GRAD_MODE=grad_mode, BLOCK_R=64,
         BLOCK_C=block_c)
@@ -679,14 +677,14 @@ def affine_act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                negative_slope: float) -> torch.Tensor:
     """y = leaky(z * scale + shift) per channel, channels_last."""
     z = _nhwc(z)
-    acc = _acc_dtype(z)
+    acc = acc_dtype(z)
     y = torch.empty_like(z)
     rows, C = z.numel() // z.shape[1], z.shape[1]
     grid, block_r, block_c = _elementwise_grid(rows, C)
     if y.numel() > 0:
         wrap_triton(_affine_act_kernel)[grid](
             z, scale.to(acc).contiguous(), shift.to(acc).contiguous(), y, rows, C,
-            *_split_f64(negative_slope), BLOCK_R=block_r, BLOCK_C=block_c)
+            *split_f64(negative_slope), BLOCK_R=block_r, BLOCK_C=block_c)
     return y
 
 
@@ -695,7 +693,7 @@ def affine_act_backward(grad_out: torch.Tensor, z: torch.Tensor, scale: torch.Te
     """(grad_z, grad_scale, grad_shift) of affine_act, in one pass over (grad_out, z)."""
     z = _nhwc(z)
     gy = _nhwc(grad_out)
-    acc = _acc_dtype(z)
+    acc = acc_dtype(z)
     rows, C = z.numel() // z.shape[1], z.shape[1]
     grid, block_r, block_c = _elementwise_grid(rows, C)
     dz = torch.empty_like(z)
@@ -703,13 +701,13 @@ def affine_act_backward(grad_out: torch.Tensor, z: torch.Tensor, scale: torch.Te
     if z.numel() > 0:
         wrap_triton(_affine_act_backward_kernel)[grid](
             gy, z, scale.to(acc).contiguous(), shift.to(acc).contiguous(), dz, psum, psumx,
-            rows, C, *_split_f64(negative_slope), BLOCK_R=block_r, BLOCK_C=block_c)
+            rows, C, *split_f64(negative_slope), BLOCK_R=block_r, BLOCK_C=block_c)
     return dz, psumx.sum(0), psum.sum(0)
 
 
 # Every kernel of this file, for the ahead-of-time compile check (fastgan.kernels.aot).
 KERNELS = (_conv_fwd_kernel, _conv_dgrad_kernel, _conv_wgrad_kernel, _channel_sum_kernel,
-           _affine_act_kernel, _affine_act_backward_kernel, _stats_merge_kernel)
+           _affine_act_kernel, _affine_act_backward_kernel, stats_merge_kernel)
 
 # The DCGAN 64x64 pair's convolutions at batch 128 (nz=100, ngf=ndf=64, nc=3): generator
 # ConvTranspose2d layers, then discriminator Conv2d layers; (transposed, C_in, C_out,

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastgan.kernels._common import acc_dtype, f64, split_f64
+from fastgan.kernels.common import acc_dtype, f64, split_f64
 
 # csrc/gan_loss_math.h's Kind enum.
 KIND_IDS = {"minimax": 0, "ns": 1, "lsgan": 2, "hinge": 3, "wgan": 4}

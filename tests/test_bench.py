@@ -37,7 +37,7 @@ def test_fastgan_bench_rejects_unusable_backend():
 def test_train_cold_start_worker():
     """bench_train's fresh-process measurement (the time-to-first-step row) runs and
     reports sane numbers (not timed here: benchmarks are not asserted in tests)."""
-    from bench.bench_train import cold_start
+    from fastgan.bench.bench_train import cold_start
 
     for impl in ("eager", "fastgan"):
         r = cold_start(impl, steps=2, batch_size=8, image_size=16, device="cpu")

@@ -12,10 +12,9 @@ from torch import nn
 
 import fastgan
 from fastgan import _ext
+from fastgan.bench.common import saved_tensor_bytes
 from fastgan.nn import ConvTranspose2dBNAct, Conv2dBNAct, recompute
 from fastgan.nn.blocks import fold_bn
-
-from bench.common import saved_tensor_bytes
 
 from _testutil import assert_close_scaled, randomise_bn
 

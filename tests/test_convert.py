@@ -15,11 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan
+from fastgan.bench.common import saved_tensor_bytes
+from fastgan.bench.explicit_dcgan import ExplicitDiscriminator, ExplicitGenerator, copy_weights
 from fastgan.models import Discriminator, Generator, weights_init
 from fastgan.nn import FusedSequential
-
-from bench.common import saved_tensor_bytes
-from bench.explicit_dcgan import ExplicitDiscriminator, ExplicitGenerator, copy_weights
 
 
 def _close_scaled(a, b, tol=1e-3):

@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan
+from fastgan.bench.common import saved_tensor_bytes
 from fastgan.models import Generator, weights_init
 from fastgan.nn import traced
-
-from bench.common import saved_tensor_bytes
 
 
 class CustomG(nn.Module):

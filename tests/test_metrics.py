@@ -171,7 +171,7 @@ def fmnist():
 
 
 def _fid(images, ref, ex):
-    return evaluate.compute_metrics(evaluate._uint8_batches(images), ref, ex, ("fid",))["fid"]
+    return evaluate.compute_metrics(evaluate.uint8_batches(images), ref, ex, ("fid",))["fid"]
 
 
 def test_fid_orders_real_degraded_and_noise(fmnist):

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from fastgan.cli import main
+from fastgan.runs.checkpoint import load_checkpoint, write_atomic
 from fastgan.train import TrainConfig, train
-from fastgan.train.checkpoint import load_checkpoint, write_atomic
 
 TINY = dict(image_size=16, ngf=8, ndf=8, nz=16, batch_size=8, log_every=1, sample_every=0,
             ckpt_every=0, device="cpu")
@@ -67,7 +67,7 @@ def test_run_directory(tmp_path, npz_data):
 
 
 def _mean_image_gap(G, data: torch.Tensor, nz: int) -> float:
-    from fastgan.train.sample import generate
+    from fastgan.runs.generator import generate
     fake = generate(G, nz, 256, seed=1)
     real = data.float() / 127.5 - 1
     return (fake.mean(0) - real.mean(0)).square().mean().item()
@@ -81,7 +81,8 @@ def test_generator_learns_fashion_mnist(tmp_path):
     from fastgan.data import load_dataset
     from fastgan.metrics.evaluate import generator_metrics, reference_stats
     from fastgan.metrics.features import get_extractor
-    from fastgan.train.loop import EVAL_N, build_models, sampling_generator
+    from fastgan.runs.generator import build_models, sampling_generator
+    from fastgan.train.loop import EVAL_N
 
     cfg = TrainConfig(**{**TINY, "ngf": 16, "ndf": 16, "batch_size": 32, "steps": 150,
                          "log_every": 50, "out": str(tmp_path / "fm"), "lr": 5e-4,
@@ -91,7 +92,7 @@ def test_generator_learns_fashion_mnist(tmp_path):
     G0 = sampling_generator(G0, cfg.nz, "cpu", 0)
     before = _mean_image_gap(G0, data, cfg.nz)
     assert train(cfg, quiet=True) == 0
-    from fastgan.train.sample import load_generator
+    from fastgan.runs.generator import load_generator
     G, _, _ = load_generator(cfg.out)
     after = _mean_image_gap(G, data, cfg.nz)
     assert after < 0.25 * before, (before, after)
@@ -317,7 +318,7 @@ def test_sampling_generator_standing_statistics():
     average), leaves G alone, and gives the same result converted or not."""
     import fastgan
     from fastgan.models import Generator, weights_init
-    from fastgan.train.loop import sampling_generator
+    from fastgan.runs.generator import sampling_generator
 
     G = Generator(nz=8, ngf=4, nc=1, image_size=16).apply(weights_init)
     before = {k: v.clone() for k, v in G.state_dict().items()}

@@ -8,7 +8,9 @@ network from a weights file the user already has. Nothing is downloaded.
 
 distances.py holds the math (float64, batch-size independent), features.py the feature
 networks, fmnist_net.py fastgan's classifier, evaluate.py reference statistics (cached on
-disk), the metrics of a generator or of images, and `fastgan eval`.
+disk) and the metrics of a generator or of images (`fastgan eval` is
+fastgan/commands/eval.py). Generators come from fastgan.runs; fastgan.metrics never
+imports fastgan.train (the training loop imports it for --eval-every).
 """
 
 from fastgan.metrics.distances import FeatureStats, frechet_distance, inception_score, kid

@@ -70,7 +70,7 @@ if _compiled:
     # the same op, called from C++ without torch.ops' boxed call (csrc/fastgan.cpp)
     _eager = _ext._C.bn_act_eager
 _ON_DEVICE = ("cpu", "cuda")  # the compiled backends
-if _backend._triton_installed():  # registered on first use: fastgan/ops/bn_act_triton.py
+if _backend.triton_installed():  # registered on first use: fastgan/ops/bn_act_triton.py
     KERNELS += ("triton",)
 
 

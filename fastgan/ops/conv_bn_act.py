@@ -23,7 +23,7 @@ from fastgan import _backend
 from fastgan.ops.conv_bn_act_reference import reference_affine_act, reference_conv_bn_act
 
 OP = "conv_bn_act"
-KERNELS: tuple[str, ...] = ("triton",) if _backend._triton_installed() else ()
+KERNELS: tuple[str, ...] = ("triton",) if _backend.triton_installed() else ()
 
 
 def backend(x: Tensor) -> str:
@@ -55,10 +55,10 @@ def affine_act(z: Tensor, scale: Tensor, shift: Tensor, negative_slope: float) -
     return reference_affine_act(z, scale, shift, float(negative_slope))
 
 
-@_backend._constant_result
+@_backend.constant_result
 def _chain_requested() -> bool:
     return (_backend.requested_backend() == "triton"
-            and _backend._getenv("FASTGAN_FUSED_CONV") != "0")
+            and _backend.getenv("FASTGAN_FUSED_CONV") != "0")
 
 
 def chain_enabled(x: Tensor) -> bool:

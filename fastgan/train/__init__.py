@@ -1,11 +1,13 @@
-"""fastgan's GAN engine: `fastgan train` and `fastgan sample` (README.md, "Train a GAN").
+"""fastgan's GAN engine: `fastgan train` (README.md, "Train a GAN").
 
     from fastgan.train import TrainConfig, train
     train(TrainConfig(steps=500, out="runs/demo"))     # Fashion-MNIST 32x32, DCGAN, ns loss
 
-config.py holds the settings and their checks, loop.py the step and the run loop,
-checkpoint.py atomic files, report.py grids, metrics.jsonl, plots and progress,
-sample.py `fastgan sample`.
+loop.py holds the step and the run loop, report.py grids, metrics.jsonl, plots and
+progress, distributed.py the torchrun process group. What a run is (its settings,
+checkpoints and generator) lives below, in fastgan.runs, which `fastgan sample` and
+`fastgan eval` read too; fastgan.train may use fastgan.metrics (--eval-every), never the
+other way round.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 
 from fastgan.errors import UserError
-from fastgan.train.config import TrainConfig
+from fastgan.runs.config import TrainConfig
 
 
 def new_run_dir(out: str) -> str:

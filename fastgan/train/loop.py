@@ -1,4 +1,5 @@
-"""The training loop of `fastgan train`: models, optimizers, one GAN step, state, run.
+"""The training loop of `fastgan train`: optimizers, one GAN step, state, run (the models
+and the sampled generator come from fastgan.runs.generator).
 
 One step is pytorch/examples' dcgan step, generalised:
   - `n_critic` discriminator updates, each on a fresh real batch and fresh noise; the
@@ -38,15 +39,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-import fastgan
+from fastgan.convert import convert
 from fastgan.data import Batches, to_float
 from fastgan.errors import UserError
 from fastgan.functional import GANLosses, gan_loss
-from fastgan.models import Discriminator, Generator, spectral_norm_, weights_init
-from fastgan.nn.sync_bn_act import desynchronize_
 from fastgan.ops.gan_loss_reference import reference_forward
-from fastgan.train.checkpoint import load_checkpoint, save_checkpoint, write_json
-from fastgan.train.config import TrainConfig
+from fastgan.runs.checkpoint import load_checkpoint, save_checkpoint, write_json
+from fastgan.runs.config import TrainConfig
+from fastgan.runs.generator import build_models, sampling_generator
 from fastgan.train.distributed import Dist
 from fastgan.train.report import MetricsLog, Progress, plot_metrics, save_grid
 
@@ -54,18 +54,6 @@ N_FIXED = 64          # samples in each grid
 EVAL_N = 10_000       # samples per --eval-every evaluation (fastgan eval's default too)
 # what metrics.jsonl averages over a logging interval, in this order
 TRACKED = ("d_loss", "g_loss", "d_real", "d_fake", "penalty")
-
-
-def build_models(cfg: TrainConfig, nc: int) -> tuple[nn.Module, nn.Module]:
-    """The plain DCGAN pair of a config, initialised from `cfg.seed` (pytorch/examples' init)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        G = Generator(cfg.nz, cfg.ngf, nc, cfg.image_size).apply(weights_init)
-        D = Discriminator(cfg.ndf, nc, sigmoid=False, image_size=cfg.image_size)
-        D.apply(weights_init)
-        if cfg.spectral_norm:
-            spectral_norm_(D)
-    return G, D
 
 
 def _reference_loss(real_logits: Tensor, fake_logits: Tensor, kind: str) -> GANLosses:
@@ -105,9 +93,9 @@ class Trainer:
             D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
         if cfg.impl == "fastgan":
             # G_ema is only ever run by one process (samples, evaluations): not synchronized
-            G = fastgan.convert(G, inplace=True, sync_bn=dist.enabled)
-            D = fastgan.convert(D, inplace=True, sync_bn=dist.enabled)
-            G_ema = fastgan.convert(G_ema, inplace=True) if G_ema is not None else None
+            G = convert(G, inplace=True, sync_bn=dist.enabled)
+            D = convert(D, inplace=True, sync_bn=dist.enabled)
+            G_ema = convert(G_ema, inplace=True) if G_ema is not None else None
         dist.broadcast_module(G)
         dist.broadcast_module(D)
         self.G, self.D, self.G_ema = G, D, G_ema           # own the parameters and state
@@ -278,28 +266,6 @@ class Trainer:
         self.step = state["step"]
 
 
-@torch.no_grad()
-def sampling_generator(G: nn.Module, nz: int, device: torch.device | str, seed: int,
-                       batches: int = 8, batch_size: int = 64) -> nn.Module:
-    """A copy of G in eval mode whose BatchNorm statistics are its own.
-
-    An EMA generator's running statistics were collected by other weights (the training
-    G's), so it is put through `batches` noise batches in training mode with cumulative
-    averaging (momentum=None) first: BigGAN's "standing statistics". Deterministic in
-    `seed`; G itself is untouched."""
-    Gs = desynchronize_(copy.deepcopy(G))  # run by one process: no collectives
-    bns = [m for m in Gs.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if bns:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        Gs.train()
-        gen = torch.Generator(device=device).manual_seed(seed + 3)
-        for _ in range(batches):
-            Gs(torch.randn(batch_size, nz, 1, 1, generator=gen, device=device))
-    return Gs.eval()
-
-
 class _Stop:
     """SIGINT/SIGTERM while training: finish the step, save, exit. A second signal aborts."""
 
@@ -361,7 +327,7 @@ class Run:
         write_json(cfg.to_json(), os.path.join(self.dir, "config.json"))
         self.metrics = MetricsLog(os.path.join(self.dir, "metrics.jsonl"),
                                   self.trainer.step if resume else None)
-        if cfg.eval_every:
+        if cfg.eval_every:  # metrics load only when asked for (train -> metrics, never back)
             from fastgan.metrics.evaluate import reference_stats
             from fastgan.metrics.features import get_extractor
 
@@ -466,4 +432,4 @@ class Run:
         return 0
 
 
-__all__ = ["Trainer", "Run", "build_models", "sampling_generator", "N_FIXED", "TRACKED"]
+__all__ = ["Trainer", "Run", "N_FIXED", "TRACKED", "EVAL_N"]

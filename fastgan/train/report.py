@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fastgan.data.batches import to_uint8
-from fastgan.train.checkpoint import write_atomic
+from fastgan.runs.checkpoint import write_atomic
 
 
 def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:
