@@ -46,6 +46,12 @@ def ext_error() -> str | None:
     return _error
 
 
+def fast_path(name: str) -> Any:
+    """fastgan._C's eager fast path `name` (csrc/fastgan.cpp: an op called from C++ without
+    torch.ops' boxed call), or None when _C is not loaded or has none of that name."""
+    return getattr(_C, name, None)
+
+
 def build_info() -> dict:
     """What _C was built with ({} when it is not loaded)."""
     return dict(_C.build_info()) if _C is not None else {}

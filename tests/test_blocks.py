@@ -314,13 +314,13 @@ def test_errors():
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_dense_convtranspose_as_matmul(bias, layout, stride):
-    from fastgan.nn.blocks import _dense_transposed, conv_forward
+def testdense_convtranspose_as_matmul(bias, layout, stride):
+    from fastgan.nn.blocks import dense_transposed, conv_forward
 
     torch.manual_seed(0)
     conv = nn.ConvTranspose2d(7, 5, (4, 3), stride, 0, bias=bias, dtype=torch.float64)
     x = torch.randn(3, 7, 1, 1, dtype=torch.float64, requires_grad=True)
-    assert _dense_transposed(conv, x, [0, 0])
+    assert dense_transposed(conv, x, [0, 0])
     fmt = torch.channels_last if layout == "channels_last" else None
     y = conv_forward(conv, x, conv.weight, conv.bias, memory_format=fmt)
     ref = conv(x)
@@ -340,8 +340,8 @@ def test_dense_convtranspose_as_matmul(bias, layout, stride):
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("padding", [0, "valid"])
-def test_dense_conv_as_matmul(bias, layout, padding):
-    from fastgan.nn.blocks import _dense_conv, conv_forward
+def testdense_conv_as_matmul(bias, layout, padding):
+    from fastgan.nn.blocks import dense_conv, conv_forward
 
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 2, (4, 3), 2, padding, bias=bias, dtype=torch.float64)
@@ -349,7 +349,7 @@ def test_dense_conv_as_matmul(bias, layout, padding):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    assert _dense_conv(conv, x)
+    assert dense_conv(conv, x)
     y = conv_forward(conv, x, conv.weight, conv.bias)
     ref = conv(x)
     assert y.shape == ref.shape == (3, 2, 1, 1)
@@ -366,19 +366,19 @@ def test_dense_conv_as_matmul(bias, layout, padding):
 
 
 def test_dense_forms_only_where_exact():
-    from fastgan.nn.blocks import _dense_conv, _dense_transposed
+    from fastgan.nn.blocks import dense_conv, dense_transposed
 
     x1 = torch.randn(2, 4, 1, 1)
-    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4, 1, 1), x1, [0, 0])  # padding
-    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4, 2, 0, groups=2), x1, [0, 0])
-    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4, 2, 0), x1, [1, 1])  # output_padding
-    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4, 1, 0, dilation=2), x1, [0, 0])
-    assert not _dense_transposed(nn.ConvTranspose2d(4, 4, 4), torch.randn(2, 4, 2, 1), [0, 0])
+    assert not dense_transposed(nn.ConvTranspose2d(4, 4, 4, 1, 1), x1, [0, 0])  # padding
+    assert not dense_transposed(nn.ConvTranspose2d(4, 4, 4, 2, 0, groups=2), x1, [0, 0])
+    assert not dense_transposed(nn.ConvTranspose2d(4, 4, 4, 2, 0), x1, [1, 1])  # output_padding
+    assert not dense_transposed(nn.ConvTranspose2d(4, 4, 4, 1, 0, dilation=2), x1, [0, 0])
+    assert not dense_transposed(nn.ConvTranspose2d(4, 4, 4), torch.randn(2, 4, 2, 1), [0, 0])
     x4 = torch.randn(2, 4, 4, 4)
-    assert not _dense_conv(nn.Conv2d(4, 1, 3), x4)  # kernel smaller than the input
-    assert not _dense_conv(nn.Conv2d(4, 1, 4, padding=1), x4)
-    assert not _dense_conv(nn.Conv2d(4, 2, 4, groups=2), x4)
-    assert not _dense_conv(nn.Conv2d(4, 1, 4, padding="same"), x4)
+    assert not dense_conv(nn.Conv2d(4, 1, 3), x4)  # kernel smaller than the input
+    assert not dense_conv(nn.Conv2d(4, 1, 4, padding=1), x4)
+    assert not dense_conv(nn.Conv2d(4, 2, 4, groups=2), x4)
+    assert not dense_conv(nn.Conv2d(4, 1, 4, padding="same"), x4)
     # a converted discriminator's last layer and generator's first take the dense form
     # and match eager, in training and eval, NCHW in and out
     torch.manual_seed(0)

@@ -31,21 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 # the compiled extension (csrc/): a module, though not a .py file
 EXTENSION_MODULES = {"fastgan._C"}
 
-# Private names used across modules in fastgan/ops and fastgan/nn that their rewrite
-# (issue 22) removes; (file, what) pairs. An entry that no longer occurs fails the test,
-# so the list only shrinks.
-KNOWN_IN_OPS_NN = {
-    ("fastgan/nn/traced.py", "imports _LAYOUT_AGNOSTIC from fastgan.nn.sequential"),
-    ("fastgan/nn/traced.py", "imports _PLAIN_CONVS from fastgan.nn.sequential"),
-    ("fastgan/nn/traced.py", "imports _hooked from fastgan.nn.sequential"),
-    ("fastgan/nn/traced.py", "imports _is_conv from fastgan.nn.sequential"),
-    ("fastgan/nn/traced.py", "imports _slope from fastgan.nn.sequential"),
-    ("fastgan/nn/traced.py", "imports _wants_channels_last from fastgan.nn.sequential"),
-    ("fastgan/ops/bn_act.py", "reads fastgan._ext._C"),
-    ("fastgan/ops/gan_loss.py", "reads fastgan._ext._C"),
-}
-
-
 def _package_dirs() -> dict[str, Path]:
     """{package: folder} of everything `pip install .` puts under fastgan."""
     try:
@@ -174,11 +159,9 @@ def _all_private_uses() -> list[tuple[str, int, str]]:
 
 def test_no_private_names_across_modules():
     found = _all_private_uses()
-    new = [f"{f}:{line}: {what}" for f, line, what in found if (f, what) not in KNOWN_IN_OPS_NN]
-    assert not new, ("private names used across modules (give the name a public spelling in "
-                     "its module, or move it where both can use it):\n" + "\n".join(new))
-    stale = KNOWN_IN_OPS_NN - {(f, what) for f, _, what in found}
-    assert not stale, f"fixed, remove from KNOWN_IN_OPS_NN: {sorted(stale)}"
+    bad = [f"{f}:{line}: {what}" for f, line, what in found]
+    assert not bad, ("private names used across modules (give the name a public spelling in "
+                     "its module, or move it where both can use it):\n" + "\n".join(bad))
 
 
 def test_private_name_check_catches_each_form():

@@ -47,7 +47,7 @@ def _strictly_channels_last(t: Tensor) -> bool:
     return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def _dense_transposed(conv: nn.ConvTranspose2d, x: Tensor, output_padding) -> bool:
+def dense_transposed(conv: nn.ConvTranspose2d, x: Tensor, output_padding) -> bool:
     """A ConvTranspose2d on a 1x1 input with no padding (a generator's first layer): every
     output pixel is a dot product of the input vector with one weight column."""
     return (x.dim() == 4 and x.shape[-2:] == (1, 1) and conv.groups == 1
@@ -55,7 +55,7 @@ def _dense_transposed(conv: nn.ConvTranspose2d, x: Tensor, output_padding) -> bo
             and tuple(conv.dilation) == (1, 1))
 
 
-def _dense_conv(conv: nn.Conv2d, x: Tensor) -> bool:
+def dense_conv(conv: nn.Conv2d, x: Tensor) -> bool:
     """A Conv2d whose kernel covers its whole unpadded input (a discriminator's last
     layer): a 1x1 output, one dot product per output channel."""
     return (x.dim() == 4 and conv.groups == 1 and tuple(conv.dilation) == (1, 1)
@@ -111,12 +111,12 @@ def conv_forward(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor
         output_padding = conv._output_padding(x, output_size, list(conv.stride),
                                               list(conv.padding), list(conv.kernel_size), 2,
                                               list(conv.dilation))
-        if cpu and _dense_transposed(conv, x, output_padding):
+        if cpu and dense_transposed(conv, x, output_padding):
             z = _gemm_conv_transpose(x, weight, bias)
         else:
             z = F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, output_padding,
                                    conv.groups, conv.dilation)
-    elif cpu and _dense_conv(conv, x):
+    elif cpu and dense_conv(conv, x):
         z = _gemm_conv(x, weight, bias)
     else:
         z = conv._conv_forward(x, weight, bias)

@@ -159,7 +159,7 @@ def candidate(m: nn.Module) -> bool:
     if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or is_traced(m):
         return False
     mod = type(m).__module__ or ""
-    if mod.startswith(("torch.", "fastgan.")):
+    if mod.startswith(("torch.", "fastgan.nn.")):  # (fastgan.bench holds user-like models)
         return False
     kids = _own_layers(m)
     return any(is_conv(k) for k in kids) and any(bn_slope(k) is not None for k in kids)

@@ -68,7 +68,7 @@ if _compiled:
     _compiled_forward = torch.ops.fastgan.bn_act_forward.default
     _compiled_backward = torch.ops.fastgan.bn_act_backward.default
     # the same op, called from C++ without torch.ops' boxed call (csrc/fastgan.cpp)
-    _eager = _ext._C.bn_act_eager
+    _eager = _ext.fast_path("bn_act_eager")
 _ON_DEVICE = ("cpu", "cuda")  # the compiled backends
 if _backend.triton_installed():  # registered on first use: fastgan/ops/bn_act_triton.py
     KERNELS += ("triton",)

@@ -58,7 +58,7 @@ if _ext.ext_loaded() and hasattr(torch.ops.fastgan, "gan_loss_forward"):
     _register_compiled()
     KERNELS = ("cpu", "cuda") if _ext.build_info().get("cuda") else ("cpu",)
     _forward = torch.ops.fastgan.gan_loss_forward.default
-    _eager = getattr(_ext._C, "gan_loss_eager", None)  # see try_eager_fast_path
+    _eager = _ext.fast_path("gan_loss_eager")  # see try_eager_fast_path
 if _backend.triton_installed():  # registered on first use: fastgan/ops/gan_loss_triton.py
     KERNELS += ("triton",)
 
