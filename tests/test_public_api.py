@@ -75,7 +75,7 @@ names, run_modules, lazy = json.loads(sys.argv[1])
 loaded_by_import = [m for m in lazy if m in sys.modules]
 unresolved = {}
 for name in names:
-    if name == "fastgan._C" and fastgan._ext._C is None:
+    if name == "fastgan._C" and not fastgan._ext.ext_loaded():
         continue  # the compiled extension is optional (README, "Install")
     try:
         functools.reduce(getattr, name.split(".")[1:], fastgan)
