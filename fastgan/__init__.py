@@ -6,6 +6,10 @@
     block = fastgan.nn.BatchNormAct2d(64, negative_slope=0.2)
     with fastgan.use_backend("reference"): ...
     netG = fastgan.convert(netG)        # fused Conv/ConvT -> BatchNorm2d -> (Leaky)ReLU runs
+    fid = fastgan.metrics.frechet_distance(mu1, sigma1, mu2, sigma2)
+
+The engine's subpackages (data, metrics, train) and the Triton kernels are imported on
+first use, so `import fastgan` costs no more than the kernels' API.
 
 See README.md and docs/ARCHITECTURE.md.
 """
@@ -17,6 +21,23 @@ from fastgan._ext import FastganWarning
 from fastgan.convert import ConversionReport, convert
 
 __version__ = "0.1.0"
+
+# Imported on first attribute access (PEP 562): heavier than the kernels' API, and not
+# every user needs them.
+_LAZY_SUBMODULES = frozenset({"data", "kernels", "metrics", "train"})
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # also binds it here
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY_SUBMODULES)
+
 
 __all__ = ["convert", "ConversionReport", "functional", "models", "nn", "ops", "use_backend",
            "available_backends", "backend_status", "FastganWarning", "__version__"]

@@ -12,10 +12,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CPU_ONLY=0
 if [[ "${1:-}" == "--cpu-only" ]]; then CPU_ONLY=1; shift; fi
 OUT="$(mkdir -p "${1:-$ROOT/dist}" && cd "${1:-$ROOT/dist}" && pwd)"
+WHEEL_CUDA="${FASTGAN_CUDA:-}"  # the caller's choice, before setup_env.sh sets the dev build's
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-# after setup_env.sh: FASTGAN_CUDA there decides the development build, here the wheel's
-if [[ "$CPU_ONLY" == 1 ]]; then export FASTGAN_CUDA=0; fi
-FASTGAN_BUILD_EXT=1 MAX_JOBS="${MAX_JOBS:-2}" \
+# The wheel is for other machines: it holds the CUDA kernels whenever a toolkit is here,
+# GPU or not (the development build above skips them on a CPU-only machine).
+if [[ "$CPU_ONLY" == 1 ]]; then
+  WHEEL_CUDA=0
+elif [[ -z "$WHEEL_CUDA" ]] && python scripts/cuda_toolkit.py >/dev/null 2>&1; then
+  WHEEL_CUDA=1
+fi
+FASTGAN_CUDA="$WHEEL_CUDA" FASTGAN_BUILD_EXT=1 MAX_JOBS="${MAX_JOBS:-2}" \
   python -m pip --disable-pip-version-check wheel -q --no-build-isolation --no-deps -w "$OUT" .
 ls -1 "$OUT"/fastgan-*.whl
