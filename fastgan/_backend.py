@@ -1,4 +1,4 @@
-"""Backend choice: reference, cpu, triton, cuda (see DESIGN.md, "Backends").
+"""Backend choice: reference, cpu, triton, cuda (see docs/ARCHITECTURE.md, "Backends").
 
 `auto` (the default) picks the fastest backend that has a kernel for the op on the
 tensor's device. FASTGAN_BACKEND or `use_backend(name)` force one; forcing an unknown

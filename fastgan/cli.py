@@ -108,7 +108,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    """`fastgan train`'s flags (DESIGN.md). Every default is None here, so a resumed run
+    """`fastgan train`'s flags (README.md, "Train a GAN"). Every default is None here, so a resumed run
     knows which flags were given again; the defaults live in TrainConfig."""
     from fastgan.runs.config import AMP, IMPLS, LOSSES
 

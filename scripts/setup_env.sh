@@ -26,7 +26,7 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
   echo "[setup] installing torch==2.14.1"
   $PIP install -q "torch==2.14.1"
 fi
-if ! python -c "import setuptools, ninja, pytest, pytest_benchmark, expecttest, numpy, matplotlib, PIL, tqdm" 2>/dev/null; then
+if ! python -c "import setuptools, ninja, pytest, pytest_benchmark, expecttest, importlinter, numpy, matplotlib, PIL, tqdm" 2>/dev/null; then
   echo "[setup] installing build and test tools, and fastgan's dependencies"
   $PIP install -q "setuptools>=64" wheel ninja numpy "pytest>=8" "pytest-benchmark>=4" expecttest "import-linter>=2.3" \
     matplotlib pillow tqdm
