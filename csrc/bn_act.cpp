@@ -3,7 +3,7 @@
 // bn_act_forward has aten::native_batch_norm's schema plus the slope: training=True
 // computes per-channel batch statistics (returned as mean and biased var, in fp32, or
 // fp64 for fp64 input), normalises with them and, when running_mean / running_var are
-// given, updates them in place (update_running_stats, below) in the same call;
+// given, updates them in place (bn_act.h: update_running_stats) in the same call;
 // training=False normalises with running_mean / running_var (returned as copies).
 // The device registrations run their kernel and that update (bn_act.h:
 // forward_and_update). bn_act_backward recomputes x_hat and the activation mask from the
@@ -42,49 +42,6 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
 }
 
 namespace fastgan {
-
-// ---------------------------------------------------------------------------
-// Running statistics (declared in bn_act.h): nn.BatchNorm2d's rule. On the CPU one loop
-// over the channels in double, as ATen's CPU BatchNorm computes it; elsewhere ATen ops.
-
-namespace bn_act {
-
-void update_running_stats(const at::Tensor& running_mean, const at::Tensor& running_var,
-                          const at::Tensor& mean, const at::Tensor& var, double momentum,
-                          int64_t count) {
-  TORCH_CHECK(count > 1, "fastgan::bn_act_forward: running statistics need more than 1 value per channel, got ", count);
-  const int64_t C = running_mean.numel();
-  TORCH_CHECK(running_var.numel() == C && mean.numel() == C && var.numel() == C,
-              "fastgan::bn_act_forward: running_mean, running_var, mean and var "
-              "must all have ", C, " elements");
-  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
-  at::NoGradGuard no_grad;
-  const bool cpu_loop = running_mean.is_cpu() && running_var.is_cpu() && mean.is_cpu() &&
-                        var.is_cpu() && running_mean.is_contiguous() &&
-                        running_var.is_contiguous() &&
-                        running_mean.scalar_type() == running_var.scalar_type();
-  if (!cpu_loop) {
-    running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.scalar_type()), momentum);
-    running_var.mul_(1.0 - momentum).add_((var * unbias).to(running_var.scalar_type()), momentum);
-    return;
-  }
-  const at::Tensor m = mean.to(at::kDouble).contiguous();
-  const at::Tensor v = var.to(at::kDouble).contiguous();
-  const double* mp = m.const_data_ptr<double>();
-  const double* vp = v.const_data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean.scalar_type(),
-                                  "bn_act_update_running_stats", [&] {
-    scalar_t* rm = running_mean.mutable_data_ptr<scalar_t>();
-    scalar_t* rv = running_var.mutable_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < C; ++c) {
-      rm[c] = static_cast<scalar_t>(momentum * mp[c] + (1.0 - momentum) * static_cast<double>(rm[c]));
-      rv[c] = static_cast<scalar_t>(momentum * vp[c] * unbias +
-                                    (1.0 - momentum) * static_cast<double>(rv[c]));
-    }
-  });
-}
-
-}  // namespace bn_act
 
 namespace {
 

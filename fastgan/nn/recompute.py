@@ -52,15 +52,15 @@ class _Entry:
     def __init__(self, y: Tensor, z: Tensor, again: Recompute) -> None:
         self.version = y._version
         self.z, self.again = z.detach(), again
-        self.params_version = _versions(*again.params())
+        self.params_version = _versions(again.weight, again.bias)
 
 
 _registry: dict[int, _Entry] = {}  # y's storage data_ptr -> entry, while y is alive
 _by_id: dict[int, _Entry] = {}  # id(y) -> entry: the usual case, y itself saved
 
 
-def _versions(*ts: Tensor) -> tuple[int, ...]:
-    return tuple(t._version for t in ts)
+def _versions(*ts: Tensor | None) -> tuple[int, ...]:
+    return tuple(t._version for t in ts if t is not None)
 
 
 def _forget(key: int, ident: int, entry_ref: weakref.ref) -> Callable[[Any], None]:
@@ -116,7 +116,7 @@ class _Recompute:
     def materialize(self) -> Tensor:
         """y as the forward returned it."""
         e = self.entry
-        if _versions(*e.again.params()) != e.params_version:
+        if _versions(e.again.weight, e.again.bias) != e.params_version:
             raise RuntimeError(
                 "fastgan: a BatchNorm weight or bias of a fused block was modified in place "
                 "between forward and backward; its output cannot be recomputed (same rule as "

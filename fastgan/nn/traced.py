@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from fastgan.nn import runs
-from fastgan.nn.blocks import block_forward, conv_forward, run_blocks
+from fastgan.nn.blocks import conv_forward, run_blocks
 from fastgan.nn.fused_chain import chainable, fused_chain
 from fastgan.nn.runs import LAYOUT_AGNOSTIC, PLAIN_CONVS, act_slope, bn_slope, hooked, is_conv
 from fastgan.ops.conv_bn_act import chain_enabled

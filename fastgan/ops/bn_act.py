@@ -125,13 +125,11 @@ class Recompute:
     def __init__(self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
                  eps: float, slope: float, backend: str) -> None:
         self.mean, self.var = mean.detach(), var.detach()
+        # the affine parameters it reads (detached: they share the parameters' version
+        # counters, which fastgan.nn.recompute checks)
         self.weight = weight.detach() if weight is not None else None
         self.bias = bias.detach() if bias is not None else None
         self.eps, self.slope, self.backend = eps, slope, backend
-
-    def params(self) -> tuple[Tensor, ...]:
-        """The affine parameters it reads (whose versions its user checks)."""
-        return tuple(t for t in (self.weight, self.bias) if t is not None)
 
     def __call__(self, x: Tensor) -> Tensor:
         return normalize_act(x, self.mean, self.var, self.weight, self.bias, self.eps,
