@@ -136,20 +136,27 @@ class Recompute:
                              self.slope, self.backend)
 
 
+def _forward(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+             weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
+             eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor, str]:
+    """(y, mean, var, the backend that ran): the checks, the backend choice, the op."""
+    check_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
+               negative_slope)
+    backend = _backend.select(OP, x.device, KERNELS)
+    op = (_eager if backend in _ON_DEVICE and not torch.compiler.is_compiling()
+          else _forward_op(backend))
+    y, mean, var = op(x, weight, bias, running_mean, running_var,
+                      training or running_mean is None, momentum, eps, negative_slope)
+    return y, mean, var, backend
+
+
 def forward_with_stats(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                        weight: Tensor | None, bias: Tensor | None, training: bool,
                        momentum: float, eps: float,
                        negative_slope: float) -> tuple[Tensor, Recompute]:
     """batch_norm_act, also returning how to compute its output again (Recompute)."""
-    check_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
-               negative_slope)
-    backend = _backend.select(OP, x.device, KERNELS)
-    args = (x, weight, bias, running_mean, running_var, training or running_mean is None,
-            momentum, eps, negative_slope)
-    if backend in _ON_DEVICE and not torch.compiler.is_compiling():
-        y, mean, var = _eager(*args)
-    else:
-        y, mean, var = _forward_op(backend)(*args)
+    y, mean, var, backend = _forward(x, running_mean, running_var, weight, bias, training,
+                                     momentum, eps, negative_slope)
     return y, Recompute(mean, var, weight, bias, eps, negative_slope, backend)
 
 
@@ -158,8 +165,8 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
                    training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
                    negative_slope: float = 0.2) -> Tensor:
     """Fused `leaky_relu(batch_norm(x, ...), negative_slope)` (see fastgan.functional)."""
-    return forward_with_stats(x, running_mean, running_var, weight, bias, training, momentum,
-                              eps, negative_slope)[0]
+    return _forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                    negative_slope)[0]
 
 
 def backward(grad_out: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
