@@ -1,10 +1,10 @@
 """Fused ConvTranspose2d/Conv2d -> BatchNorm2d -> LeakyReLU blocks.
 
 `block_forward(x, conv, bn, negative_slope)` is one block around an ATen convolution;
-`run_blocks(x, blocks)` runs blocks that feed one another, and is where the choice between
-that and the triton backend's fully fused chain (fastgan/nn/fused_chain.py) is made, once
-per call. The modules ConvTranspose2dBNAct / Conv2dBNAct, FusedSequential and traced
-models all go through these two.
+`run_blocks(x, blocks)` runs blocks that feed one another, choosing once per call between
+that and the triton backend's fully fused chain (fastgan/nn/fused_chain.py). The modules
+ConvTranspose2dBNAct / Conv2dBNAct and traced models go through run_blocks;
+FusedSequential makes the same choice for its stretches of blocks itself.
 
 Training (or BatchNorm without running statistics): the convolution runs in ATen
 (oneDNN/cuDNN, backward through autograd) and everything after it in the fused
@@ -225,8 +225,9 @@ def run_blocks(x: Tensor, blocks: list[tuple[nn.Module, nn.BatchNorm2d, float]],
     """(conv, bn, negative_slope) blocks, each feeding the next: one fused chain when the
     triton backend's convolutions run (fastgan.ops.conv_bn_act.chain_enabled) and every
     block is chainable and unhooked, so that no normalised activation is written between
-    them; else block_forward after block_forward (in `memory_format`, if given). The only
-    place that makes this choice."""
+    them; else block_forward after block_forward (in `memory_format`, if given). Asked once
+    per call; FusedSequential asks the same once per call for its stretches of blocks,
+    which can end in a plain convolution."""
     if chain_enabled(x) and all(chainable(c, b) and not hooked(c) and not hooked(b)
                                 for c, b, _ in blocks):
         return fused_chain(x, blocks)
