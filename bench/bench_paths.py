@@ -2,7 +2,7 @@
 in one process, with eager and torch.compile beside them:
 
   cl-run   a converted Sequential with two or more convs runs them channels_last for an
-           NCHW input (nn/runs.py: wants_channels_last)
+           NCHW input (nn/rules.py: wants_channels_last)
   gemm     the DCGAN end layers (ConvTranspose2d on 1x1, Conv2d covering its input) as
            one addmm (nn/blocks.py: conv_forward)
 
@@ -23,7 +23,7 @@ from torch import nn
 import fastgan
 from fastgan import _ext
 from fastgan.models import Discriminator, Generator, weights_init
-from fastgan.nn import blocks, runs
+from fastgan.nn import blocks, rules
 
 from fastgan.bench.bench_blocks import train_step
 from fastgan.bench.common import median, paired_ratio, paired_timings
@@ -32,7 +32,7 @@ from fastgan.bench.common import median, paired_ratio, paired_timings
 @contextlib.contextmanager
 def _off(path: str):
     """The named path switched off (its rule answers False) inside the block."""
-    targets = {"cl-run": [(runs, "wants_channels_last")],
+    targets = {"cl-run": [(rules, "wants_channels_last")],
                "gemm": [(blocks, "dense_transposed"), (blocks, "dense_conv")]}[path]
     saved = [(mod, name, getattr(mod, name)) for mod, name in targets]
     for mod, name in targets:

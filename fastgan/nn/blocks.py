@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from fastgan.nn import recompute
 from fastgan.nn.fused_chain import chainable, fused_chain
-from fastgan.nn.runs import hooked
+from fastgan.nn.rules import hooked
 from fastgan.nn.sync_bn_act import SyncBatchNormAct2d
 from fastgan.ops import bn_act, sync_bn_act
 from fastgan.ops.conv_bn_act import chain_enabled

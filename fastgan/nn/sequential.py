@@ -6,8 +6,8 @@ they were (`seq[0]` is still the nn.ConvTranspose2d, `seq[1]` the nn.BatchNorm2d
 forward() changes. Runs are found again whenever the children change.
 
 On the CPU an NCHW input is run in channels_last through the convolutions and
-elementwise layers of the Sequential and returned NCHW (runs.wants_channels_last).
-What makes a run and the layout rule are fastgan/nn/runs.py's; how blocks execute
+elementwise layers of the Sequential and returned NCHW (rules.wants_channels_last).
+What makes a run and the layout rule are fastgan/nn/rules.py's; how blocks execute
 (ATen convolutions or the triton backend's fused chain) fastgan/nn/blocks.py's.
 """
 
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fastgan.nn import recompute, runs
+from fastgan.nn import recompute, rules
 from fastgan.nn.blocks import block_forward, conv_forward
 from fastgan.nn.fused_chain import chainable, fused_chain
-from fastgan.nn.runs import LAYOUT_AGNOSTIC, PLAIN_CONVS, act_slope, bn_slope, hooked, is_conv
+from fastgan.nn.rules import LAYOUT_AGNOSTIC, PLAIN_CONVS, act_slope, bn_slope, hooked, is_conv
 from fastgan.ops.conv_bn_act import chain_enabled
 
 
@@ -102,7 +102,7 @@ class FusedSequential(nn.Sequential):
         steps, n_convs, first_conv = self._plan()
         if isinstance(input, Tensor) and chain_enabled(input):  # decided once per call
             return _run_chained(input, steps)
-        relayout = runs.wants_channels_last(input, n_convs, first_conv)
+        relayout = rules.wants_channels_last(input, n_convs, first_conv)
         fmt = torch.channels_last if relayout else None
         for step in steps:
             if relayout:

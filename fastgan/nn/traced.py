@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from fastgan.nn import runs
+from fastgan.nn import rules
 from fastgan.nn.blocks import conv_forward, run_blocks
 from fastgan.nn.fused_chain import chainable, fused_chain
-from fastgan.nn.runs import LAYOUT_AGNOSTIC, PLAIN_CONVS, act_slope, bn_slope, hooked, is_conv
+from fastgan.nn.rules import LAYOUT_AGNOSTIC, PLAIN_CONVS, act_slope, bn_slope, hooked, is_conv
 from fastgan.ops.conv_bn_act import chain_enabled
 
 _BASE = "_fastgan_traced_base"
@@ -81,13 +81,13 @@ def fused_run(x: Tensor, flag: bool, *blocks: Any) -> Tensor:
 
 
 # Running a traced graph in channels_last for an NCHW input, as FusedSequential does for
-# its children (see runs.wants_channels_last for why and when): the first input
+# its children (see rules.wants_channels_last for why and when): the first input
 # is relaid on entry, fused blocks and convolutions run channels_last, elementwise
 # functions keep whatever layout they get, and everything else (views, flatten, cat,
 # ...) and the outputs get NCHW tensors back. Decided per call from the input.
 
 def layout_flag(x: Any, n_convs: int, first_conv: nn.Module) -> bool:
-    return runs.wants_channels_last(x, n_convs, first_conv)
+    return rules.wants_channels_last(x, n_convs, first_conv)
 
 
 def to_channels_last(t: Any, flag: bool) -> Any:
@@ -121,7 +121,7 @@ _ELEMENTWISE_METHODS = {"relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_",
                         "mul", "mul_", "sub", "sub_", "neg", "clamp", "clamp_"}
 
 
-# activations recognised after the BatchNorm (as a module: runs.act_slope)
+# activations recognised after the BatchNorm (as a module: rules.act_slope)
 _RELU_FUNCS = (F.relu, torch.relu, F.relu_, torch.relu_)
 _LEAKY_FUNCS = (F.leaky_relu, F.leaky_relu_)
 _RELU_METHODS = ("relu", "relu_")

@@ -1,5 +1,6 @@
-"""What a fused run is, and how a converted model runs it: shared by FusedSequential
-(fastgan/nn/sequential.py) and traced models (fastgan/nn/traced.py).
+"""The rules of fusion: which modules make a fused run, and the layout a converted model
+runs it in. Shared by FusedSequential (fastgan/nn/sequential.py) and traced models
+(fastgan/nn/traced.py).
 
 - Which modules make a run: `is_conv`, `bn_slope` (a BatchNorm and the activation it applies
   itself), `act_slope` (a ReLU/LeakyReLU after it), `hooked` (hooks keep a module unfused).
