@@ -75,7 +75,7 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor
     batch, with the unbiased variance (var * count / (count - 1)) tracked. The rule of
     every path written in torch ops (this reference, the Triton op, the fused chain,
     synchronized BatchNorm); the compiled op applies it in C++ in the same call as its
-    kernel (csrc/bn_act.cpp: update_running_stats)."""
+    kernel (csrc/bn_act.h: update_running_stats)."""
     with torch.no_grad():
         unbiased = var * (count / (count - 1))
         running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
