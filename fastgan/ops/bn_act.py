@@ -11,8 +11,8 @@ normalises with the running statistics. mean and var are the statistics used (bi
 var; fp32, fp64 for fp64 input). The backends:
 
     cpu, cuda   fastgan::bn_act_forward / bn_act_backward: csrc/bn_act.cpp (schemas, the
-                one C++ autograd, the running-statistics update), kernels in csrc/cpu/ and
-                csrc/cuda/; their fake kernels are registered here
+                one C++ autograd), csrc/bn_act.h (kernel, then the running-statistics
+                update), kernels in csrc/cpu/ and csrc/cuda/; fake kernels registered here
     triton      fastgan::triton_bn_act_forward / _backward: fastgan/ops/bn_act_triton.py
                 (its `forward` adds the update: triton ops with autograd are functional)
     reference   reference_forward / reference_backward: fastgan/ops/bn_act_reference.py
