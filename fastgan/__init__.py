@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 # Imported on first attribute access (PEP 562): heavier than the kernels' API, and not
 # every user needs them.
-_LAZY_SUBMODULES = frozenset({"data", "kernels", "metrics", "train"})
+_LAZY_SUBMODULES = frozenset({"bench", "data", "kernels", "metrics", "train"})
 
 
 def __getattr__(name: str):
