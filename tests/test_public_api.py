@@ -39,7 +39,7 @@ DESIGN_NAMES = [
 ]
 
 # Subpackages `import fastgan` must not load: they are reached lazily on first use.
-LAZY = ["fastgan.data", "fastgan.metrics", "fastgan.train", "fastgan.kernels"]
+LAZY = ["fastgan.data", "fastgan.metrics", "fastgan.train", "fastgan.kernels", "fastgan.compat"]
 
 _DOTTED = r"fastgan(?:\.[A-Za-z_]\w*)+"
 _NAME = re.compile(rf"(?<![\w./-]){_DOTTED}")
