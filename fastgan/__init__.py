@@ -8,8 +8,8 @@
     netG = fastgan.convert(netG)        # fused Conv/ConvT -> BatchNorm2d -> (Leaky)ReLU runs
     fid = fastgan.metrics.frechet_distance(mu1, sigma1, mu2, sigma2)
 
-The engine's subpackages (data, metrics, train) and the Triton kernels are imported on
-first use, so `import fastgan` costs no more than the kernels' API.
+The engine's subpackages (data, metrics, train), the drop-ins (compat) and the Triton
+kernels are imported on first use, so `import fastgan` costs no more than the kernels' API.
 
 See README.md and docs/ARCHITECTURE.md.
 """
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 # Imported on first attribute access (PEP 562): heavier than the kernels' API, and not
 # every user needs them.
-_LAZY_SUBMODULES = frozenset({"bench", "data", "kernels", "metrics", "train"})
+_LAZY_SUBMODULES = frozenset({"bench", "compat", "data", "kernels", "metrics", "train"})
 
 
 def __getattr__(name: str):

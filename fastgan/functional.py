@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from fastgan.ops import bias_act as _bias_act
 from fastgan.ops import bn_act as _bn_act
 from fastgan.ops import gan_loss as _gan_loss
+from fastgan.ops import upfirdn2d as _upfirdn2d
 
 
 def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -86,3 +88,67 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
 
 
 __all__ += ["gan_loss", "GANLosses"]
+
+
+# ---------------------------------------------------------------------------
+# StyleGAN-family ops (NVlabs' torch_utils.ops semantics; fastgan.compat.stylegan is the
+# drop-in module form). Only the reference backend (plain torch ops) exists so far.
+
+def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linear",
+             alpha: float | None = None, gain: float | None = None,
+             clamp: float | None = None) -> Tensor:
+    """StyleGAN's biased activation: `act(x + b, alpha) * gain`, then clamped to
+    [-clamp, clamp] when `clamp` is given.
+
+    `b` (1-D, of length x.shape[dim]) is added along dimension `dim` of `x` (any shape,
+    any floating dtype; the result has x's shape and dtype). `act` is one of linear, relu,
+    lrelu, tanh, sigmoid, elu, selu, softplus, swish; `alpha` (lrelu's negative slope) and
+    `gain` default to the activation's own (`fastgan.ops.bias_act.ACTIVATIONS[act]`: lrelu
+    0.2 and sqrt(2), relu and swish gain sqrt(2), the others 1). Gradients of any order.
+    Only the reference backend (plain torch ops) exists so far; fused kernels are to come.
+    """
+    return _bias_act.bias_act(x, b, dim, act, alpha, gain, clamp)
+
+
+def upfirdn2d(x: Tensor, f: Tensor | None, up: Any = 1, down: Any = 1, padding: Any = 0,
+              flip_filter: bool = False, gain: float = 1) -> Tensor:
+    """StyleGAN's resampling op on an (N, C, H, W) tensor, per channel: upsample by zero
+    insertion (`up`), pad (`padding`, relative to the upsampled image; negative crops),
+    convolve with the FIR filter `f` (1-D separable or 2-D (fh, fw); None is identity;
+    `flip_filter=True` correlates instead), downsample (`down`), times `gain`. `up`,
+    `down`: an int or [x, y]; `padding`: an int, [x, y] or [x0, x1, y0, y1]. Build `f`
+    with `setup_filter`. Gradients of any order (to `x`; `f` must not require grad).
+    Only the reference backend (plain torch ops) exists so far; fused kernels are to come.
+    """
+    return _upfirdn2d.upfirdn2d(x, f, up, down, padding, flip_filter, gain)
+
+
+def setup_filter(f: Any, device: Any = "cpu", normalize: bool = True,
+                 flip_filter: bool = False, gain: float = 1,
+                 separable: bool | None = None) -> Tensor:
+    """A float32 FIR filter for `upfirdn2d` (e.g. `setup_filter([1, 3, 3, 1])`): normalised
+    to unit DC gain, optionally flipped and scaled; a 1-D list becomes its (n, n) outer
+    product unless `separable` (default: separable from 8 taps)."""
+    return _upfirdn2d.setup_filter(f, device, normalize, flip_filter, gain, separable)
+
+
+def filter2d(x: Tensor, f: Tensor | None, padding: Any = 0, flip_filter: bool = False,
+             gain: float = 1) -> Tensor:
+    """`upfirdn2d` with the padding that keeps the image size (plus `padding`)."""
+    return _upfirdn2d.filter2d(x, f, padding, flip_filter, gain)
+
+
+def upsample2d(x: Tensor, f: Tensor | None, up: Any = 2, padding: Any = 0,
+               flip_filter: bool = False, gain: float = 1) -> Tensor:
+    """FIR upsampling by `up`: the output is `up` times the input (plus `padding`)."""
+    return _upfirdn2d.upsample2d(x, f, up, padding, flip_filter, gain)
+
+
+def downsample2d(x: Tensor, f: Tensor | None, down: Any = 2, padding: Any = 0,
+                 flip_filter: bool = False, gain: float = 1) -> Tensor:
+    """FIR downsampling by `down`: the output is the input divided by `down` (the input
+    plus `padding`, divided)."""
+    return _upfirdn2d.downsample2d(x, f, down, padding, flip_filter, gain)
+
+
+__all__ += ["bias_act", "upfirdn2d", "setup_filter", "filter2d", "upsample2d", "downsample2d"]

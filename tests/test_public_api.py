@@ -39,7 +39,8 @@ DESIGN_NAMES = [
 ]
 
 # Subpackages `import fastgan` must not load: they are reached lazily on first use.
-LAZY = ["fastgan.data", "fastgan.metrics", "fastgan.train", "fastgan.kernels", "fastgan.bench"]
+LAZY = ["fastgan.data", "fastgan.metrics", "fastgan.train", "fastgan.kernels", "fastgan.bench",
+        "fastgan.compat"]
 
 _DOTTED = r"fastgan(?:\.[A-Za-z_]\w*)+"
 _NAME = re.compile(rf"(?<![\w./-]){_DOTTED}")

@@ -1,0 +1,64 @@
+"""Upsample2d / Downsample2d: StyleGAN's FIR resampling (`fastgan.functional.upsample2d`,
+`downsample2d`) as modules holding their filter as a buffer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from fastgan import functional
+
+
+class _FIRResample(nn.Module):
+    def __init__(self, factor: Any, filter: Any, padding: Any, flip_filter: bool,
+                 gain: float) -> None:
+        super().__init__()
+        self.factor, self.padding, self.flip_filter, self.gain = factor, padding, flip_filter, gain
+        # the filter moves with .to(device) and is saved in state_dict, as StyleGAN's
+        # resample_filter buffers are
+        self.register_buffer("filter", functional.setup_filter(filter))
+
+    def extra_repr(self) -> str:
+        s = f"factor={self.factor}, filter={tuple(self.filter.shape)}"
+        if self.padding != 0:
+            s += f", padding={self.padding}"
+        if self.flip_filter:
+            s += ", flip_filter=True"
+        return s + (f", gain={self.gain}" if self.gain != 1 else "")
+
+
+class Upsample2d(_FIRResample):
+    """FIR upsampling of (N, C, H, W) by `factor` (an int or [x, y]):
+    `fastgan.functional.upsample2d(x, setup_filter(filter), factor, padding, flip_filter,
+    gain)`, the output `factor` times the input. The default filter [1, 3, 3, 1] is
+    StyleGAN2's. Only the reference backend (plain torch ops) exists so far."""
+
+    def __init__(self, factor: Any = 2, filter: Any = (1, 3, 3, 1), padding: Any = 0,
+                 flip_filter: bool = False, gain: float = 1) -> None:
+        super().__init__(factor, list(filter) if isinstance(filter, tuple) else filter,
+                         padding, flip_filter, gain)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.upsample2d(x, self.filter, self.factor, self.padding,
+                                     self.flip_filter, self.gain)
+
+
+class Downsample2d(_FIRResample):
+    """FIR downsampling of (N, C, H, W) by `factor` (an int or [x, y]):
+    `fastgan.functional.downsample2d(x, setup_filter(filter), factor, padding,
+    flip_filter, gain)`, the output the input divided by `factor`. The default filter
+    [1, 3, 3, 1] is StyleGAN2's. Only the reference backend (plain torch ops) exists so
+    far."""
+
+    def __init__(self, factor: Any = 2, filter: Any = (1, 3, 3, 1), padding: Any = 0,
+                 flip_filter: bool = False, gain: float = 1) -> None:
+        super().__init__(factor, list(filter) if isinstance(filter, tuple) else filter,
+                         padding, flip_filter, gain)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.downsample2d(x, self.filter, self.factor, self.padding,
+                                       self.flip_filter, self.gain)
+
+
+__all__ = ["Downsample2d", "Upsample2d"]
