@@ -1,8 +1,8 @@
 // The bn_act op's forward as its device registrations (csrc/cpu/dispatch.cpp,
 // csrc/cuda/bn_act.cu) run it: their kernel, then the running-statistics update, in one
-// op call (schemas and autograd: csrc/bn_act.cpp). Only for files compiled once, for the
-// baseline instruction set: csrc/cpu/kernels/ (compiled once per instruction set) must not
-// include it, or the linker could keep an AVX-512 copy of these inline functions.
+// op call (schemas and autograd: csrc/bn_act.cpp). Included by files compiled once, for
+// the baseline instruction set; the per-instruction-set kernels (csrc/cpu/kernels/) have
+// no use for it.
 #pragma once
 
 #include <ATen/ATen.h>
