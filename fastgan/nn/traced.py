@@ -61,7 +61,7 @@ def fused_block(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope: 
     if hooked(conv) or hooked(bn):
         y = bn(conv(x))
         return y if bn_slope(bn) != 1.0 else F.leaky_relu(y, negative_slope)
-    return fused_run(x, channels_last, conv, bn, negative_slope)
+    return _run_blocks(x, [(conv, bn, negative_slope)], channels_last)
 
 
 def fused_run(x: Tensor, flag: bool, *blocks: Any) -> Tensor:
@@ -74,7 +74,12 @@ def fused_run(x: Tensor, flag: bool, *blocks: Any) -> Tensor:
         for conv, bn, slope in triples:
             x = fused_block(x, conv, bn, slope, flag)
         return x
-    if flag:
+    return _run_blocks(x, triples, flag)
+
+
+def _run_blocks(x: Tensor, triples: list, channels_last: bool) -> Tensor:
+    """blocks.run_blocks, in channels_last inside when the graph runs so."""
+    if channels_last:
         return run_blocks(x.contiguous(memory_format=torch.channels_last), triples,
                           memory_format=torch.channels_last)
     return run_blocks(x, triples)
