@@ -20,8 +20,10 @@
 // That call, made with create_graph, records a second hand-written node, so gradients of
 // gradients (R1 penalties) run the kernels too: the gradient of the order-1 result with
 // respect to grad is an order-1 call again (it is linear in grad), with respect to ref
-// (and b) the order-2 call. Third order is not supported: differentiating an order-2
+// (and b) the order-2 call (zeros where the activation is piecewise linear, as eager
+// gives). Third order is not supported: differentiating an order-2
 // result raises.
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/function.h>
@@ -158,6 +160,13 @@ struct BiasActGradBackward final : public torch::autograd::Node {
       out[0] = std::get<0>(call_backward(u, r, bias, p, 1, {true, false}));
     }
     const bool want_b = ref_is_x && task_should_compute_output(2);
+    if (!second && task_should_compute_output(1)) {
+      // the order-1 factor is piecewise constant: its derivative is zero, and as eager
+      // (leaky_relu_backward's derivative is zeros_like) it is a zero tensor rather than
+      // none, so x and b get zero gradients from this path instead of none at all (an
+      // optimizer treats a zero gradient and a missing one differently)
+      out[1] = at::zeros_like(r);
+    }
     if (second && (task_should_compute_output(1) || want_b)) {
       auto [gr, gb] = call_backward(u * grad.unpack(), r, bias, p, 2, {true, want_b});
       if (task_should_compute_output(1)) out[1] = std::move(gr);

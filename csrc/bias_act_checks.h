@@ -39,7 +39,7 @@ inline int check_forward(const char* op, const at::Tensor& x, const c10::optiona
 
 // x in memory order as (outer, channels, inner) with the bias indexed by `channels`:
 // a contiguous x around `dim`, or a 4-D channels_last x with dim == 1 (inner == 1).
-// Without a bias the whole tensor is one run (channels == 1). `ok` is false for any other
+// Without a bias (or with a single channel) the whole tensor is one run (channels == 1). `ok` is false for any other
 // layout: the caller makes x contiguous first.
 struct Layout {
   int64_t outer = 1, channels = 1, inner = 1;
@@ -61,6 +61,10 @@ inline Layout layout_of(const at::Tensor& x, int64_t dim, bool has_bias) {
   } else if (dim == 1 && is_channels_last(x)) {
     l.outer = x.numel() / std::max<int64_t>(l.channels, 1);
     l.ok = true;
+  }
+  if (l.channels == 1) {  // one bias value: the whole tensor is one run
+    l.inner *= l.outer;
+    l.outer = 1;
   }
   return l;
 }

@@ -1,6 +1,9 @@
 """bias_act (fastgan.functional, fastgan.nn.BiasAct): each activation against its formula
 written out here, defaults, dims, gain/alpha/clamp, gradients to second order, dtypes,
-layouts and every error message. Only the reference backend exists so far (issue 23)."""
+layouts and every error message, on the reference and the compiled CPU backend; then the
+compiled op against the reference (every activation x dtype x layout), its registration
+(opcheck, torch.compile) and what it saves for backward. The Triton backend:
+tests/test_bias_act_triton.py; CUDA: tests/test_bias_act_cuda.py."""
 
 from __future__ import annotations
 
@@ -9,8 +12,21 @@ import math
 import pytest
 import torch
 
+import fastgan
 from fastgan import functional as FG
 from fastgan.nn import BiasAct
+from fastgan.ops import bias_act as ba_ops
+from fastgan.ops import bias_act_reference
+
+needs_ext = pytest.mark.skipif("cpu" not in ba_ops.KERNELS,
+                               reason="fastgan._C was built without the bias_act op")
+BACKENDS = [pytest.param("cpu", marks=needs_ext), "reference"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    with fastgan.use_backend(request.param):
+        yield request.param
 
 S2 = math.sqrt(2.0)
 SELU_SCALE, SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
@@ -53,7 +69,7 @@ def test_defaults_table():
 
 
 @pytest.mark.parametrize("act", ACTS)
-def test_formula_with_defaults(act):
+def test_formula_with_defaults(act, backend):
     formula, alpha, gain = FORMULAS[act]
     x = torch.randn(3, 5, 4, 6, dtype=torch.float64) * 3
     x[0, 0, 0, :2] = torch.tensor([25.0, -25.0], dtype=torch.float64)
@@ -65,7 +81,7 @@ def test_formula_with_defaults(act):
 
 
 @pytest.mark.parametrize("dim", [0, 1, 2, 3, -1, -3])
-def test_any_dim(dim):
+def test_any_dim(dim, backend):
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     b = torch.randn(x.shape[dim], dtype=torch.float64)
     shape = [1] * 4
@@ -77,7 +93,7 @@ def test_any_dim(dim):
     torch.testing.assert_close(FG.bias_act(x2, b2, act="linear", gain=0.5), (x2 + b2) * 0.5)
 
 
-def test_alpha_gain_clamp():
+def test_alpha_gain_clamp(backend):
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64) * 4
     b = torch.randn(3, dtype=torch.float64)
     z = x + b.view(1, 3, 1, 1)
@@ -93,7 +109,7 @@ def test_alpha_gain_clamp():
 
 
 @pytest.mark.parametrize("act", ACTS)
-def test_gradcheck_second_order(act):
+def test_gradcheck_second_order(act, backend):
     x = _away_from_zero(2, 3, 2, 3).requires_grad_()
     b = (torch.randn(3, dtype=torch.float64) * 0.01).requires_grad_()  # keeps x + b off 0
     fn = lambda x, b: FG.bias_act(x, b, act=act, gain=1.3, clamp=100.0)  # noqa: E731
@@ -101,13 +117,13 @@ def test_gradcheck_second_order(act):
     assert torch.autograd.gradgradcheck(fn, (x, b))
 
 
-def test_clamp_gradient_is_zero_outside():
+def test_clamp_gradient_is_zero_outside(backend):
     x = torch.tensor([-3.0, -1.0, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
     FG.bias_act(x, act="linear", clamp=2.0).sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
 
 
-def test_channels_last_and_dtypes():
+def test_channels_last_and_dtypes(backend):
     x = torch.randn(2, 6, 5, 7) * 3
     b = torch.randn(6)
     for act in ("lrelu", "swish", "tanh"):
@@ -160,3 +176,189 @@ def test_module():
     assert m.bias.grad is not None and m.bias.grad.shape == (3,)
     assert list(BiasAct(act="tanh").parameters()) == []
     assert "act='lrelu'" in repr(m)
+
+
+# ---------------------------------------------------------------------------
+# The compiled op against the reference
+
+def _err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return (a.double() - ref).abs().max().item() if a.numel() else 0.0
+
+
+def _fwd_bwd(backend, x, b, dim, act, clamp, upstream):
+    x = x.detach().requires_grad_()
+    b = b.detach().requires_grad_()
+    with fastgan.use_backend(backend):
+        y = FG.bias_act(x, b, dim=dim, act=act, clamp=clamp)
+        gx, gb = torch.autograd.grad(y, (x, b), upstream.to(y.dtype))
+    return y, gx, gb
+
+
+def _layouts():
+    # (shape, dim, channels_last): runs of inner > 1, channels_last rows, 2-D rows (a
+    # mapping network's (N, C)), a bias along the last dim, and a single-element inner
+    return [((3, 5, 4, 7), 1, False), ((3, 5, 4, 7), 1, True), ((6, 37), 1, False),
+            ((2, 3, 5, 6), 3, False), ((4, 3, 1, 1), 1, False)]
+
+
+@needs_ext
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_kernel_matches_reference(act, dtype):
+    """Forward, grad_x and grad_b on every layout: fp64 to 1e-10, fp32 to ~1e-6, fp16/bf16
+    no worse than twice eager's own error (both measured against fp64) plus one rounding."""
+    g = torch.Generator().manual_seed(ACTS.index(act))
+    for shape, dim, cl in _layouts():
+        x64 = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+        b64 = torch.randn(shape[dim], generator=g, dtype=torch.float64)
+        up = torch.randn(shape, generator=g, dtype=torch.float64)
+        if cl:
+            x64, up = (t.contiguous(memory_format=torch.channels_last) for t in (x64, up))
+        clamp = 1.5 if act in ("linear", "lrelu", "swish") else None
+        want = _fwd_bwd("reference", x64, b64, dim, act, clamp, up)
+        got = _fwd_bwd("cpu", x64.to(dtype), b64.to(dtype), dim, act, clamp, up)
+        eager = _fwd_bwd("reference", x64.to(dtype), b64.to(dtype), dim, act, clamp, up)
+        assert got[0].dtype == dtype and got[1].dtype == dtype and got[2].dtype == dtype
+        if cl:
+            assert got[0].is_contiguous(memory_format=torch.channels_last)
+        for name, o, w, e in zip(("y", "grad_x", "grad_b"), got, want, eager):
+            scale = max(w.abs().max().item(), 1.0)
+            if dtype == torch.float64:
+                tol = 1e-10 * scale
+            elif dtype == torch.float32:
+                tol = 2e-6 * scale
+            else:
+                # plus one rounding of the result to dtype
+                tol = 2 * _err(e, w) + torch.finfo(dtype).eps * scale
+            assert _err(o, w) <= tol, (name, shape, dim, cl, _err(o, w), tol)
+
+
+@needs_ext
+@pytest.mark.parametrize("act", ACTS)
+def test_kernel_second_order_matches_reference(act):
+    """Gradients of gradients (an R1 penalty's path) with respect to x and b."""
+    x = _away_from_zero(3, 4, 3, 5, seed=7)
+    b = torch.randn(4, dtype=torch.float64) * 0.01
+    clamp = 2.0 if act in ("linear", "tanh", "swish") else None
+    out = {}
+    for backend in ("cpu", "reference"):
+        xx, bb = x.clone().requires_grad_(), b.clone().requires_grad_()
+        with fastgan.use_backend(backend):
+            y = FG.bias_act(xx, bb, act=act, clamp=clamp)
+            gx, gb = torch.autograd.grad((y.square() + y * y.detach().cos()).sum(), (xx, bb),
+                                         create_graph=True)
+            penalty = gx.square().sum() + gb.square().sum() * 0.5
+            out[backend] = torch.autograd.grad(penalty, (xx, bb), allow_unused=True)
+    for got, want in zip(out["cpu"], out["reference"]):
+        if want is None or not want.abs().sum():
+            assert got is None or not got.abs().sum()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@needs_ext
+def test_third_order_raises():
+    x = _away_from_zero(2, 3, 2, 2).requires_grad_()
+    with fastgan.use_backend("cpu"):
+        y = FG.bias_act(x, act="tanh")
+        (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        (ggx,) = torch.autograd.grad(gx.square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="third-order gradients of bias_act"):
+            ggx.sum().backward()
+
+
+@needs_ext
+@pytest.mark.parametrize("act,saved", [("lrelu", 1), ("swish", 1), ("linear", 0),
+                                       ("tanh", 1)])
+def test_saves_one_tensor(act, saved):
+    """The forward keeps one activation-sized tensor for backward (none for linear)."""
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    b = torch.zeros(8, requires_grad=True)
+    big = []
+
+    def pack(t):
+        if t.numel() == x.numel():
+            big.append(t)
+        return t
+
+    with fastgan.use_backend("cpu"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        FG.bias_act(x, b, act=act)
+    assert len(big) == saved
+
+
+@needs_ext
+def test_large_parallel_and_deterministic():
+    """Pieces cut across long runs and many rows; grad_b does not depend on threads."""
+    g = torch.Generator().manual_seed(3)
+    for shape, fmt in (((2, 3, 150, 130), torch.contiguous_format),
+                       ((4, 64, 40, 40), torch.channels_last)):
+        x = torch.randn(shape, generator=g).contiguous(memory_format=fmt)
+        b = torch.randn(shape[1], generator=g)
+        up = torch.randn(shape, generator=g).contiguous(memory_format=fmt)
+        want = _fwd_bwd("reference", x.double(), b.double(), 1, "lrelu", None, up.double())
+        threads = torch.get_num_threads()
+        try:
+            runs = []
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                runs.append(_fwd_bwd("cpu", x, b, 1, "lrelu", None, up))
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(runs[0][2], runs[1][2])
+        for o, w in zip(runs[0], want):
+            assert _err(o, w) <= 1e-5 * max(w.abs().max().item(), 1.0)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck(dtype):
+    fwd, bwd = torch.ops.fastgan.bias_act_forward.default, torch.ops.fastgan.bias_act_backward.default
+    x = torch.randn(2, 3, 4, 5, dtype=dtype)
+    b = torch.randn(3, dtype=dtype)
+    for args in ((x.requires_grad_(), b.requires_grad_(), 1, "lrelu", 0.2, 1.4, -1.0),
+                 (x.detach().contiguous(memory_format=torch.channels_last), b.detach(), 1,
+                  "swish", 0.0, 1.0, 2.0),
+                 (x.detach(), None, 1, "tanh", 0.0, 1.0, -1.0)):
+        torch.library.opcheck(fwd, args)
+    y = fwd(x.detach(), b.detach(), 1, "tanh", 0.0, 1.0, -1.0)
+    g = torch.randn_like(y)
+    for order in (1, 2):
+        for mask in ([True, True], [True, False], [False, True]):
+            torch.library.opcheck(bwd, (g, y, b.detach(), 1, "tanh", 0.0, 1.0, -1.0, order, mask))
+    torch.library.opcheck(bwd, (g, None, None, 1, "linear", 0.0, 1.0, -1.0, 1, [True, False]))
+
+
+@needs_ext
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def step(x, b):
+        return FG.bias_act(FG.bias_act(x, b, act="lrelu"), None, act="tanh", clamp=1.0)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    with fastgan.use_backend("cpu"):
+        for shape in ((2, 3, 4, 4), (3, 3, 5, 2)):  # a second shape: the dynamic path
+            x = torch.randn(shape, requires_grad=True)
+            b = torch.randn(3, requires_grad=True)
+            got = compiled(x, b)
+            want = step(x, b)
+            torch.testing.assert_close(got, want)
+            gx, gb = torch.autograd.grad(got.sum(), (x, b))
+            wx, wb = torch.autograd.grad(want.sum(), (x, b))
+            torch.testing.assert_close(gx, wx)
+            torch.testing.assert_close(gb, wb)
+
+
+@needs_ext
+def test_kernel_errors():
+    fwd = torch.ops.fastgan.bias_act_forward.default
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(RuntimeError, match="unknown act 'gelu'"):
+        fwd(x, None, 1, "gelu", 0.0, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match=r"b must have shape \(3,\)"):
+        fwd(x, torch.zeros(4), 1, "relu", 0.0, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match="b has dtype Double but x has dtype Float"):
+        fwd(x, torch.zeros(3, dtype=torch.float64), 1, "relu", 0.0, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match="needs the saved tensor ref"):
+        torch.ops.fastgan.bias_act_backward(x, None, None, 1, "tanh", 0.0, 1.0, -1.0, 1,
+                                            [True, False])

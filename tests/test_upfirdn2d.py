@@ -1,7 +1,8 @@
 """upfirdn2d and its helpers (fastgan.functional): against independent oracles
 (scipy.signal.upfirdn per axis, scipy.signal.convolve2d for 2-D filters, torch pooling and
-interpolation), gradients to second order, dtypes, layouts and every error message.
-Only the reference backend exists so far (issue 23)."""
+interpolation), gradients to third order, dtypes, layouts and every error message, on the reference and
+the compiled CPU backend; then the compiled op's registration (opcheck, torch.compile) and
+what it saves. Triton: tests/test_upfirdn2d_triton.py; CUDA: tests/test_upfirdn2d_cuda.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,19 @@ import torch.nn.functional as F
 
 scipy_signal = pytest.importorskip("scipy.signal")
 
+import fastgan  # noqa: E402
 from fastgan import functional as FG  # noqa: E402
+from fastgan.ops import upfirdn2d as up_ops  # noqa: E402
+
+needs_ext = pytest.mark.skipif("cpu" not in up_ops.KERNELS,
+                               reason="fastgan._C was built without the upfirdn2d op")
+BACKENDS = [pytest.param("cpu", marks=needs_ext), "reference"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    with fastgan.use_backend(request.param):
+        yield request.param
 
 
 def _axis_oracle(x: np.ndarray, h: np.ndarray, up: int, down: int, p0: int, p1: int,
@@ -74,7 +87,7 @@ def _cases(n: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("up,down,pad,kind,taps,hw,flip,gain", _cases(36))
-def test_matches_scipy(up, down, pad, kind, taps, hw, flip, gain):
+def test_matches_scipy(up, down, pad, kind, taps, hw, flip, gain, backend):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, *hw, generator=g, dtype=torch.float64)
     xn = x.numpy()
@@ -99,7 +112,7 @@ def test_matches_scipy(up, down, pad, kind, taps, hw, flip, gain):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-10)
 
 
-def test_scalar_arguments_and_none_filter():
+def test_scalar_arguments_and_none_filter(backend):
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64)
     f = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
     torch.testing.assert_close(FG.upfirdn2d(x, f, up=2, down=3, padding=1),
@@ -129,7 +142,7 @@ def test_setup_filter():
     assert t.tolist() == [1, 3, 3, 1]  # the caller's tensor is not normalised in place
 
 
-def test_resampling_helpers_against_torch():
+def test_resampling_helpers_against_torch(backend):
     x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
     # a [1, 1] box: downsample2d is 2x2 average pooling, upsample2d nearest neighbour
     box = FG.setup_filter([1, 1]).double()
@@ -153,7 +166,7 @@ def test_resampling_helpers_against_torch():
 
 
 @pytest.mark.parametrize("sep", [True, False])
-def test_gradcheck_second_order(sep):
+def test_gradcheck_second_order(sep, backend):
     f = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
     f = f if sep else torch.outer(f, torch.tensor([0.3, 1.0], dtype=torch.float64))
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -166,7 +179,29 @@ def test_gradcheck_second_order(sep):
                                         (x[:, :1],), fast_mode=True)
 
 
-def test_channels_last_and_dtypes():
+def test_third_order(backend):
+    """The gradient of upfirdn2d is an upfirdn2d: any order works; checked to third."""
+    f = torch.tensor([[1.0, 2.0], [0.5, -1.0], [0.25, 3.0]], dtype=torch.float64)
+    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: FG.upfirdn2d(t, f, up=[1, 2], down=[2, 1], padding=[1, 0, -1, 2])  # noqa: E731
+    y = fn(x)
+    w = torch.randn_like(y)
+    (g1,) = torch.autograd.grad((fn(x) * w).sum(), x, create_graph=True)
+    # linear op: the first gradient does not depend on x, so push a nonlinearity through
+    (g2,) = torch.autograd.grad((fn(x * x) * w).sum(), x, create_graph=True)
+    (g3,) = torch.autograd.grad(g2.square().sum(), x, create_graph=True)
+    (g4,) = torch.autograd.grad(g3.sum(), x)
+    with fastgan.use_backend("reference"):
+        xr = x.detach().requires_grad_()
+        (r2,) = torch.autograd.grad((fn(xr * xr) * w).sum(), xr, create_graph=True)
+        (r3,) = torch.autograd.grad(r2.square().sum(), xr, create_graph=True)
+        (r4,) = torch.autograd.grad(r3.sum(), xr)
+    torch.testing.assert_close(g3, r3, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g4, r4, rtol=1e-10, atol=1e-10)
+    assert g1.shape == x.shape
+
+
+def test_channels_last_and_dtypes(backend):
     x = torch.randn(2, 4, 9, 7)
     f = FG.setup_filter([1, 3, 3, 1])
     want = FG.upfirdn2d(x, f, up=2, down=1, padding=[2, 1, 2, 1])
@@ -222,3 +257,127 @@ def test_modules():
     torch.testing.assert_close(down(x), FG.downsample2d(x, FG.setup_filter([1, 2, 1]),
                                                         down=[2, 1]))
     assert down(x).shape == (2, 3, 6, 2) and math.isclose(up.filter.sum().item(), 1.0)
+
+
+# ---------------------------------------------------------------------------
+# The compiled op: odd geometries against the reference, registration, memory
+
+def _geometries():
+    # (up, down, padding, filter shape, separable, input hw): the StyleGAN uses (up/down 2
+    # with 4x4, filter2d, 12-tap separable at up 2 / down 2), per-axis mixes, crops, both
+    # up and down on an axis, and a 1x1 filter
+    return [([2, 2], [1, 1], [2, 1, 2, 1], (4, 4), False, (5, 7)),
+            ([1, 1], [2, 2], [1, 1, 1, 1], (4, 4), False, (8, 9)),
+            ([1, 1], [1, 1], [1, 1, 1, 1], (3, 3), False, (6, 5)),
+            ([2, 2], [1, 1], [6, 5, 6, 5], (12,), True, (6, 4)),
+            ([1, 1], [2, 2], [5, 5, 5, 5], (12,), True, (9, 8)),
+            ([3, 1], [1, 2], [0, -1, 2, 1], (2, 5), False, (7, 6)),
+            ([2, 3], [3, 2], [-1, 2, 1, -2], (3, 4), False, (6, 7)),
+            ([4, 4], [1, 1], [0, 0, 0, 0], (1, 1), False, (3, 2))]
+
+
+@needs_ext
+@pytest.mark.parametrize("geom", range(len(_geometries())))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernel_matches_reference(geom, dtype, channels_last):
+    up, down, pad, fshape, _, hw = _geometries()[geom]
+    g = torch.Generator().manual_seed(geom)
+    x64 = torch.randn(2, 5, *hw, generator=g, dtype=torch.float64)
+    f = torch.rand(fshape, generator=g) + 0.1
+    w = torch.randn_like(FG.upfirdn2d(x64, f, up, down, pad))
+    if channels_last:
+        x64, w = (t.contiguous(memory_format=torch.channels_last) for t in (x64, w))
+
+    def run(backend, x):
+        x = x.detach().requires_grad_()
+        with fastgan.use_backend(backend):
+            y = FG.upfirdn2d(x, f, up, down, pad, flip_filter=geom % 2 == 1, gain=1.7)
+            (gx,) = torch.autograd.grad(y, x, w.to(y.dtype))
+        return y, gx
+
+    want = run("reference", x64)
+    got = run("cpu", x64.to(dtype))
+    eager = run("reference", x64.to(dtype))
+    for o, r, e in zip(got, want, eager):
+        assert o.dtype == dtype and o.shape == r.shape
+        if channels_last and o.shape[1] > 1:
+            assert o.is_contiguous(memory_format=torch.channels_last)
+        err, scale = (o.double() - r).abs().max().item(), r.abs().max().item()
+        if dtype == torch.float64:
+            assert err <= 1e-12 * scale
+        elif dtype == torch.float32:
+            assert err <= 2e-6 * scale
+        else:
+            eps = torch.finfo(dtype).eps  # twice eager's error plus one rounding
+            assert err <= 2 * (e.double() - r).abs().max().item() + eps * scale
+
+
+@needs_ext
+def test_large_parallel():
+    g = torch.Generator().manual_seed(5)
+    f = FG.setup_filter([1, 3, 3, 1])
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(3, 40, 33, 31, generator=g).contiguous(memory_format=fmt)
+        with fastgan.use_backend("cpu"):
+            got = FG.downsample2d(FG.upsample2d(x, f), f)
+        with fastgan.use_backend("reference"):
+            want = FG.downsample2d(FG.upsample2d(x, f), f)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_ext
+def test_saves_no_activation():
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    f = FG.setup_filter([1, 3, 3, 1])
+    saved = []
+    with fastgan.use_backend("cpu"), torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t) or t, lambda t: t):
+        FG.downsample2d(FG.upsample2d(x, f), f)
+    assert saved and all(t.numel() == f.numel() for t in saved)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_opcheck(dtype):
+    op = torch.ops.fastgan.upfirdn2d.default
+    f = FG.setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 3, 5, 6, dtype=dtype)
+    for args in ((x.requires_grad_(), f, [2, 2], [1, 1], [2, 1, 2, 1], False, 4.0),
+                 (x.detach().contiguous(memory_format=torch.channels_last), f, [1, 1], [2, 2],
+                  [1, 1, 1, 1], True, 1.0),
+                 (x.detach(), f[:1], [1, 2], [3, 1], [0, -1, 1, 2], False, 0.5)):
+        torch.library.opcheck(op, args)
+
+
+@needs_ext
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    f = FG.setup_filter([1, 3, 3, 1])
+
+    def step(x):
+        return FG.downsample2d(FG.upsample2d(x, f), FG.setup_filter([1, 2, 1] * 4))
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    with fastgan.use_backend("cpu"):
+        for shape in ((2, 3, 8, 8), (1, 3, 6, 10)):
+            x = torch.randn(shape, requires_grad=True)
+            got, want = compiled(x), step(x)
+            torch.testing.assert_close(got, want)
+            (gx,) = torch.autograd.grad(got.square().sum(), x)
+            (wx,) = torch.autograd.grad(want.square().sum(), x)
+            torch.testing.assert_close(gx, wx)
+
+
+@needs_ext
+def test_kernel_errors():
+    op = torch.ops.fastgan.upfirdn2d.default
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(RuntimeError, match=r"x must be 4-D \(N, C, H, W\), got 3-D"):
+        op(x[0], torch.ones(1, 1), [1, 1], [1, 1], [0, 0, 0, 0], False, 1.0)
+    with pytest.raises(RuntimeError, match=r"f must be a non-empty 2-D \(fh, fw\) filter"):
+        op(x, torch.ones(3), [1, 1], [1, 1], [0, 0, 0, 0], False, 1.0)
+    with pytest.raises(RuntimeError, match=r"f \(5x5\) is larger than the upsampled, padded"):
+        op(x, torch.ones(5, 5), [1, 1], [1, 1], [0, 0, 0, 0], False, 1.0)
+    with pytest.raises(RuntimeError, match="up must be two ints >= 1"):
+        op(x, torch.ones(1, 1), [0, 1], [1, 1], [0, 0, 0, 0], False, 1.0)

@@ -165,6 +165,25 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward(
                                      reduction, real_label, output_mask);
 }
 
+at::Tensor bias_act_forward(const at::Tensor& x, const OptTensor& b, int64_t dim,
+                            c10::string_view act, double alpha, double gain, double clamp) {
+  return kernels().bias_act_forward(x, b, dim, act, alpha, gain, clamp);
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_act_backward(
+    const at::Tensor& grad, const OptTensor& ref, const OptTensor& b, int64_t dim,
+    c10::string_view act, double alpha, double gain, double clamp, int64_t order,
+    std::array<bool, 2> output_mask) {
+  return kernels().bias_act_backward(grad, ref, b, dim, act, alpha, gain, clamp, order,
+                                     output_mask);
+}
+
+at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, at::IntArrayRef up,
+                     at::IntArrayRef down, at::IntArrayRef padding, bool flip_filter,
+                     double gain) {
+  return kernels().upfirdn2d(x, f, up, down, padding, flip_filter, gain);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
@@ -172,6 +191,9 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("bn_act_backward", &bn_act_backward);
   m.impl("gan_loss_forward", &gan_loss_forward);
   m.impl("gan_loss_backward", &gan_loss_backward);
+  m.impl("bias_act_forward", &bias_act_forward);
+  m.impl("bias_act_backward", &bias_act_backward);
+  m.impl("upfirdn2d", &upfirdn2d);
 }
 
 }  // namespace cpu

@@ -23,7 +23,8 @@ using Tensor4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using OptTensor = c10::optional<at::Tensor>;
 
 struct KernelTable {
-  // each entry has the signature of its op's schema (csrc/bn_act.cpp, csrc/gan_loss.cpp)
+  // each entry has the signature of its op's schema (csrc/bn_act.cpp, csrc/gan_loss.cpp,
+  // csrc/bias_act.cpp, csrc/upfirdn2d.cpp)
   Tensor3 (*bn_act_forward)(const at::Tensor& input, const OptTensor& weight,
                             const OptTensor& bias, const OptTensor& running_mean,
                             const OptTensor& running_var, bool training, double eps,
@@ -39,6 +40,15 @@ struct KernelTable {
       const at::Tensor& grad_d_loss, const at::Tensor& grad_g_loss,
       const at::Tensor& real_logits, const at::Tensor& fake_logits, c10::string_view kind,
       c10::string_view reduction, double real_label, std::array<bool, 2> output_mask);
+  at::Tensor (*bias_act_forward)(const at::Tensor& x, const OptTensor& b, int64_t dim,
+                                 c10::string_view act, double alpha, double gain, double clamp);
+  std::tuple<at::Tensor, at::Tensor> (*bias_act_backward)(
+      const at::Tensor& grad, const OptTensor& ref, const OptTensor& b, int64_t dim,
+      c10::string_view act, double alpha, double gain, double clamp, int64_t order,
+      std::array<bool, 2> output_mask);
+  at::Tensor (*upfirdn2d)(const at::Tensor& x, const at::Tensor& f, at::IntArrayRef up,
+                          at::IntArrayRef down, at::IntArrayRef padding, bool flip_filter,
+                          double gain);
 };
 
 // The instruction set in use ("default", "avx2" or "avx512"), chosen on the first call.

@@ -37,30 +37,6 @@ using gan_loss::Kind;
 constexpr int64_t kChunk = 2048;       // values per run summed in vector lanes
 constexpr int64_t kGrainChunks = 16;   // runs per parallel task (32K values)
 
-// The primitives of gan_loss_math.h on at::vec vectors.
-template <typename acc_t>
-struct VecOps {
-  using T = at::vec::Vectorized<acc_t>;
-  using Mask = T;
-  static T exp(const T& x) { return x.exp(); }
-  static T log1p(const T& x) {
-    if constexpr (std::is_same_v<acc_t, float>) {
-      // ATen's vectorised float log1p runs ~10x slower than its log (AVX512 build of
-      // torch 2.14); this is log1p to a few ulp from log: with u = 1 + x,
-      // log1p(x) = log(u) * x / (u - 1), and x itself where u rounds to 1.
-      const T u = x + T(1.0f);
-      const T d = u - T(1.0f);
-      return T::blendv(u.log() * x / d, x, d == T(0.0f));
-    } else {
-      return x.log1p();
-    }
-  }
-  static T abs(const T& x) { return x.abs(); }
-  static T relu(const T& x) { return at::vec::maximum(x, T(acc_t(0))); }
-  static Mask gt(const T& a, const T& b) { return a > b; }
-  static T where(const Mask& m, const T& a, const T& b) { return T::blendv(b, a, m); }
-};
-
 // at::parallel_for over [0, n) in pieces of at least `grain`; below one grain, a plain
 // call (at::parallel_for's inline path still sets thread-locals, which shows at the
 // microsecond scale of a GAN batch).

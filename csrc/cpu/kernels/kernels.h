@@ -31,6 +31,16 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward(
     const at::Tensor& fake_logits, c10::string_view kind, c10::string_view reduction,
     double real_label, std::array<bool, 2> output_mask);
 
+at::Tensor bias_act_forward(const at::Tensor& x, const OptTensor& b, int64_t dim,
+                            c10::string_view act, double alpha, double gain, double clamp);
+std::tuple<at::Tensor, at::Tensor> bias_act_backward(
+    const at::Tensor& grad, const OptTensor& ref, const OptTensor& b, int64_t dim,
+    c10::string_view act, double alpha, double gain, double clamp, int64_t order,
+    std::array<bool, 2> output_mask);
+at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, at::IntArrayRef up,
+                     at::IntArrayRef down, at::IntArrayRef padding, bool flip_filter,
+                     double gain);
+
 // This copy's table (kernels/table.cpp).
 const KernelTable& kernel_table();
 

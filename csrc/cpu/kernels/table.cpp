@@ -7,8 +7,9 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 
 namespace {
-constexpr KernelTable kTable{&bn_act_forward, &bn_act_backward, &gan_loss_forward,
-                             &gan_loss_backward};
+constexpr KernelTable kTable{&bn_act_forward,    &bn_act_backward,   &gan_loss_forward,
+                             &gan_loss_backward, &bias_act_forward,  &bias_act_backward,
+                             &upfirdn2d};
 }  // namespace
 
 const KernelTable& kernel_table() { return kTable; }
