@@ -10,7 +10,7 @@ and fastgan's kernels.
 each followed by a backward with a fixed upstream gradient. N is 32 (4 with --quick).
 
 Paired ratios, as `fastgan bench` reports them:
-    python -m fastgan.bench.bench_stylegan [--rounds 30] [--batch 32]
+    python -m fastgan.bench.bench_stylegan [--rounds 30] [--batch 32] [--malloc default]
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 import fastgan
 from fastgan import functional as FG
-from fastgan.bench.common import Row, format_table, paired_timings, saved_tensor_bytes
+from fastgan.bench.common import (Row, format_table, paired_timings, saved_tensor_bytes,
+                                  tune_malloc)
 
 SQRT2 = math.sqrt(2.0)
 
@@ -110,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--malloc", choices=["default", "tuned"], default="tuned",
+                   help="tuned (default) keeps freed blocks for reuse: see common.tune_malloc")
     args = p.parse_args(argv)
+    if args.malloc == "tuned":
+        tune_malloc()
     cfg = Config(batch=args.batch, dtype=torch.float32, channels_last=False, device="cpu",
                  backends=[b for b in fastgan.available_backends() if b == "cpu"],
                  quick=False, rounds=args.rounds)

@@ -10,8 +10,8 @@
 // NCHW: one (n, c) plane per task; an output row is accumulated in a row buffer, one
 // valid filter row at a time, each a 1-D polyphase pass over one input row written as
 // unit- or fixed-stride loops the compiler vectorises (up_x > 1: one contiguous buffer per
-// output phase, interleaved at the end of the row). Both up and down > 1 on the x axis at
-// once (rare) takes a plain per-output loop.
+// output phase, interleaved at the end of the row), following a plan of the taps worked
+// out once per call (Plan).
 // channels_last: one output row of one image per task; each output pixel sums its taps
 // over a vector of channels.
 // bf16/fp16 are widened to float per plane (NCHW) or per load (channels_last); sums are
@@ -53,82 +53,116 @@ std::vector<acc_t> prepare_filter(const at::Tensor& f, bool flip_filter, double 
   return w;
 }
 
-// acc[ox] += sum_kx w[kx] * (upsampled, padded row)[ox * down + kx] for one input row
-// `in` of `width` pixels; acc has `ow` entries. `phase` is scratch of at least ow + up.
+// The taps of one call, worked out once (integer division is the costliest part of
+// the index arithmetic, and it is the same for every plane and row):
+//  - along y, per output row, the filter rows that land on input rows (ky, iy);
+//  - along x, runs: acc[base + m] += w[ky][kx] * in_row[src + m * step] for m in [lo, hi).
+//    No upsampling along x: one run per tap kx, step = down. Upsampling (down 1): output
+//    ox = j + up * m of phase j reads input m + c for each tap whose (j - pad0 + kx) is
+//    divisible by up; runs write to per-phase buffers (base = j * stride, step 1) that
+//    are interleaved once the row is done. Both along x (rare): one-element runs.
+struct XRun {
+  int64_t kx, base, src, step, lo, hi;
+};
+
+struct Plan {
+  std::vector<int64_t> row_start;            // rows[row_start[oy] .. row_start[oy + 1])
+  std::vector<std::pair<int64_t, int64_t>> rows;  // (ky, iy)
+  std::vector<XRun> runs;
+  bool phased = false;  // up along x, down 1: per-phase buffers
+  int64_t stride = 0;   // per-phase buffer length
+};
+
+Plan make_plan(const Geometry& g) {
+  Plan p;
+  p.row_start.push_back(0);
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    const int64_t s = oy * g.downy - g.py0;
+    for (int64_t ky = 0; ky < g.fh; ++ky) {
+      const int64_t u = s + ky;
+      if (u >= 0 && u % g.upy == 0 && u / g.upy < g.h) p.rows.emplace_back(ky, u / g.upy);
+    }
+    p.row_start.push_back(static_cast<int64_t>(p.rows.size()));
+  }
+  if (g.upx == 1) {
+    for (int64_t kx = 0; kx < g.fw; ++kx) {
+      const int64_t off = kx - g.px0;  // input index of output 0
+      // outputs whose input index ox * down + off lies in [0, w)
+      const int64_t lo = std::max<int64_t>(0, floor_div(-off + g.downx - 1, g.downx));
+      const int64_t hi = std::min<int64_t>(g.ow, floor_div(g.w - 1 - off, g.downx) + 1);
+      if (lo < hi) p.runs.push_back({kx, 0, off, g.downx, lo, hi});
+    }
+  } else if (g.downx == 1) {
+    p.phased = true;
+    p.stride = (g.ow + g.upx - 1) / g.upx;
+    for (int64_t j = 0; j < std::min(g.upx, g.ow); ++j) {
+      const int64_t count = (g.ow - j + g.upx - 1) / g.upx;  // outputs of phase j
+      for (int64_t kx = 0; kx < g.fw; ++kx) {
+        const int64_t q = j - g.px0 + kx;
+        if (((q % g.upx) + g.upx) % g.upx != 0) continue;
+        const int64_t c = floor_div(q, g.upx);
+        const int64_t lo = std::max<int64_t>(0, -c), hi = std::min<int64_t>(count, g.w - c);
+        if (lo < hi) p.runs.push_back({kx, j * p.stride, c, 1, lo, hi});
+      }
+    }
+  } else {
+    for (int64_t ox = 0; ox < g.ow; ++ox)
+      for (int64_t kx = 0; kx < g.fw; ++kx) {
+        const int64_t u = ox * g.downx - g.px0 + kx;
+        if (u >= 0 && u % g.upx == 0 && u / g.upx < g.w) {
+          p.runs.push_back({kx, 0, u / g.upx, 0, ox, ox + 1});
+        }
+      }
+  }
+  return p;
+}
+
+// One run of the x pass (see XRun).
 template <typename acc_t>
-void row_pass(acc_t* __restrict acc, const acc_t* __restrict in, int64_t width, int64_t ow,
-              const acc_t* w, int64_t fw, int64_t up, int64_t down, int64_t pad0,
-              acc_t* __restrict phase) {
-  if (up == 1) {
-    for (int64_t kx = 0; kx < fw; ++kx) {
-      const acc_t wk = w[kx];
-      const int64_t off = kx - pad0;  // input index of output 0
-      // outputs whose input index ox * down + off lies in [0, width)
-      const int64_t lo = std::max<int64_t>(0, floor_div(-off + down - 1, down));
-      const int64_t hi = std::min<int64_t>(ow, floor_div(width - 1 - off, down) + 1);
-      if (down == 1) {
-        const acc_t* src = in + off;
-        for (int64_t ox = lo; ox < hi; ++ox) acc[ox] += wk * src[ox];
-      } else if (down == 2) {
-        const acc_t* src = in + off;
-        for (int64_t ox = lo; ox < hi; ++ox) acc[ox] += wk * src[2 * ox];
-      } else {
-        for (int64_t ox = lo; ox < hi; ++ox) acc[ox] += wk * in[ox * down + off];
-      }
-    }
-    return;
-  }
-  if (down == 1) {
-    // output ox = j + up * m reads input m + c for the taps kx of phase j
-    for (int64_t j = 0; j < std::min(up, ow); ++j) {
-      const int64_t count = (ow - j + up - 1) / up;  // outputs of phase j
-      std::fill(phase, phase + count, acc_t(0));
-      for (int64_t kx = 0; kx < fw; ++kx) {
-        const int64_t q = j - pad0 + kx;
-        if (((q % up) + up) % up != 0) continue;
-        const int64_t c = floor_div(q, up);
-        const acc_t wk = w[kx];
-        const int64_t lo = std::max<int64_t>(0, -c);
-        const int64_t hi = std::min<int64_t>(count, width - c);
-        const acc_t* src = in + c;
-        for (int64_t m = lo; m < hi; ++m) phase[m] += wk * src[m];
-      }
-      for (int64_t m = 0; m < count; ++m) acc[j + up * m] += phase[m];
-    }
-    return;
-  }
-  for (int64_t ox = 0; ox < ow; ++ox) {  // up > 1 and down > 1
-    const int64_t s = ox * down - pad0;
-    acc_t sum = acc_t(0);
-    for (int64_t kx = 0; kx < fw; ++kx) {
-      const int64_t u = s + kx;
-      if (u < 0 || u % up != 0 || u / up >= width) continue;
-      sum += w[kx] * in[u / up];
-    }
-    acc[ox] += sum;
+inline void run_x(acc_t* __restrict acc, const acc_t* __restrict in, acc_t wk, const XRun& r) {
+  acc_t* __restrict dst = acc + r.base;
+  const acc_t* src = in + r.src;
+  if (r.step == 1) {
+    for (int64_t m = r.lo; m < r.hi; ++m) dst[m] += wk * src[m];
+  } else if (r.step == 2) {
+    for (int64_t m = r.lo; m < r.hi; ++m) dst[m] += wk * src[2 * m];
+  } else {
+    for (int64_t m = r.lo; m < r.hi; ++m) dst[m] += wk * src[m * r.step];
   }
 }
 
-// Valid filter rows of output row oy: calls f(ky, iy).
-template <typename F>
-inline void for_rows(const Geometry& g, int64_t oy, const F& f) {
-  const int64_t s = oy * g.downy - g.py0;
-  for (int64_t ky = 0; ky < g.fh; ++ky) {
-    const int64_t u = s + ky;
-    if (u < 0 || u % g.upy != 0 || u / g.upy >= g.h) continue;
-    f(ky, u / g.upy);
+// out[j + up * m] = phase[j * stride + m], converted to the storage type.
+template <typename scalar_t, typename acc_t>
+void interleave(scalar_t* __restrict out, const acc_t* __restrict phase, int64_t stride,
+                int64_t ow, int64_t up) {
+  if (up == 2) {
+    const acc_t* p0 = phase;
+    const acc_t* p1 = phase + stride;
+    const int64_t pairs = ow / 2;
+    for (int64_t m = 0; m < pairs; ++m) {
+      out[2 * m] = static_cast<scalar_t>(p0[m]);
+      out[2 * m + 1] = static_cast<scalar_t>(p1[m]);
+    }
+    if (ow % 2) out[ow - 1] = static_cast<scalar_t>(p0[pairs]);
+    return;
+  }
+  for (int64_t j = 0; j < std::min(up, ow); ++j) {
+    const acc_t* pj = phase + j * stride;
+    for (int64_t ox = j, m = 0; ox < ow; ox += up, ++m) out[ox] = static_cast<scalar_t>(pj[m]);
   }
 }
 
 template <typename scalar_t>
-void nchw(const at::Tensor& x, at::Tensor& y, const Geometry& g, const std::vector<acc_of_t<scalar_t>>& w) {
+void nchw(const at::Tensor& x, at::Tensor& y, const Geometry& g,
+          const std::vector<acc_of_t<scalar_t>>& w) {
   using acc_t = acc_of_t<scalar_t>;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const int64_t planes = g.n * g.c, in_plane = g.h * g.w, out_plane = g.oh * g.ow;
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(out_plane, 1));
+  const Plan plan = make_plan(g);
   at::parallel_for(0, planes, grain, [&](int64_t first, int64_t last) {
-    std::vector<acc_t> row(g.ow), phase(g.ow + g.upx);
+    std::vector<acc_t> acc(plan.phased ? plan.stride * g.upx : g.ow);
     std::vector<acc_t> widened(std::is_same_v<scalar_t, acc_t> ? 0 : in_plane);
     for (int64_t p = first; p < last; ++p) {
       const acc_t* in;
@@ -141,13 +175,19 @@ void nchw(const at::Tensor& x, at::Tensor& y, const Geometry& g, const std::vect
       }
       scalar_t* out = yp + p * out_plane;
       for (int64_t oy = 0; oy < g.oh; ++oy) {
-        std::fill(row.begin(), row.end(), acc_t(0));
-        for_rows(g, oy, [&](int64_t ky, int64_t iy) {
-          row_pass(row.data(), in + iy * g.w, g.w, g.ow, w.data() + ky * g.fw, g.fw, g.upx,
-                   g.downx, g.px0, phase.data());
-        });
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t i = plan.row_start[oy]; i < plan.row_start[oy + 1]; ++i) {
+          const auto [ky, iy] = plan.rows[i];
+          const acc_t* row = in + iy * g.w;
+          const acc_t* wk = w.data() + ky * g.fw;
+          for (const XRun& r : plan.runs) run_x(acc.data(), row, wk[r.kx], r);
+        }
         scalar_t* dst = out + oy * g.ow;
-        for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox] = static_cast<scalar_t>(row[ox]);
+        if (plan.phased) {
+          interleave(dst, acc.data(), plan.stride, g.ow, g.upx);
+        } else {
+          for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox] = static_cast<scalar_t>(acc[ox]);
+        }
       }
     }
   });
@@ -164,20 +204,21 @@ void channels_last(const at::Tensor& x, at::Tensor& y, const Geometry& g,
   const int64_t C = g.c;
   const int64_t rows = g.n * g.oh;
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(g.ow * C, 1));
+  const Plan plan = make_plan(g);
   at::parallel_for(0, rows, grain, [&](int64_t first, int64_t last) {
     std::vector<std::pair<int64_t, acc_t>> taps;  // (input pixel offset, weight)
-    std::vector<std::pair<int64_t, int64_t>> ys;  // (ky, iy)
     for (int64_t r = first; r < last; ++r) {
       const int64_t n = r / g.oh, oy = r % g.oh;
-      ys.clear();
-      for_rows(g, oy, [&](int64_t ky, int64_t iy) { ys.emplace_back(ky, iy); });
+      const auto* ys_begin = plan.rows.data() + plan.row_start[oy];
+      const auto* ys_end = plan.rows.data() + plan.row_start[oy + 1];
       const scalar_t* img = xp + n * g.h * g.w * C;
       scalar_t* out = yp + (n * g.oh + oy) * g.ow * C;
       for (int64_t ox = 0; ox < g.ow; ++ox) {
         taps.clear();
         const int64_t s = ox * g.downx - g.px0;
-        for (const auto& [ky, iy] : ys)
+        for (const auto* yi = ys_begin; yi != ys_end; ++yi)
           for (int64_t kx = 0; kx < g.fw; ++kx) {
+            const auto [ky, iy] = *yi;
             const int64_t u = s + kx;
             if (u < 0 || u % g.upx != 0 || u / g.upx >= g.w) continue;
             taps.emplace_back((iy * g.w + u / g.upx) * C, w[ky * g.fw + kx]);
