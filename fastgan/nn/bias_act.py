@@ -15,7 +15,6 @@ class BiasAct(nn.Module):
     dimension `dim` (initialised to `bias_init`), or no bias when `num_features` is None.
     `act` is one of linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish;
     `alpha` and `gain` default to the activation's own (lrelu: 0.2 and sqrt(2)).
-    Only the reference backend (plain torch ops) exists so far.
     """
 
     def __init__(self, num_features: int | None = None, act: str = "linear",

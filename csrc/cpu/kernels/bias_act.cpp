@@ -178,6 +178,11 @@ at::Tensor forward_impl(const at::Tensor& x, const c10::optional<at::Tensor>& b,
             forward_run<A, true>(xp + r * l.channels, yp + r * l.channels, l.channels,
                                  bias.data(), p);
           }
+        } else if (walk.pieces_per_run == 1) {  // whole runs: no division per run
+          for (int64_t c = k % l.channels; k < last; ++k) {
+            forward_run<A, false>(xp + k * l.inner, yp + k * l.inner, l.inner, &bias[c], p);
+            if (++c == l.channels) c = 0;
+          }
         } else {
           const int64_t run = k / walk.pieces_per_run;
           const int64_t start = (k % walk.pieces_per_run) * walk.piece_len;
@@ -227,6 +232,14 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
               backward_run<A, true>(gp + off, rp ? rp + off : nullptr, xp ? xp + off : nullptr,
                                     l.channels, bias.data(), sp ? sp + k * l.channels : nullptr,
                                     p);
+            }
+          } else if (walk.pieces_per_run == 1) {  // whole runs: no division per run
+            for (int64_t c = k % l.channels; k < last; ++k) {
+              const int64_t off = k * l.inner;
+              backward_run<A, false>(gp + off, rp ? rp + off : nullptr,
+                                     xp ? xp + off : nullptr, l.inner, &bias[c],
+                                     sp ? sp + k : nullptr, p);
+              if (++c == l.channels) c = 0;
             }
           } else {
             const int64_t run = k / walk.pieces_per_run;
