@@ -201,8 +201,9 @@ def _backward_value(g, ref, b, alpha, gain, inv_gain, clamp, ACT: tl.constexpr,
 @triton.jit
 def _tile(pid, it, R, C, inner, n_chunks, ELEMS, COLUMNS: tl.constexpr,
           BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
-    """Offsets, mask and channel index of tile `it` of program `pid`. rows: the matrix is
-    (R = outer * C, inner); columns: (R = outer, C)."""
+    """Offsets and mask of tile `it` of program `pid`, and the channels of its rows
+    (rows: the matrix is (R = outer * C, inner)) or columns (columns: (R = outer, C)),
+    1-D, with their mask."""
     rb = pid // n_chunks
     ch = pid - rb * n_chunks
     if COLUMNS:
@@ -210,14 +211,26 @@ def _tile(pid, it, R, C, inner, n_chunks, ELEMS, COLUMNS: tl.constexpr,
         cols = ch * BLOCK_I + tl.arange(0, BLOCK_I)
         mask = (rows < R)[:, None] & (cols < C)[None, :]
         offs = rows[:, None] * C + cols[None, :]
-        chan = cols[None, :]
+        chan = cols
+        chan_mask = cols < C
     else:
         rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = ch * ELEMS + it * BLOCK_I + tl.arange(0, BLOCK_I)
         mask = (rows < R)[:, None] & (cols < inner)[None, :]
         offs = rows[:, None] * inner + cols[None, :]
-        chan = (rows % C)[:, None]
-    return offs, mask, chan
+        chan = rows % C
+        chan_mask = rows < R
+    return offs, mask, chan, chan_mask
+
+
+@triton.jit
+def _load_bias(b_ptr, chan, chan_mask, acc_ty: tl.constexpr, COLUMNS: tl.constexpr):
+    """The bias of a tile's channels, broadcastable to the tile (one load per channel)."""
+    b = tl.load(b_ptr + chan, mask=chan_mask, other=0.0).to(acc_ty)
+    if COLUMNS:
+        return b[None, :]
+    else:
+        return b[:, None]
 
 
 @triton.jit
@@ -235,11 +248,11 @@ def _forward_kernel(x_ptr, b_ptr, y_ptr, R, C, inner, n_chunks, ELEMS,
     if INDEX_64:
         pid = pid.to(tl.int64)
     for it in tl.static_range(ITERS):
-        offs, mask, chan = _tile(pid, it, R, C, inner, n_chunks, ELEMS, COLUMNS, BLOCK_R,
-                                 BLOCK_I)
+        offs, mask, chan, chan_mask = _tile(pid, it, R, C, inner, n_chunks, ELEMS, COLUMNS,
+                                            BLOCK_R, BLOCK_I)
         s = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         if HAS_B:
-            s = s + tl.load(b_ptr + chan, mask=mask, other=0.0).to(acc_ty)
+            s = s + _load_bias(b_ptr, chan, chan_mask, acc_ty, COLUMNS)
         y = _forward_value(s, alpha, gain, clamp, ACT, CLAMPING)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -267,17 +280,17 @@ def _backward_kernel(g_ptr, ref_ptr, b_ptr, gx_ptr, part_ptr, R, C, inner, n_chu
     else:
         total = tl.zeros([BLOCK_R], acc_ty)
     for it in tl.static_range(ITERS):
-        offs, mask, chan = _tile(pid, it, R, C, inner, n_chunks, ELEMS, COLUMNS, BLOCK_R,
-                                 BLOCK_I)
+        offs, mask, chan, chan_mask = _tile(pid, it, R, C, inner, n_chunks, ELEMS, COLUMNS,
+                                            BLOCK_R, BLOCK_I)
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         if HAS_REF:
             ref = tl.load(ref_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         else:
             ref = tl.zeros_like(g)
         if HAS_B:
-            b = tl.load(b_ptr + chan, mask=mask, other=0.0).to(acc_ty)
+            b = _load_bias(b_ptr, chan, chan_mask, acc_ty, COLUMNS)
         else:
-            b = tl.zeros_like(g)
+            b = 0.0
         gx = _backward_value(g, ref, b, alpha, gain, inv_gain, clamp, ACT, ORDER, CLAMPING)
         if WRITE_GX:
             tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
@@ -421,16 +434,18 @@ def aot_cases(quick: bool = False) -> list:
     StyleGAN shapes, NCHW (rows) and channels_last (columns), every activation with and
     without clamp in fp32, bf16 and fp16 for lrelu (the mapping layers and the synthesis
     network's default), fp64 for one activation per path; backward of order 1 with grad_b
-    and of order 2. `quick` keeps lrelu and swish."""
-    shapes = [((4, 512, 8, 8), torch.contiguous_format), ((4, 256, 32, 32), torch.channels_last),
-              ((4, 512), torch.contiguous_format)]
-    acts = list(ACT_IDS) if not quick else ["lrelu", "swish"]
-    combos = [(a, shape, fmt, torch.float32, clamp) for a in acts for shape, fmt in shapes
-              for clamp in (-1.0, 256.0)]
-    combos += [("lrelu", shapes[0][0], shapes[0][1], torch.float16, 256.0),
-               ("lrelu", shapes[1][0], shapes[1][1], torch.bfloat16, -1.0),
-               ("tanh", shapes[0][0], shapes[0][1], torch.float64, -1.0),
-               ("swish", shapes[1][0], shapes[1][1], torch.float64, 1.0)]
+    and of order 2. `quick` keeps one case per layout, plus fp64."""
+    nchw, cl = ((4, 512, 8, 8), torch.contiguous_format), ((4, 256, 32, 32), torch.channels_last)
+    mapping = ((4, 512), torch.contiguous_format)  # dim 1 of a matrix: the columns layout
+    if quick:  # rows and columns, an activation with a 2nd derivative, bf16 and fp64
+        combos = [("lrelu", *nchw, torch.float32, 256.0), ("swish", *cl, torch.bfloat16, -1.0),
+                  ("tanh", *nchw, torch.float64, -1.0)]
+    else:
+        combos = [(a, *shape, torch.float32, clamp) for a in ACT_IDS
+                  for shape in (nchw, cl, mapping) for clamp in (-1.0, 256.0)]
+        combos += [("lrelu", *nchw, torch.float16, 256.0), ("lrelu", *cl, torch.bfloat16, -1.0),
+                   ("lrelu", *mapping, torch.bfloat16, -1.0),
+                   ("tanh", *nchw, torch.float64, -1.0), ("swish", *cl, torch.float64, 1.0)]
 
     def case(act, shape, fmt, dtype, clamp):
         def run():
