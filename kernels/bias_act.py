@@ -433,8 +433,9 @@ def aot_cases(quick: bool = False) -> list:
     """Representative calls of the launchers (on meta tensors) for fastgan.kernels.aot:
     StyleGAN shapes, NCHW (rows) and channels_last (columns), every activation with and
     without clamp in fp32, bf16 and fp16 for lrelu (the mapping layers and the synthesis
-    network's default), fp64 for one activation per path; backward of order 1 with grad_b
-    and of order 2. `quick` keeps one case per layout, plus fp64."""
+    network's default), fp64 for every activation (rows) and one per other layout;
+    backward of order 1 with grad_b and of order 2. `quick` keeps one case per layout,
+    plus fp64."""
     nchw, cl = ((4, 512, 8, 8), torch.contiguous_format), ((4, 256, 32, 32), torch.channels_last)
     mapping = ((4, 512), torch.contiguous_format)  # dim 1 of a matrix: the columns layout
     if quick:  # rows and columns, an activation with a 2nd derivative, bf16 and fp64
@@ -444,8 +445,9 @@ def aot_cases(quick: bool = False) -> list:
         combos = [(a, *shape, torch.float32, clamp) for a in ACT_IDS
                   for shape in (nchw, cl, mapping) for clamp in (-1.0, 256.0)]
         combos += [("lrelu", *nchw, torch.float16, 256.0), ("lrelu", *cl, torch.bfloat16, -1.0),
-                   ("lrelu", *mapping, torch.bfloat16, -1.0),
-                   ("tanh", *nchw, torch.float64, -1.0), ("swish", *cl, torch.float64, 1.0)]
+                   ("lrelu", *mapping, torch.bfloat16, -1.0)]
+        combos += [(a, *nchw, torch.float64, 1.0) for a in ACT_IDS]
+        combos += [("swish", *cl, torch.float64, -1.0), ("tanh", *mapping, torch.float64, -1.0)]
 
     def case(act, shape, fmt, dtype, clamp):
         def run():
