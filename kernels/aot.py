@@ -4,11 +4,12 @@
 
 Each kernel module lists representative calls of its host launchers (`aot_cases()`:
 DCGAN shapes, odd shapes, NCHW and channels_last for bn_act; GAN batches and large
-inputs for gan_loss; each dtype class). They run on meta tensors with the kernel
-launches recorded instead of executed, so the compiled specialisations are exactly the
-ones the launchers would create: same constexprs, the same integer specialisation as
-Triton's JIT (1 and None -> constexpr, multiples of 16 -> aligned, i32/i64 by range),
-16-byte aligned pointers, and every autotune config that survives the pruning for that
+inputs for gan_loss; StyleGAN shapes for bias_act and upfirdn2d; each dtype class).
+They run on meta tensors with the kernel launches recorded instead of executed, so the
+compiled specialisations are exactly the ones the launchers would create: same
+constexprs, the same integer specialisation as Triton's JIT (1 and None -> constexpr,
+multiples of 16 -> aligned, i32/i64 by range), 16-byte aligned pointers, and every
+autotune config that survives the pruning for that
 shape. Each is compiled with
 triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)); printed per kernel:
 registers and stack frame (cuobjdump -res-usage of the cubin), Triton's shared memory
@@ -208,8 +209,8 @@ def compile_spec(spec: Spec, arch: int) -> dict[str, Any]:
 
 
 def _modules() -> list:
-    from fastgan.kernels import bn_act, conv_bn_act, gan_loss
-    return [bn_act, gan_loss, conv_bn_act]
+    from fastgan.kernels import bias_act, bn_act, conv_bn_act, gan_loss, upfirdn2d
+    return [bn_act, gan_loss, conv_bn_act, bias_act, upfirdn2d]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """What the Triton kernel modules of fastgan.kernels share, once: host doubles passed to
 kernels as fp32 pairs, the accumulation type of an input, the LeakyReLU and its
-derivative, and the per-channel moments merge (Chan's formula; the math of
+derivative, the per-channel moments merge (Chan's formula; the math of
 csrc/bn_act_math.h) with its kernel, which bn_act.py and conv_bn_act.py both launch on
-their (splits, C) partial moments. Op modules import from here, never from each other."""
+their (splits, C) partial moments, and log1p / expm1 / tanh written with exp and log only
+(the interpreter has no libdevice). Op modules import from here, never from each other."""
 
 from __future__ import annotations
 
@@ -97,3 +98,38 @@ def merge_grid(C: int, S: int) -> tuple[tuple[int], dict]:
     block_s = min(triton.next_power_of_2(S), 16)
     block_c = min(triton.next_power_of_2(C), 64)
     return (triton.cdiv(C, block_c),), {"BLOCK_S": block_s, "BLOCK_C": block_c}
+
+
+# ---------------------------------------------------------------------------
+# Elementary functions from exp and log (Triton's interpreter has no libdevice, so the
+# kernels and their interpreter tests run the same code).
+
+@triton.jit
+def log1p(e):
+    """log1p(e) for e > -1, a few ulp: Goldberg's log(u) * e / (u - 1), u = 1 + e (e
+    itself where u rounds to 1)."""
+    u = 1.0 + e
+    d = u - 1.0
+    tiny = d == 0.0
+    return tl.where(tiny, e, tl.log(u) * (e / tl.where(tiny, 1.0, d)))
+
+
+@triton.jit
+def expm1(x):
+    """expm1(x), a few ulp: Kahan's (u - 1) * x / log(u), u = exp(x) (x where u rounds to
+    1, -1 where it rounds to 0 or u - 1 to -1)."""
+    u = tl.exp(x)
+    d = u - 1.0
+    one = d == 0.0
+    neg_one = d == -1.0
+    safe_log = tl.where(one | neg_one, 1.0, tl.log(tl.where(one | neg_one, 2.0, u)))
+    return tl.where(one, x, tl.where(neg_one, -1.0, d * (x / safe_log)))
+
+
+@triton.jit
+def tanh(x):
+    """tanh(x) as -expm1(-2|x|) / (2 + expm1(-2|x|)) with x's sign: no cancellation near 0,
+    exactly +-1 where exp(-2|x|) underflows, NaN for NaN."""
+    m = expm1(-2.0 * tl.abs(x))
+    t = -m / (2.0 + m)
+    return tl.where(x < 0.0, -t, t)
