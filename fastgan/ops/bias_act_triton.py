@@ -9,7 +9,8 @@ activations whose derivative is a function of their output, and for linear when 
 clamps; x, and b, for swish; nothing for linear without clamp) and calls the backward op
 of order 1. That call, made with create_graph, is differentiable again through the
 backward op's own autograd: with respect to grad it is an order-1 call (it is linear in
-grad), with respect to ref (and b, for swish) the order-2 call. Differentiating an order-2
+grad), with respect to ref (and b, for swish) the order-2 call (zeros for the piecewise-
+linear activations, as eager gives). Differentiating an order-2
 result raises (third-order gradients are not supported).
 
 Imported on first use by fastgan/ops/bias_act.py (it imports triton), never by
@@ -148,6 +149,9 @@ def _backward_backward(ctx, gg_x, gg_b):
         d_grad = triton_bias_act_backward(u, ref, b, dim, act, alpha, gain, clamp, 1,
                                           [True, False])[0]
     want_b = K.ref_kind(act, clamp >= 0) == "x" and bool(needs[2])
+    if act not in K.HAS_2ND_GRAD and needs[1] and ref is not None:
+        # piecewise-linear: a zero tensor, not none, as eager (and the C++ node) gives
+        d_ref = torch.zeros_like(ref)
     if act in K.HAS_2ND_GRAD and (needs[1] or want_b):
         d_ref, gb2 = triton_bias_act_backward(u * grad, ref, b, dim, act, alpha, gain, clamp,
                                               2, [True, want_b])
