@@ -92,7 +92,7 @@ __all__ += ["gan_loss", "GANLosses"]
 
 # ---------------------------------------------------------------------------
 # StyleGAN-family ops (NVlabs' torch_utils.ops semantics; fastgan.compat.stylegan is the
-# drop-in module form). Only the reference backend (plain torch ops) exists so far.
+# drop-in module form), on fused kernels: C++ CPU, Triton, CUDA, or the reference.
 
 def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linear",
              alpha: float | None = None, gain: float | None = None,
@@ -104,8 +104,10 @@ def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linea
     any floating dtype; the result has x's shape and dtype). `act` is one of linear, relu,
     lrelu, tanh, sigmoid, elu, selu, softplus, swish; `alpha` (lrelu's negative slope) and
     `gain` default to the activation's own (`fastgan.ops.bias_act.ACTIVATIONS[act]`: lrelu
-    0.2 and sqrt(2), relu and swish gain sqrt(2), the others 1). Gradients of any order.
-    Only the reference backend (plain torch ops) exists so far; fused kernels are to come.
+    0.2 and sqrt(2), relu and swish gain sqrt(2), the others 1). One fused pass forward
+    and one backward (which also sums the bias gradient); backward keeps one tensor (y, or
+    x for swish). Gradients to second order (R1 penalties); third order raises on the
+    fused backends (the `reference` backend, plain torch ops, goes further).
     """
     return _bias_act.bias_act(x, b, dim, act, alpha, gain, clamp)
 
@@ -118,7 +120,8 @@ def upfirdn2d(x: Tensor, f: Tensor | None, up: Any = 1, down: Any = 1, padding: 
     `flip_filter=True` correlates instead), downsample (`down`), times `gain`. `up`,
     `down`: an int or [x, y]; `padding`: an int, [x, y] or [x0, x1, y0, y1]. Build `f`
     with `setup_filter`. Gradients of any order (to `x`; `f` must not require grad).
-    Only the reference backend (plain torch ops) exists so far; fused kernels are to come.
+    The fused kernels visit only the taps that land on input pixels (polyphase) and keep
+    nothing but the filter for backward.
     """
     return _upfirdn2d.upfirdn2d(x, f, up, down, padding, flip_filter, gain)
 

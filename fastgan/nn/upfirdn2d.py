@@ -38,8 +38,7 @@ class Upsample2d(_FIRResample):
     """FIR upsampling of (N, C, H, W) by `factor` (an int or [x, y]):
     `fastgan.functional.upsample2d(x, setup_filter(filter), factor, padding, flip_filter,
     gain)`, the output `factor` times the input. Arguments: (factor=2, filter=(1, 3, 3, 1),
-    padding=0, flip_filter=False, gain=1); the default filter is StyleGAN2's. Only the
-    reference backend (plain torch ops) exists so far."""
+    padding=0, flip_filter=False, gain=1); the default filter is StyleGAN2's."""
 
     resample = staticmethod(functional.upsample2d)
 
@@ -48,7 +47,7 @@ class Downsample2d(_FIRResample):
     """FIR downsampling of (N, C, H, W) by `factor` (an int or [x, y]):
     `fastgan.functional.downsample2d(x, setup_filter(filter), factor, padding,
     flip_filter, gain)`, the output the input divided by `factor`. Arguments as
-    Upsample2d's. Only the reference backend (plain torch ops) exists so far."""
+    Upsample2d's."""
 
     resample = staticmethod(functional.downsample2d)
 

@@ -10,7 +10,8 @@ and module attributes of NVlabs' StyleGAN2-ADA / StyleGAN3 `bias_act` and `upfir
     fastgan.compat.stylegan.install()
     import training.networks_stylegan2   # its torch_utils.ops.bias_act is fastgan's
 
-Only the reference backend (plain torch ops) exists so far; fused kernels are to come.
+Both run on fastgan's kernels (C++ CPU, Triton, CUDA; the backend fastgan selects), with
+no JIT build.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """NVlabs' `torch_utils.ops.bias_act` (StyleGAN2-ADA, StyleGAN3) on fastgan's op: the same
 function, arguments (`impl=` accepted and ignored), defaults and `activation_funcs`
 (entries with `.func`, `.def_alpha`, `.def_gain`, `.cuda_idx`, `.ref`, `.has_2nd_grad`,
-readable as attributes or keys). Only the reference backend exists so far."""
+readable as attributes or keys)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """NVlabs' `torch_utils.ops.upfirdn2d` (StyleGAN2-ADA, StyleGAN3) on fastgan's op: the same
 functions, arguments (`impl=` accepted and ignored) and defaults, and the helpers that
 StyleGAN's conv2d_resample imports, `_get_filter_size(f)` -> (fw, fh) and
-`_parse_padding(padding)` -> (x0, x1, y0, y1). Only the reference backend exists so far."""
+`_parse_padding(padding)` -> (x0, x1, y0, y1)."""
 
 from __future__ import annotations
 
