@@ -3,8 +3,11 @@
 // and the memory-order view in csrc/bias_act_checks.h).
 //
 // x is seen in memory order as (outer, channels, inner) with the bias indexed by the
-// channel (bias_act::layout_of): a tensor contiguous around `dim`, or channels_last with
-// dim == 1 (inner == 1); any other layout is made contiguous first.
+// channel: any dense x (contiguous, channels_last, any permutation of dimensions) is
+// viewed with its dimensions permuted into memory order, which is contiguous, and `dim`
+// moved with them (bias_act::layout_of of that view; channels_last with dim == 1 gives
+// inner == 1); a non-dense x is made contiguous first. y (and grad_x) get x's (grad's)
+// strides, so they keep its memory format.
 //
 // Forward: one grid-stride elementwise launch, 16-byte vector loads and stores where the
 //   channel of a whole vector is known (inner % V == 0, or inner == 1 and channels % V == 0),
@@ -28,6 +31,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
+#include <vector>
 
 #include "../bias_act_checks.h"
 #include "../bias_act_math.h"
@@ -146,52 +151,58 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------
 // Backward, rows: block (c = blockIdx.x, s = blockIdx.y). The channel's rows (o, c),
-// o < outer, each `inner` long and contiguous, are cut into chunks of kChunk elements;
-// warp w of block s takes chunks s * kWarps + w, stepping gridDim.y * kWarps.
+// o < outer, each `inner` long and contiguous, are cut into chunks of kChunk elements.
+// The channel's warps w = s * kWarps + warp form a wr x wc grid (warps beyond it idle):
+// warp (w / wc, w % wc) takes rows w / wc, stepping wr, and in each of them chunks w % wc,
+// stepping wc (32-bit index arithmetic: no 64-bit division, which is a called routine).
 // gx (grad_x) and partial ([gridDim.y][channels]) may each be null; bias (swish's b) and
 // ref may be null.
 
+// No __launch_bounds__ here: with it, ptxas (CUDA 13, sm_80) spills a few bytes in
+// several instantiations at under 50 registers; without it, none.
 template <Act A, typename scalar_t, bool kVec>
-__global__ void __launch_bounds__(kThreads)
-    backward_rows_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ ref,
-                         const scalar_t* __restrict__ b, scalar_t* __restrict__ gx,
-                         acc_of_t<scalar_t>* __restrict__ partial, int64_t outer,
-                         int64_t channels, int64_t inner, Params<acc_of_t<scalar_t>> p) {
+__global__ void backward_rows_kernel(const scalar_t* __restrict__ g,
+                                     const scalar_t* __restrict__ ref,
+                                     const scalar_t* __restrict__ b, scalar_t* __restrict__ gx,
+                                     acc_of_t<scalar_t>* __restrict__ partial, int64_t outer,
+                                     int64_t channels, int64_t inner, int wr, int wc,
+                                     Params<acc_of_t<scalar_t>> p) {
   using acc_t = acc_of_t<scalar_t>;
   constexpr int V = kVec ? vec_of<scalar_t>() : 1;
   constexpr int64_t kChunk = static_cast<int64_t>(kWarp) * V * kChunkVecs;
   const int64_t c = blockIdx.x;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int64_t chunks = (inner + kChunk - 1) / kChunk;
-  const int64_t tasks = outer * chunks;
   const acc_t bias = load_or_zero(b, c);
   acc_t sum = 0;
-  for (int64_t t = static_cast<int64_t>(blockIdx.y) * kWarps + warp; t < tasks;
-       t += static_cast<int64_t>(gridDim.y) * kWarps) {
-    const int64_t o = t / chunks;
-    const int64_t k0 = (t - o * chunks) * kChunk;
-    const int64_t base = (o * channels + c) * inner;
-    const int64_t end = base + std::min(inner, k0 + kChunk);
-    for (int64_t i = base + k0 + static_cast<int64_t>(lane) * V; i < end;
-         i += static_cast<int64_t>(kWarp) * V) {
-      if constexpr (kVec) {  // inner % V == 0: a vector never crosses a row
-        const int64_t v = i / V;
-        const auto gin = reinterpret_cast<const Pack<scalar_t, V>*>(g)[v];
-        Pack<scalar_t, V> rin;
-        if (ref) rin = reinterpret_cast<const Pack<scalar_t, V>*>(ref)[v];
-        Pack<scalar_t, V> out;
+  const int w = static_cast<int>(blockIdx.y) * kWarps + warp;
+  const int wo = w / wc;
+  const int64_t o0 = wo < wr ? wo : outer;  // idle beyond the wr x wc grid
+  for (int64_t o = o0; o < outer; o += wr) {
+    const int64_t row = (o * channels + c) * inner;
+    for (int64_t k0 = static_cast<int64_t>(w - wo * wc) * kChunk; k0 < inner;
+         k0 += static_cast<int64_t>(wc) * kChunk) {
+      const int64_t end = row + std::min(inner, k0 + kChunk);
+      for (int64_t i = row + k0 + static_cast<int64_t>(lane) * V; i < end;
+           i += static_cast<int64_t>(kWarp) * V) {
+        if constexpr (kVec) {  // inner % V == 0: a vector never crosses a row
+          const int64_t v = i / V;
+          const auto gin = reinterpret_cast<const Pack<scalar_t, V>*>(g)[v];
+          Pack<scalar_t, V> rin;
+          if (ref) rin = reinterpret_cast<const Pack<scalar_t, V>*>(ref)[v];
+          Pack<scalar_t, V> out;
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const acc_t r = ref ? static_cast<acc_t>(rin.v[k]) : acc_t(0);
-          const acc_t d = bwd<A>(static_cast<acc_t>(gin.v[k]), r, bias, p);
+          for (int k = 0; k < V; ++k) {
+            const acc_t r = ref ? static_cast<acc_t>(rin.v[k]) : acc_t(0);
+            const acc_t d = bwd<A>(static_cast<acc_t>(gin.v[k]), r, bias, p);
+            sum += d;
+            out.v[k] = static_cast<scalar_t>(d);
+          }
+          if (gx) reinterpret_cast<Pack<scalar_t, V>*>(gx)[v] = out;
+        } else {
+          const acc_t d = bwd<A>(static_cast<acc_t>(g[i]), load_or_zero(ref, i), bias, p);
           sum += d;
-          out.v[k] = static_cast<scalar_t>(d);
+          if (gx) gx[i] = static_cast<scalar_t>(d);
         }
-        if (gx) reinterpret_cast<Pack<scalar_t, V>*>(gx)[v] = out;
-      } else {
-        const acc_t d = bwd<A>(static_cast<acc_t>(g[i]), load_or_zero(ref, i), bias, p);
-        sum += d;
-        if (gx) gx[i] = static_cast<scalar_t>(d);
       }
     }
   }
@@ -277,17 +288,55 @@ const scalar_t* ptr_or_null(const at::Tensor& t) {
 
 bool has(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
+// The dimensions of a dense, non-overlapping t in memory order (outermost first), so that
+// t.permute(order) is contiguous; nullopt for any other t.
+c10::optional<std::vector<int64_t>> memory_order(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return c10::nullopt;
+  std::vector<int64_t> order(t.dim());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return t.stride(a) > t.stride(b); });
+  if (!t.permute(order).is_contiguous()) return c10::nullopt;
+  return order;
+}
+
+// t (made contiguous unless dense) with its memory-order view's layout around `dim`.
+struct View {
+  at::Tensor t;
+  bias_act::Layout l;
+};
+
+View memory_view(const at::Tensor& t_in, int64_t dim, bool has_b, const char* op) {
+  at::Tensor t = t_in;
+  auto order = memory_order(t);
+  if (!order) {
+    t = t_in.contiguous();
+    order = std::vector<int64_t>(t.dim());
+    std::iota(order->begin(), order->end(), 0);
+  }
+  int64_t vdim = 0;  // dim in the view (only read with a bias)
+  if (has_b) vdim = std::find(order->begin(), order->end(), dim) - order->begin();
+  const bias_act::Layout l = bias_act::layout_of(t.permute(*order), vdim, has_b);
+  TORCH_INTERNAL_ASSERT(l.ok, op, ": unexpected layout of a tensor of shape ", t.sizes(),
+                        " and strides ", t.strides());
+  return {t, l};
+}
+
+// An uninitialised tensor with t's sizes and strides (t dense).
+at::Tensor empty_as(const at::Tensor& t) {
+  return at::empty_strided(t.sizes(), t.strides(), t.options());
+}
+
 at::Tensor bias_act_forward_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>& b_in,
                                  int64_t dim, c10::string_view act_name, double alpha,
                                  double gain, double clamp) {
   const int act = bias_act::check_forward("fastgan::bias_act_forward", x_in, b_in, dim, act_name);
   c10::cuda::CUDAGuard guard(x_in.device());
   const bool has_b = has(b_in);
-  bias_act::Layout l = bias_act::layout_of(x_in, dim, has_b);
-  const at::Tensor x = l.ok ? x_in : x_in.contiguous();
-  if (!l.ok) l = bias_act::layout_of(x, dim, has_b);
-  TORCH_INTERNAL_ASSERT(l.ok, "fastgan::bias_act_forward: unexpected layout");
-  at::Tensor y = at::empty_like(x);  // x is dense here: y has its strides
+  const View v = memory_view(x_in, dim, has_b, "fastgan::bias_act_forward");
+  const at::Tensor& x = v.t;
+  const bias_act::Layout& l = v.l;
+  at::Tensor y = empty_as(x);
   const int64_t numel = x.numel();
   if (numel == 0) return y;
   const at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
@@ -342,16 +391,17 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(
                 " but grad is on ", grad.device());
   }
   c10::cuda::CUDAGuard guard(grad.device());
-  // grad and ref in one layout that layout_of accepts: channels_last where the bias
-  // (if any) is along dim 1, else contiguous.
-  const bool cl = is_channels_last(grad) && (!has_b || dim == 1);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor g = grad.contiguous(fmt);
-  const at::Tensor r = use_ref ? ref_in->contiguous(fmt) : at::Tensor();
-  const bias_act::Layout l = bias_act::layout_of(g, dim, has_b);
-  TORCH_INTERNAL_ASSERT(l.ok, op, ": unexpected layout");
+  // grad in memory order; ref copied into grad's strides where they differ
+  const View v = memory_view(grad, dim, has_b, op);
+  const at::Tensor& g = v.t;
+  const bias_act::Layout& l = v.l;
+  at::Tensor r;
+  if (use_ref) {
+    r = *ref_in;
+    if (r.strides() != g.strides()) r = empty_as(g).copy_(r);
+  }
   const bool want_b = output_mask[1] && has_b;
-  at::Tensor gx = output_mask[0] ? at::empty_like(g) : at::empty({0}, grad.options());
+  at::Tensor gx = output_mask[0] ? empty_as(g) : at::empty({0}, grad.options());
   at::Tensor gb = want_b ? at::empty({l.channels}, b_in->options()) : at::empty({0}, grad.options());
   const int64_t numel = g.numel();
   if (numel == 0) {
@@ -376,10 +426,14 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(
     int64_t splits = 1, partial_inner = 1;
     if (l.inner >= kRowMin) {
       // rows: grid (channels, S)
+      // wc warps across a row's chunks, wr across rows: about `target` blocks in all
       const int64_t chunk = static_cast<int64_t>(kWarp) * V * kChunkVecs;
-      const int64_t tasks = l.outer * ceil_div(l.inner, chunk);
-      splits = std::clamp<int64_t>(ceil_div(target, l.channels), 1,
-                                   std::min<int64_t>(ceil_div(tasks, kWarps), 65535));
+      const int64_t max_warps = 65535LL * kWarps;
+      const int64_t want = std::clamp<int64_t>(ceil_div(target, l.channels), 1, 65535) * kWarps;
+      const int wc = static_cast<int>(std::min(ceil_div(l.inner, chunk), want));
+      const int wr = static_cast<int>(std::clamp<int64_t>(ceil_div(want, wc), 1,
+                                                          std::min(l.outer, max_warps / wc)));
+      splits = ceil_div(static_cast<int64_t>(wr) * wc, kWarps);
       if (want_b) partial = at::empty({splits, l.channels}, g.options().dtype(acc));
       acc_t* pp = want_b ? partial.mutable_data_ptr<acc_t>() : nullptr;
       const bool vec = l.inner % V == 0 && aligned(gp, 16) && aligned(rp, 16) && aligned(gxp, 16);
@@ -388,10 +442,10 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(
         constexpr Act A = decltype(a)::value;
         if (vec) {
           backward_rows_kernel<A, scalar_t, true><<<grid, kThreads, 0, stream>>>(
-              gp, rp, bp, gxp, pp, l.outer, l.channels, l.inner, p);
+              gp, rp, bp, gxp, pp, l.outer, l.channels, l.inner, wr, wc, p);
         } else {
           backward_rows_kernel<A, scalar_t, false><<<grid, kThreads, 0, stream>>>(
-              gp, rp, bp, gxp, pp, l.outer, l.channels, l.inner, p);
+              gp, rp, bp, gxp, pp, l.outer, l.channels, l.inner, wr, wc, p);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
