@@ -65,10 +65,21 @@ def _make(shape, fmt, dtype, seed=0, scale=2.0):
 
 
 def _bias(x, dim, seed=1):
+    """A bias for x along dim (None for dim None); where x + b would be exactly 0 (the
+    activations' kink, hit by chance in bf16), x is moved off it, in place."""
     if dim is None:
         return None
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(x.shape[dim], generator=g, dtype=torch.float64).to(x.dtype).cuda()
+    b = torch.randn(x.shape[dim], generator=g, dtype=torch.float64).to(x.dtype).cuda()
+    bb = b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    x.copy_(torch.where(x.double() + bb.double() == 0, x + 0.5, x))
+    return b
+
+
+# clamps exact in every dtype: a clamped y is then exactly the clamp and saturated in the
+# kernel's |y| >= clamp test (a clamp that rounds down in bf16 / fp16 would leave clamped
+# values unmasked, with the derivative read at the clamped y: NVlabs' semantics too, but
+# not what the fp64 oracle computes)
 
 
 def _args(act, clamp):
@@ -106,7 +117,10 @@ def _expected_grads(act, x, b, dim, alpha, gain, clamp, y, g, order):
     if clamp >= 0:
         ysat = reference(s.detach(), None, 1, act, alpha, gain, None) \
             if ACTIVATIONS[act].ref == "x" else y.double()
-        gx = torch.where(ysat.abs() < clamp, gx, torch.zeros_like(gx))
+        # the kernel compares in its compute type: a clamped fp32 y equals float32(clamp)
+        c = torch.tensor(clamp, dtype=torch.float64 if x.dtype == torch.float64
+                         else torch.float32).double()
+        gx = torch.where(ysat.abs() < c, gx, torch.zeros_like(gx))
     gb = None
     if b is not None:
         gb = gx.sum([i for i in range(x.ndim) if i != dim])
@@ -117,7 +131,7 @@ def _expected_grads(act, x, b, dim, alpha, gain, clamp, y, g, order):
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=[lay[0] for lay in LAYOUTS])
-@pytest.mark.parametrize("clamp", [None, 0.7])
+@pytest.mark.parametrize("clamp", [None, 0.75])
 def test_forward_matches_reference(act, dtype, layout, clamp):
     ops = _ops()
     _, shape, dim, fmt = layout
@@ -137,7 +151,7 @@ def test_forward_matches_reference(act, dtype, layout, clamp):
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=[lay[0] for lay in LAYOUTS])
-@pytest.mark.parametrize("clamp", [None, 0.7])
+@pytest.mark.parametrize("clamp", [None, 0.75])
 def test_backward_matches_reference(act, dtype, layout, clamp):
     ops = _ops()
     _, shape, dim, fmt = layout
@@ -166,7 +180,7 @@ def test_backward_matches_reference(act, dtype, layout, clamp):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("layout", [LAYOUTS[0], LAYOUTS[1], LAYOUTS[3]],
                          ids=["nchw", "nchw_rows", "cl"])
-@pytest.mark.parametrize("clamp", [None, 0.9])
+@pytest.mark.parametrize("clamp", [None, 1.0])
 def test_backward_order2_matches_reference(act, dtype, layout, clamp):
     ops = _ops()
     _, shape, dim, fmt = layout
