@@ -8,15 +8,16 @@
 //     -> (grad_x, grad_b)
 //     order 1: grad_x = dL/dx from grad = dL/dy, with `ref` the one tensor the forward
 //     saved (y, x or none: csrc/bias_act_math.h, RefKind); order 2: the derivative of
-//     the order-1 result with respect to `ref`, times grad. grad_b is grad_x summed over
-//     every dimension but `dim` (fp32, or fp64 for fp64, then cast to b's dtype), computed
-//     in the same pass; outputs masked off by output_mask are empty.
+//     the order-1 result with respect to `ref`, times grad. grad_b (when b is given) is
+//     grad_x summed over every dimension but `dim` (in double, then cast to b's dtype),
+//     computed in the same pass; outputs masked off by output_mask, or grad_b without b,
+//     are empty.
 // Kernels: csrc/cpu/kernels/bias_act.cpp, csrc/cuda/bias_act.cu (math in
 // csrc/bias_act_math.h); Python side, fake kernels and backend choice:
 // fastgan/ops/bias_act.py.
 //
 // Autograd, in C++ as for gan_loss (csrc/gan_loss.cpp): the forward's node saves the one
-// tensor `ref` (and b, a parameter, for swish) and calls bias_act_backward of order 1.
+// activation-sized tensor `ref` (and b, a parameter) and calls bias_act_backward of order 1.
 // That call, made with create_graph, records a second hand-written node, so gradients of
 // gradients (R1 penalties) run the kernels too: the gradient of the order-1 result with
 // respect to grad is an order-1 call again (it is linear in grad), with respect to ref
@@ -199,10 +200,10 @@ at::Tensor bias_act_autograd(const at::Tensor& x, const OptTensor& b, int64_t di
   node->p = Params{dim, std::string(act), alpha, gain, clamp};
   torch::autograd::set_history(y, node);
   if (kind == bias_act::RefKind::kY) node->ref = SavedVariable(y, /*is_output=*/true);
-  if (kind == bias_act::RefKind::kX) {
-    node->ref = SavedVariable(x, /*is_output=*/false);
-    if (bias.defined()) node->b = SavedVariable(bias, /*is_output=*/false);
-  }
+  if (kind == bias_act::RefKind::kX) node->ref = SavedVariable(x, /*is_output=*/false);
+  // b, a parameter, costs nothing to keep: swish's backward adds it to x, and grad_b
+  // takes its dtype from it
+  if (bias.defined()) node->b = SavedVariable(bias, /*is_output=*/false);
   torch::autograd::fire_node_creation_hooks(node);
   return y;
 }

@@ -6,7 +6,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <numeric>
 #include <type_traits>
+#include <vector>
 
 #include "bias_act_math.h"
 #include "common.h"
@@ -39,8 +42,8 @@ inline int check_forward(const char* op, const at::Tensor& x, const c10::optiona
 
 // x in memory order as (outer, channels, inner) with the bias indexed by `channels`:
 // a contiguous x around `dim`, or a 4-D channels_last x with dim == 1 (inner == 1).
-// Without a bias (or with a single channel) the whole tensor is one run (channels == 1). `ok` is false for any other
-// layout: the caller makes x contiguous first.
+// Without a bias (or with a single channel) the whole tensor is one run (channels == 1).
+// `ok` is false for any other layout (memory_view below views any dense x as contiguous).
 struct Layout {
   int64_t outer = 1, channels = 1, inner = 1;
   bool ok = false;
@@ -67,6 +70,48 @@ inline Layout layout_of(const at::Tensor& x, int64_t dim, bool has_bias) {
     l.outer = 1;
   }
   return l;
+}
+
+// The dimensions of a dense, non-overlapping t in memory order (outermost first), so that
+// t.permute(order) is contiguous; nullopt for any other t.
+inline c10::optional<std::vector<int64_t>> memory_order(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return c10::nullopt;
+  std::vector<int64_t> order(t.dim());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return t.stride(a) > t.stride(b); });
+  if (!t.permute(order).is_contiguous()) return c10::nullopt;
+  return order;
+}
+
+// t as the kernels walk it: any dense t in place (its dimensions viewed in memory order,
+// which is contiguous, with `dim` moved along), any other t made contiguous; and that
+// view's (outer, channels, inner) around dim. Outputs take t's strides (empty_as), so y
+// keeps x's memory format whatever it is.
+struct View {
+  at::Tensor t;
+  Layout l;
+};
+
+inline View memory_view(const at::Tensor& t_in, int64_t dim, bool has_b) {
+  at::Tensor t = t_in;
+  auto order = memory_order(t);
+  if (!order) {
+    t = t_in.contiguous();
+    order = std::vector<int64_t>(t.dim());
+    std::iota(order->begin(), order->end(), 0);
+  }
+  int64_t vdim = 0;  // dim in the view (only read with a bias)
+  if (has_b) vdim = std::find(order->begin(), order->end(), dim) - order->begin();
+  const Layout l = layout_of(t.permute(*order), vdim, has_b);
+  TORCH_INTERNAL_ASSERT(l.ok, "bias_act: unexpected layout of a tensor of shape ", t.sizes(),
+                        " and strides ", t.strides());
+  return {t, l};
+}
+
+// An uninitialised tensor with t's sizes and strides (t dense).
+inline at::Tensor empty_as(const at::Tensor& t) {
+  return at::empty_strided(t.sizes(), t.strides(), t.options());
 }
 
 // Calls f(std::integral_constant<Act, A>{}) for the runtime activation index.

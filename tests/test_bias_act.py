@@ -362,3 +362,22 @@ def test_kernel_errors():
     with pytest.raises(RuntimeError, match="needs the saved tensor ref"):
         torch.ops.fastgan.bias_act_backward(x, None, None, 1, "tanh", 0.0, 1.0, -1.0, 1,
                                             [True, False])
+
+
+@needs_ext
+def test_any_dense_layout_in_place():
+    """Any dense x is walked in place and y takes its strides (channels_last with the bias
+    along H, a permuted tensor); a non-dense x (a slice) gives a contiguous y."""
+    base = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    cases = [(base.contiguous(memory_format=torch.channels_last), 2, True),
+             (base.permute(0, 2, 1, 3), 2, True),
+             (base.transpose(1, 3), 3, True),
+             (base[:, :, 1:4], 1, False)]
+    for x, dim, dense in cases:
+        b = torch.randn(x.shape[dim], dtype=torch.float64)
+        up = torch.randn(x.shape, dtype=torch.float64)
+        got = _fwd_bwd("cpu", x, b, dim, "swish", 1.0, up)
+        want = _fwd_bwd("reference", x, b, dim, "swish", 1.0, up)
+        assert got[0].stride() == (x.stride() if dense else x.contiguous().stride())
+        for o, w in zip(got, want):
+            torch.testing.assert_close(o, w, rtol=1e-12, atol=1e-12)

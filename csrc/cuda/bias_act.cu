@@ -288,55 +288,16 @@ const scalar_t* ptr_or_null(const at::Tensor& t) {
 
 bool has(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-// The dimensions of a dense, non-overlapping t in memory order (outermost first), so that
-// t.permute(order) is contiguous; nullopt for any other t.
-c10::optional<std::vector<int64_t>> memory_order(const at::Tensor& t) {
-  if (!t.is_non_overlapping_and_dense()) return c10::nullopt;
-  std::vector<int64_t> order(t.dim());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return t.stride(a) > t.stride(b); });
-  if (!t.permute(order).is_contiguous()) return c10::nullopt;
-  return order;
-}
-
-// t (made contiguous unless dense) with its memory-order view's layout around `dim`.
-struct View {
-  at::Tensor t;
-  bias_act::Layout l;
-};
-
-View memory_view(const at::Tensor& t_in, int64_t dim, bool has_b, const char* op) {
-  at::Tensor t = t_in;
-  auto order = memory_order(t);
-  if (!order) {
-    t = t_in.contiguous();
-    order = std::vector<int64_t>(t.dim());
-    std::iota(order->begin(), order->end(), 0);
-  }
-  int64_t vdim = 0;  // dim in the view (only read with a bias)
-  if (has_b) vdim = std::find(order->begin(), order->end(), dim) - order->begin();
-  const bias_act::Layout l = bias_act::layout_of(t.permute(*order), vdim, has_b);
-  TORCH_INTERNAL_ASSERT(l.ok, op, ": unexpected layout of a tensor of shape ", t.sizes(),
-                        " and strides ", t.strides());
-  return {t, l};
-}
-
-// An uninitialised tensor with t's sizes and strides (t dense).
-at::Tensor empty_as(const at::Tensor& t) {
-  return at::empty_strided(t.sizes(), t.strides(), t.options());
-}
-
 at::Tensor bias_act_forward_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>& b_in,
                                  int64_t dim, c10::string_view act_name, double alpha,
                                  double gain, double clamp) {
   const int act = bias_act::check_forward("fastgan::bias_act_forward", x_in, b_in, dim, act_name);
   c10::cuda::CUDAGuard guard(x_in.device());
   const bool has_b = has(b_in);
-  const View v = memory_view(x_in, dim, has_b, "fastgan::bias_act_forward");
+  const bias_act::View v = bias_act::memory_view(x_in, dim, has_b);
   const at::Tensor& x = v.t;
   const bias_act::Layout& l = v.l;
-  at::Tensor y = empty_as(x);
+  at::Tensor y = bias_act::empty_as(x);
   const int64_t numel = x.numel();
   if (numel == 0) return y;
   const at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
@@ -392,16 +353,16 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(
   }
   c10::cuda::CUDAGuard guard(grad.device());
   // grad in memory order; ref copied into grad's strides where they differ
-  const View v = memory_view(grad, dim, has_b, op);
+  const bias_act::View v = bias_act::memory_view(grad, dim, has_b);
   const at::Tensor& g = v.t;
   const bias_act::Layout& l = v.l;
   at::Tensor r;
   if (use_ref) {
     r = *ref_in;
-    if (r.strides() != g.strides()) r = empty_as(g).copy_(r);
+    if (r.strides() != g.strides()) r = bias_act::empty_as(g).copy_(r);
   }
   const bool want_b = output_mask[1] && has_b;
-  at::Tensor gx = output_mask[0] ? empty_as(g) : at::empty({0}, grad.options());
+  at::Tensor gx = output_mask[0] ? bias_act::empty_as(g) : at::empty({0}, grad.options());
   at::Tensor gb = want_b ? at::empty({l.channels}, b_in->options()) : at::empty({0}, grad.options());
   const int64_t numel = g.numel();
   if (numel == 0) {

@@ -26,13 +26,15 @@ from fastgan.ops.bias_act_reference import ACTIVATIONS, Activation, check_args
 OP = "bias_act"
 
 
-def out_format(t: Tensor, dim: int, per_channel: bool) -> torch.memory_format:
-    """The memory format the kernels give their elementwise output: t's own when they walk
-    it in place (contiguous; 4-D channels_last with the bias along dim 1 or no bias),
-    contiguous otherwise (csrc/bias_act_checks.h, layout_of)."""
-    cl = (t.ndim == 4 and not t.is_contiguous()
-          and t.is_contiguous(memory_format=torch.channels_last))
-    return torch.channels_last if cl and (not per_channel or dim == 1) else torch.contiguous_format
+def empty_as(t: Tensor) -> Tensor:
+    """An uninitialised tensor laid out as the kernels lay out their elementwise outputs:
+    with t's strides when t is dense and non-overlapping (any memory format, walked in
+    place: csrc/bias_act_checks.h, memory_view), contiguous otherwise."""
+    order = sorted(range(t.ndim), key=lambda d: -t.stride(d))
+    dense = t.permute(order).is_contiguous() if t.ndim else True
+    if dense:
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
 # ---------------------------------------------------------------------------
@@ -41,18 +43,13 @@ def out_format(t: Tensor, dim: int, per_channel: bool) -> torch.memory_format:
 def _register_compiled() -> None:
     @torch.library.register_fake("fastgan::bias_act_forward")
     def _(x, b, dim, act, alpha, gain, clamp):
-        return torch.empty_like(x, memory_format=out_format(x, dim, b is not None))
+        return empty_as(x)
 
     @torch.library.register_fake("fastgan::bias_act_backward")
     def _(grad, ref, b, dim, act, alpha, gain, clamp, order, output_mask):
-        per_channel = b is not None or output_mask[1]
-        fmt = out_format(grad, dim, per_channel)
-        if ref is not None and ref.stride() != grad.stride():
-            fmt = torch.contiguous_format
-        gx = (torch.empty_like(grad, memory_format=fmt) if output_mask[0]
+        gx = empty_as(grad) if output_mask[0] else grad.new_empty((0,))
+        gb = (b.new_empty((grad.shape[dim],)) if output_mask[1] and b is not None
               else grad.new_empty((0,)))
-        dtype = b.dtype if b is not None else grad.dtype
-        gb = grad.new_empty((grad.shape[dim],) if output_mask[1] else (0,), dtype=dtype)
         return gx, gb
 
 
@@ -91,4 +88,4 @@ def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linea
     return _forward(*args)
 
 
-__all__ = ["ACTIVATIONS", "Activation", "KERNELS", "OP", "bias_act", "out_format"]
+__all__ = ["ACTIVATIONS", "Activation", "KERNELS", "OP", "bias_act", "empty_as"]

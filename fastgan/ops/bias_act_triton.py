@@ -90,12 +90,8 @@ def _forward_setup_context(ctx, inputs, output):
     x, b, dim, act, alpha, gain, clamp = inputs
     ctx.params = (dim, act, alpha, gain, clamp)
     kind = K.ref_kind(act, clamp >= 0)
-    if kind == "y":
-        ctx.save_for_backward(output, None)
-    elif kind == "x":
-        ctx.save_for_backward(x, b)
-    else:
-        ctx.save_for_backward(None, None)
+    # the one activation-sized tensor, and b (a parameter), as the C++ node
+    ctx.save_for_backward(output if kind == "y" else x if kind == "x" else None, b)
     ctx.set_materialize_grads(False)
 
 
@@ -103,7 +99,7 @@ def _forward_backward(ctx, grad):
     mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
     if grad is None or not (mask[0] or mask[1]):
         return None, None, None, None, None, None, None
-    ref, b = ctx.saved_tensors  # b only for swish, as the C++ node
+    ref, b = ctx.saved_tensors
     dim, act, alpha, gain, clamp = ctx.params
     gx, gb = triton_bias_act_backward(grad, ref, b, dim, act, alpha, gain, clamp, 1, mask)
     return (gx if mask[0] else None, gb if mask[1] else None, None, None, None, None, None)

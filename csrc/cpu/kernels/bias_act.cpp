@@ -1,9 +1,10 @@
 // CPU kernels of the bias_act op (schemas and autograd in csrc/bias_act.cpp, per-element
 // math in csrc/bias_act_math.h).
 //
-// x is walked in memory order as runs that share one bias value (a contiguous x around
-// `dim`: outer * C runs of `inner` elements) or as rows of C elements with the bias as a
-// vector (channels_last with dim == 1, or dim the last dimension: inner == 1). Each element
+// x is walked in memory order (any dense x in place, csrc/bias_act_checks.h: memory_view;
+// y takes x's strides) as runs that share one bias value (outer * C runs of `inner`
+// elements) or as rows of C elements with the bias as a vector (inner == 1: channels_last
+// with dim == 1, or dim the innermost dimension). Each element
 // is read and written once; the backward writes grad_x and sums it per channel for grad_b
 // in the same pass.
 //
@@ -158,10 +159,10 @@ at::Tensor forward_impl(const at::Tensor& x, const c10::optional<at::Tensor>& b,
                         int act, const Params& p) {
   using acc_t = acc_of_t<scalar_t>;
   const bool has_bias = b.has_value() && b->defined();
-  bias_act::Layout l = bias_act::layout_of(x, dim, has_bias);
-  const at::Tensor xc = l.ok ? x : x.contiguous();
-  if (!l.ok) l = bias_act::layout_of(xc, dim, has_bias);
-  at::Tensor y = at::empty_like(xc);
+  const bias_act::View v = bias_act::memory_view(x, dim, has_bias);
+  const at::Tensor& xc = v.t;
+  const bias_act::Layout& l = v.l;
+  at::Tensor y = bias_act::empty_as(xc);
   if (xc.numel() == 0) return y;
   const std::vector<acc_t> bias = bias_values<acc_t>(b, l.channels);
   const scalar_t* xp = xc.const_data_ptr<scalar_t>();
@@ -203,13 +204,14 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
                                                  std::array<bool, 2> mask) {
   using acc_t = acc_of_t<scalar_t>;
   const bool has_bias = b.has_value() && b->defined();
-  // grad and ref share one layout: both are made contiguous unless both already match
-  bias_act::Layout l = bias_act::layout_of(grad, dim, has_bias || mask[1]);
-  const bool same = !ref.defined() || ref.strides() == grad.strides();
-  const at::Tensor gc = l.ok && same ? grad : grad.contiguous();
-  const at::Tensor rc = !ref.defined() ? ref : (l.ok && same ? ref : ref.contiguous());
-  if (!(l.ok && same)) l = bias_act::layout_of(gc, dim, has_bias || mask[1]);
-  at::Tensor gx = mask[0] ? at::empty_like(gc) : at::empty({0}, grad.options());
+  mask[1] = mask[1] && has_bias;  // grad_b only for a given b (its shape and dtype)
+  // grad in memory order; ref copied into grad's strides where they differ
+  const bias_act::View v = bias_act::memory_view(grad, dim, has_bias);
+  const at::Tensor& gc = v.t;
+  const bias_act::Layout& l = v.l;
+  at::Tensor rc = ref;
+  if (rc.defined() && rc.strides() != gc.strides()) rc = bias_act::empty_as(gc).copy_(rc);
+  at::Tensor gx = mask[0] ? bias_act::empty_as(gc) : at::empty({0}, grad.options());
   at::Tensor gb = at::empty({0}, grad.options());
   const Walk walk(l);
   std::vector<acc_t> slots;
@@ -262,8 +264,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
       for (int64_t k = 0; k < walk.pieces(); ++k)
         sums[(k / walk.pieces_per_run) % l.channels] += slots[k];
     }
-    const auto bdtype = has_bias ? b->scalar_type() : grad.scalar_type();
-    gb = at::tensor(c10::ArrayRef<double>(sums), grad.options().dtype(at::kDouble)).to(bdtype);
+    gb = at::tensor(c10::ArrayRef<double>(sums), grad.options().dtype(at::kDouble))
+             .to(b->scalar_type());
   }
   return {gx, gb};
 }
@@ -291,8 +293,6 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward(
   const char* op = "fastgan::bias_act_backward";
   const int a = bias_act::check_forward(op, grad, b, dim, act);
   TORCH_CHECK(order == 1 || order == 2, op, ": order must be 1 or 2, got ", order);
-  TORCH_CHECK(!output_mask[1] || (grad.dim() > 0 && dim >= 0 && dim < grad.dim()), op,
-              ": dim must be in [0, ", grad.dim(), ") when grad_b is wanted, got ", dim);
   const auto kind = bias_act::ref_kind(static_cast<Act>(a), clamp >= 0);
   const at::Tensor r = ref.value_or(at::Tensor());
   TORCH_CHECK(kind == bias_act::RefKind::kNone || r.defined(), op, ": act '", act,
