@@ -381,3 +381,13 @@ def test_kernel_errors():
         op(x, torch.ones(5, 5), [1, 1], [1, 1], [0, 0, 0, 0], False, 1.0)
     with pytest.raises(RuntimeError, match="up must be two ints >= 1"):
         op(x, torch.ones(1, 1), [0, 1], [1, 1], [0, 0, 0, 0], False, 1.0)
+
+
+def test_crop_larger_than_one_side(backend):
+    """A negative pad may crop into what the other side's pad added (a valid geometry that
+    F.pad alone rejects)."""
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    f = torch.ones(1, 1, dtype=torch.float64)
+    got = FG.upfirdn2d(x, f, padding=[8, -6, 0, 0])
+    want = F.pad(x, [8, 0])[:, :, :, :-6]
+    torch.testing.assert_close(got, want)

@@ -121,8 +121,13 @@ def upfirdn2d(x: Tensor, f: Tensor | None, up: Any = 1, down: Any = 1, padding: 
     if upx > 1 or upy > 1:  # each pixel followed by up - 1 zeros, per axis
         x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, upx - 1, 0, 0, 0, upy - 1])
         x = x.reshape(n, c, h * upy, w * upx)
-    if px0 or px1 or py0 or py1:
-        x = F.pad(x, [px0, px1, py0, py1])  # negative pads crop
+    if px0 > 0 or px1 > 0 or py0 > 0 or py1 > 0:
+        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    if px0 < 0 or px1 < 0 or py0 < 0 or py1 < 0:
+        # negative pads crop, by slicing after padding: F.pad cannot crop more than the
+        # side it pads from
+        h, w = x.shape[2], x.shape[3]
+        x = x[:, :, max(-py0, 0):h - max(-py1, 0), max(-px0, 0):w - max(-px1, 0)]
     if f is None:
         f = torch.ones(1, 1)
     f = f.to(device=x.device, dtype=x.dtype) * float(gain) ** (f.ndim / 2)
