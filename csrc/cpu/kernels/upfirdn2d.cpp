@@ -7,11 +7,11 @@
 // w[ky][kx] = gain * f flipped (unless flip_filter), so out[oy][ox] = sum over taps of
 // w[ky][kx] * upsampled_padded_x[oy * down_y + ky][ox * down_x + kx].
 //
-// NCHW: one (n, c) plane per task; an output row is accumulated in a row buffer, one
-// valid filter row at a time, each a 1-D polyphase pass over one input row written as
-// unit- or fixed-stride loops the compiler vectorises (up_x > 1: one contiguous buffer per
-// output phase, interleaved at the end of the row), following a plan of the taps worked
-// out once per call (Plan).
+// NCHW: one (n, c) plane per task, following a plan of the taps worked out once per call
+// (Plan). An output row (per output phase when upsampling along x, interleaved at the end)
+// is one sum over (valid filter row, tap) terms, computed in vectors of outputs with one
+// load and FMA per term (sum_terms); both up and down along x (rare) add runs one at a
+// time.
 // channels_last: one output row of one image per task; each output pixel sums its taps
 // over a vector of channels.
 // bf16/fp16 are widened to float per plane (NCHW) or per load (channels_last); sums are
@@ -152,6 +152,56 @@ void interleave(scalar_t* __restrict out, const acc_t* __restrict phase, int64_t
   }
 }
 
+// One term of an output row's sum: out[m] += w * src[m * step] for m in [lo, hi).
+template <typename acc_t>
+struct Term {
+  const acc_t* src;
+  acc_t w;
+  int64_t lo, hi;
+};
+
+// dst[m] = the sum of the terms at m, for m in [0, count); every term has stride `step`.
+// Where all terms are valid (nearly all of the row) in vectors of m, one load and one FMA
+// per term (step 2: two loads deinterleaved); at the edges, per element.
+template <typename acc_t>
+void sum_terms(acc_t* __restrict dst, int64_t count, const std::vector<Term<acc_t>>& terms,
+               int64_t step) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t K = Vec::size();
+  int64_t lo = 0, hi = count;
+  for (const auto& t : terms) {
+    lo = std::max(lo, t.lo);
+    hi = std::min(hi, t.hi);
+  }
+  // step 2 reads one element past the last even one: keep the vector loop off it
+  const int64_t vhi = step == 2 ? hi - 1 : hi;
+  auto scalar = [&](int64_t m) {
+    acc_t sum = acc_t(0);
+    for (const auto& t : terms)
+      if (m >= t.lo && m < t.hi) sum += t.w * t.src[m * step];
+    dst[m] = sum;
+  };
+  int64_t m = 0;
+  for (; m < std::min(lo, count); ++m) scalar(m);
+  if (step == 1 || step == 2) {
+    for (; m + K <= vhi; m += K) {
+      Vec acc(acc_t(0));
+      for (const auto& t : terms) {
+        Vec v;
+        if (step == 1) {
+          v = Vec::loadu(t.src + m);
+        } else {
+          v = std::get<0>(at::vec::deinterleave2(Vec::loadu(t.src + 2 * m),
+                                                 Vec::loadu(t.src + 2 * m + K)));
+        }
+        acc = at::vec::fmadd(Vec(t.w), v, acc);
+      }
+      acc.store(dst + m);
+    }
+  }
+  for (; m < count; ++m) scalar(m);
+}
+
 template <typename scalar_t>
 void nchw(const at::Tensor& x, at::Tensor& y, const Geometry& g,
           const std::vector<acc_of_t<scalar_t>>& w) {
@@ -161,9 +211,15 @@ void nchw(const at::Tensor& x, at::Tensor& y, const Geometry& g,
   const int64_t planes = g.n * g.c, in_plane = g.h * g.w, out_plane = g.oh * g.ow;
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(out_plane, 1));
   const Plan plan = make_plan(g);
+  // up or down along x (not both): each output phase's row is one sum of terms (filter
+  // rows x taps); otherwise, runs added one at a time
+  const bool grouped = g.upx == 1 || g.downx == 1;
+  const int64_t phases = plan.phased ? std::min(g.upx, g.ow) : 1;
+  const int64_t step = plan.phased ? 1 : g.downx;
   at::parallel_for(0, planes, grain, [&](int64_t first, int64_t last) {
     std::vector<acc_t> acc(plan.phased ? plan.stride * g.upx : g.ow);
     std::vector<acc_t> widened(std::is_same_v<scalar_t, acc_t> ? 0 : in_plane);
+    std::vector<Term<acc_t>> terms;
     for (int64_t p = first; p < last; ++p) {
       const acc_t* in;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -175,12 +231,26 @@ void nchw(const at::Tensor& x, at::Tensor& y, const Geometry& g,
       }
       scalar_t* out = yp + p * out_plane;
       for (int64_t oy = 0; oy < g.oh; ++oy) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t i = plan.row_start[oy]; i < plan.row_start[oy + 1]; ++i) {
-          const auto [ky, iy] = plan.rows[i];
-          const acc_t* row = in + iy * g.w;
-          const acc_t* wk = w.data() + ky * g.fw;
-          for (const XRun& r : plan.runs) run_x(acc.data(), row, wk[r.kx], r);
+        const int64_t r0 = plan.row_start[oy], r1 = plan.row_start[oy + 1];
+        if (grouped) {
+          for (int64_t j = 0; j < phases; ++j) {
+            terms.clear();
+            for (int64_t i = r0; i < r1; ++i) {
+              const auto [ky, iy] = plan.rows[i];
+              for (const XRun& r : plan.runs)
+                if (r.base == j * plan.stride)
+                  terms.push_back({in + iy * g.w + r.src, w[ky * g.fw + r.kx], r.lo, r.hi});
+            }
+            const int64_t count = plan.phased ? (g.ow - j + g.upx - 1) / g.upx : g.ow;
+            sum_terms(acc.data() + j * plan.stride, count, terms, step);
+          }
+        } else {
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int64_t i = r0; i < r1; ++i) {
+            const auto [ky, iy] = plan.rows[i];
+            const acc_t* wk = w.data() + ky * g.fw;
+            for (const XRun& r : plan.runs) run_x(acc.data(), in + iy * g.w, wk[r.kx], r);
+          }
         }
         scalar_t* dst = out + oy * g.ow;
         if (plan.phased) {
