@@ -152,54 +152,67 @@ void interleave(scalar_t* __restrict out, const acc_t* __restrict phase, int64_t
   }
 }
 
-// One term of an output row's sum: out[m] += w * src[m * step] for m in [lo, hi).
+// One term of an output row's sum: out[m] += w * in_plane[off + m * step], m in [lo, hi).
 template <typename acc_t>
 struct Term {
-  const acc_t* src;
+  int64_t off;
   acc_t w;
   int64_t lo, hi;
 };
 
+// An output row of one phase: dst = acc + base, `count` outputs, the terms [t0, t1), all
+// valid on [lo, hi).
+struct Group {
+  int64_t base, count, lo, hi, t0, t1;
+};
+
 // dst[m] = the sum of the terms at m, for m in [0, count); every term has stride `step`.
 // Where all terms are valid (nearly all of the row) in vectors of m, one load and one FMA
-// per term (step 2: two loads deinterleaved); at the edges, per element.
+// per term (step 2: two loads deinterleaved), the last vector partial; at the edges, per
+// element.
 template <typename acc_t>
-void sum_terms(acc_t* __restrict dst, int64_t count, const std::vector<Term<acc_t>>& terms,
-               int64_t step) {
+void sum_terms(acc_t* __restrict dst, const acc_t* in, const Group& gr,
+               const Term<acc_t>* terms, int64_t step) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t K = Vec::size();
-  int64_t lo = 0, hi = count;
-  for (const auto& t : terms) {
-    lo = std::max(lo, t.lo);
-    hi = std::min(hi, t.hi);
-  }
-  // step 2 reads one element past the last even one: keep the vector loop off it
-  const int64_t vhi = step == 2 ? hi - 1 : hi;
+  const Term<acc_t>* t0 = terms + gr.t0;
+  const Term<acc_t>* t1 = terms + gr.t1;
   auto scalar = [&](int64_t m) {
     acc_t sum = acc_t(0);
-    for (const auto& t : terms)
-      if (m >= t.lo && m < t.hi) sum += t.w * t.src[m * step];
+    for (const auto* t = t0; t != t1; ++t)
+      if (m >= t->lo && m < t->hi) sum += t->w * in[t->off + m * step];
     dst[m] = sum;
   };
   int64_t m = 0;
-  for (; m < std::min(lo, count); ++m) scalar(m);
+  for (; m < std::min(gr.lo, gr.count); ++m) scalar(m);
   if (step == 1 || step == 2) {
-    for (; m + K <= vhi; m += K) {
+    // full vectors, then one partial vector (loads and stores of n lanes read and write
+    // n elements only: step 2 reads the 2n - 1 elements up to the last even one)
+    for (; m < gr.hi; m += K) {
+      const int64_t n = std::min(K, gr.hi - m);
       Vec acc(acc_t(0));
-      for (const auto& t : terms) {
+      for (const auto* t = t0; t != t1; ++t) {
+        const acc_t* src = in + t->off;
         Vec v;
         if (step == 1) {
-          v = Vec::loadu(t.src + m);
+          v = n == K ? Vec::loadu(src + m) : Vec::loadu(src + m, n);
         } else {
-          v = std::get<0>(at::vec::deinterleave2(Vec::loadu(t.src + 2 * m),
-                                                 Vec::loadu(t.src + 2 * m + K)));
+          const int64_t e = 2 * n - 1;  // elements to read
+          const Vec a = e >= K ? Vec::loadu(src + 2 * m) : Vec::loadu(src + 2 * m, e);
+          const Vec b = e > K ? Vec::loadu(src + 2 * m + K, e - K) : Vec(acc_t(0));
+          v = std::get<0>(at::vec::deinterleave2(a, b));
         }
-        acc = at::vec::fmadd(Vec(t.w), v, acc);
+        acc = at::vec::fmadd(Vec(t->w), v, acc);
       }
-      acc.store(dst + m);
+      if (n == K) {
+        acc.store(dst + m);
+      } else {
+        acc.store(dst + m, n);
+      }
     }
+    m = std::min(m, std::max<int64_t>(gr.hi, 0));  // the partial vector stopped at hi
   }
-  for (; m < count; ++m) scalar(m);
+  for (; m < gr.count; ++m) scalar(m);
 }
 
 template <typename scalar_t>
@@ -211,15 +224,36 @@ void nchw(const at::Tensor& x, at::Tensor& y, const Geometry& g,
   const int64_t planes = g.n * g.c, in_plane = g.h * g.w, out_plane = g.oh * g.ow;
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(out_plane, 1));
   const Plan plan = make_plan(g);
-  // up or down along x (not both): each output phase's row is one sum of terms (filter
-  // rows x taps); otherwise, runs added one at a time
+  // up or down along x (not both): each output row (per phase) is one sum of terms
+  // (filter rows x taps), the same for every plane, so worked out here; otherwise runs
+  // are added one at a time
   const bool grouped = g.upx == 1 || g.downx == 1;
   const int64_t phases = plan.phased ? std::min(g.upx, g.ow) : 1;
   const int64_t step = plan.phased ? 1 : g.downx;
+  std::vector<Term<acc_t>> terms;
+  std::vector<Group> groups;  // phases per output row
+  if (grouped) {
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t j = 0; j < phases; ++j) {
+        Group gr{j * plan.stride, plan.phased ? (g.ow - j + g.upx - 1) / g.upx : g.ow, 0, 0,
+                 static_cast<int64_t>(terms.size()), 0};
+        gr.hi = gr.count;
+        for (int64_t i = plan.row_start[oy]; i < plan.row_start[oy + 1]; ++i) {
+          const auto [ky, iy] = plan.rows[i];
+          for (const XRun& r : plan.runs)
+            if (r.base == gr.base) {
+              terms.push_back({iy * g.w + r.src, w[ky * g.fw + r.kx], r.lo, r.hi});
+              gr.lo = std::max(gr.lo, r.lo);
+              gr.hi = std::min(gr.hi, r.hi);
+            }
+        }
+        gr.t1 = static_cast<int64_t>(terms.size());
+        groups.push_back(gr);
+      }
+  }
   at::parallel_for(0, planes, grain, [&](int64_t first, int64_t last) {
     std::vector<acc_t> acc(plan.phased ? plan.stride * g.upx : g.ow);
     std::vector<acc_t> widened(std::is_same_v<scalar_t, acc_t> ? 0 : in_plane);
-    std::vector<Term<acc_t>> terms;
     for (int64_t p = first; p < last; ++p) {
       const acc_t* in;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -231,22 +265,14 @@ void nchw(const at::Tensor& x, at::Tensor& y, const Geometry& g,
       }
       scalar_t* out = yp + p * out_plane;
       for (int64_t oy = 0; oy < g.oh; ++oy) {
-        const int64_t r0 = plan.row_start[oy], r1 = plan.row_start[oy + 1];
         if (grouped) {
           for (int64_t j = 0; j < phases; ++j) {
-            terms.clear();
-            for (int64_t i = r0; i < r1; ++i) {
-              const auto [ky, iy] = plan.rows[i];
-              for (const XRun& r : plan.runs)
-                if (r.base == j * plan.stride)
-                  terms.push_back({in + iy * g.w + r.src, w[ky * g.fw + r.kx], r.lo, r.hi});
-            }
-            const int64_t count = plan.phased ? (g.ow - j + g.upx - 1) / g.upx : g.ow;
-            sum_terms(acc.data() + j * plan.stride, count, terms, step);
+            const Group& gr = groups[oy * phases + j];
+            sum_terms(acc.data() + gr.base, in, gr, terms.data(), step);
           }
         } else {
           std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t i = r0; i < r1; ++i) {
+          for (int64_t i = plan.row_start[oy]; i < plan.row_start[oy + 1]; ++i) {
             const auto [ky, iy] = plan.rows[i];
             const acc_t* wk = w.data() + ky * g.fw;
             for (const XRun& r : plan.runs) run_x(acc.data(), in + iy * g.w, wk[r.kx], r);
