@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import fastgan
 from fastgan import functional as FG
+from fastgan.ops import upfirdn2d_reference
 from fastgan.bench.common import (Row, format_table, paired_timings, saved_tensor_bytes,
                                   tune_malloc)
 
@@ -53,8 +54,12 @@ def fir_up_down(x: torch.Tensor) -> torch.Tensor:
 
 
 def reference_fir_up_down(x: torch.Tensor) -> torch.Tensor:
-    with fastgan.use_backend("reference"):
-        return fir_up_down(x)
+    """fir_up_down on the reference ops, called directly (no backend choice, which
+    torch.compile would have to trace): upsample2d's and downsample2d's padding for a
+    4-tap filter and factor 2."""
+    f = _FIR.to(x.device)
+    y = upfirdn2d_reference.upfirdn2d(x, f, up=2, padding=[2, 1, 2, 1], gain=4)
+    return upfirdn2d_reference.upfirdn2d(y, f, down=2, padding=[1, 1, 1, 1])
 
 
 def r3gan_trainer(device: str, batch: int, seed: int = 0):
