@@ -127,9 +127,11 @@ def test_gradcheck_and_gradgradcheck(case, channels_last):
 
 
 @pytest.mark.gpu
-def test_opcheck_schema():
+def test_opcheck():
     _ops()
-    x, f = _inputs((2, 3, 9, 10), (4, 4), torch.float32, False)
-    torch.library.opcheck(torch.ops.fastgan.upfirdn2d.default,
-                          (x, f, [2, 2], [1, 1], [2, 1, 2, 1], False, 4.0),
-                          test_utils=("test_schema", "test_autograd_registration"))
+    import fastgan.ops.upfirdn2d  # noqa: F401  (registers the fake kernel)
+
+    for cl in (False, True):
+        x, f = _inputs((2, 3, 9, 10), (4, 4), torch.float32, cl)
+        torch.library.opcheck(torch.ops.fastgan.upfirdn2d.default,
+                              (x, f, [2, 2], [1, 1], [2, 1, 2, 1], False, 4.0))
