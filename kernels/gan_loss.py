@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastgan.kernels.common import acc_dtype, f64, split_f64
+from fastgan.kernels.common import acc_dtype, f64, log1p, split_f64
 
 # csrc/gan_loss_math.h's Kind enum.
 KIND_IDS = {"minimax": 0, "ns": 1, "lsgan": 2, "hinge": 3, "wgan": 4}
@@ -60,16 +60,6 @@ INDEX64_MIN_NUMEL = 2**31
 # ---------------------------------------------------------------------------
 # Per-element math (csrc/gan_loss_math.h). KIND is a constexpr: each kind compiles to
 # its own branch-free code.
-
-@triton.jit
-def _log1p(e):
-    """log1p(e) for e in [0, 1] without libdevice: log(u) * e / (u - 1), u = 1 + e, and e
-    itself where u rounds to 1."""
-    u = 1.0 + e
-    d = u - 1.0
-    tiny = d == 0.0
-    return tl.where(tiny, e, tl.log(u) * (e / tl.where(tiny, 1.0, d)))
-
 
 @triton.jit
 def _exp_terms(x):
@@ -99,7 +89,7 @@ def _real_terms(r, label, KIND: tl.constexpr):
     label * softplus(-r) + (1 - label) * softplus(r) == softplus(-r) + (1 - label) * r."""
     e, q = _exp_terms(r)
     if KIND <= 1:  # minimax, ns
-        d = _relu(-r) + _log1p(e) + (1.0 - label) * r
+        d = _relu(-r) + log1p(e) + (1.0 - label) * r
     elif KIND == 2:  # lsgan
         t = r - 1.0
         d = 0.5 * t * t
@@ -115,10 +105,10 @@ def _fake_terms(f, KIND: tl.constexpr):
     """(fake half of d_loss, g_loss term, sigmoid(f))."""
     e, q = _exp_terms(f)
     if KIND == 0:  # minimax
-        d = _relu(f) + _log1p(e)
+        d = _relu(f) + log1p(e)
         g = -d
     elif KIND == 1:  # ns
-        lp = _log1p(e)
+        lp = log1p(e)
         d = _relu(f) + lp
         g = _relu(-f) + lp
     elif KIND == 2:  # lsgan
