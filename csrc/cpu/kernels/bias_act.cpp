@@ -152,6 +152,28 @@ struct Walk {
     if (rows) return 1;
     return std::max<int64_t>(1, kPiece / std::max<int64_t>(piece_len, 1));
   }
+
+  // Calls row(offset, k) for each row of piece k (the bias a vector of C values), or
+  // run(offset, n, channel, k) for each run piece, over the pieces [first, last).
+  template <typename RowFn, typename RunFn>
+  void each(int64_t first, int64_t last, const RowFn& row, const RunFn& run) const {
+    for (int64_t k = first; k < last; ++k) {
+      if (rows) {
+        const int64_t r0 = k * rows_per_block;
+        const int64_t r1 = std::min(l.outer, r0 + rows_per_block);
+        for (int64_t r = r0; r < r1; ++r) row(r * l.channels, k);
+      } else if (pieces_per_run == 1) {  // whole runs: no division per run
+        for (int64_t c = k % l.channels; k < last; ++k) {
+          run(k * l.inner, l.inner, c, k);
+          if (++c == l.channels) c = 0;
+        }
+      } else {
+        const int64_t r = k / pieces_per_run;
+        const int64_t start = (k % pieces_per_run) * piece_len;
+        run(r * l.inner + start, std::min(piece_len, l.inner - start), r % l.channels, k);
+      }
+    }
+  }
 };
 
 template <typename scalar_t>
@@ -171,27 +193,14 @@ at::Tensor forward_impl(const at::Tensor& x, const c10::optional<at::Tensor>& b,
   bias_act::dispatch_act(act, [&](auto a) {
     constexpr Act A = decltype(a)::value;
     parallel_pieces(walk.pieces(), walk.grain(), [&](int64_t first, int64_t last) {
-      for (int64_t k = first; k < last; ++k) {
-        if (walk.rows) {
-          const int64_t r0 = k * walk.rows_per_block;
-          const int64_t r1 = std::min(l.outer, r0 + walk.rows_per_block);
-          for (int64_t r = r0; r < r1; ++r) {
-            forward_run<A, true>(xp + r * l.channels, yp + r * l.channels, l.channels,
-                                 bias.data(), p);
-          }
-        } else if (walk.pieces_per_run == 1) {  // whole runs: no division per run
-          for (int64_t c = k % l.channels; k < last; ++k) {
-            forward_run<A, false>(xp + k * l.inner, yp + k * l.inner, l.inner, &bias[c], p);
-            if (++c == l.channels) c = 0;
-          }
-        } else {
-          const int64_t run = k / walk.pieces_per_run;
-          const int64_t start = (k % walk.pieces_per_run) * walk.piece_len;
-          const int64_t n = std::min(walk.piece_len, l.inner - start);
-          const int64_t off = run * l.inner + start;
-          forward_run<A, false>(xp + off, yp + off, n, &bias[run % l.channels], p);
-        }
-      }
+      walk.each(
+          first, last,
+          [&](int64_t off, int64_t) {
+            forward_run<A, true>(xp + off, yp + off, l.channels, bias.data(), p);
+          },
+          [&](int64_t off, int64_t n, int64_t c, int64_t) {
+            forward_run<A, false>(xp + off, yp + off, n, &bias[c], p);
+          });
     });
   });
   return y;
@@ -225,33 +234,18 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
     bias_act::dispatch_act(act, [&](auto a) {
       constexpr Act A = decltype(a)::value;
       parallel_pieces(walk.pieces(), walk.grain(), [&](int64_t first, int64_t last) {
-        for (int64_t k = first; k < last; ++k) {
-          if (walk.rows) {
-            const int64_t r0 = k * walk.rows_per_block;
-            const int64_t r1 = std::min(l.outer, r0 + walk.rows_per_block);
-            for (int64_t r = r0; r < r1; ++r) {
-              const int64_t off = r * l.channels;
+        walk.each(
+            first, last,
+            [&](int64_t off, int64_t k) {
               backward_run<A, true>(gp + off, rp ? rp + off : nullptr, xp ? xp + off : nullptr,
                                     l.channels, bias.data(), sp ? sp + k * l.channels : nullptr,
                                     p);
-            }
-          } else if (walk.pieces_per_run == 1) {  // whole runs: no division per run
-            for (int64_t c = k % l.channels; k < last; ++k) {
-              const int64_t off = k * l.inner;
+            },
+            [&](int64_t off, int64_t n, int64_t c, int64_t k) {
               backward_run<A, false>(gp + off, rp ? rp + off : nullptr,
-                                     xp ? xp + off : nullptr, l.inner, &bias[c],
+                                     xp ? xp + off : nullptr, n, &bias[c],
                                      sp ? sp + k : nullptr, p);
-              if (++c == l.channels) c = 0;
-            }
-          } else {
-            const int64_t run = k / walk.pieces_per_run;
-            const int64_t start = (k % walk.pieces_per_run) * walk.piece_len;
-            const int64_t n = std::min(walk.piece_len, l.inner - start);
-            const int64_t off = run * l.inner + start;
-            backward_run<A, false>(gp + off, rp ? rp + off : nullptr, xp ? xp + off : nullptr,
-                                   n, &bias[run % l.channels], sp ? sp + k : nullptr, p);
-          }
-        }
+            });
       });
     });
   }
