@@ -119,6 +119,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     a("--loss", choices=LOSSES, help="GAN loss (default ns)")
     a("--gp", type=float, help="WGAN-GP penalty weight (default 0: off)")
     a("--r1", type=float, help="R1 penalty weight gamma (default 0: off)")
+    a("--r2", type=float, help="R2 penalty weight gamma, R1 on fake images (default 0: off)")
     a("--n-critic", type=int, help="D steps per G step (default 1)")
     a("--clip", type=float, help="WGAN weight clipping of D to [-C, C] (default 0: off)")
     a("--spectral-norm", action="store_true", default=None, help="spectral norm on D's layers")

@@ -109,14 +109,14 @@ def test_generator_learns_fashion_mnist(tmp_path):
     dict(loss="minimax"), dict(loss="ns"), dict(loss="lsgan"), dict(loss="hinge"),
     dict(loss="wgan", clip=0.01, n_critic=2), dict(loss="wgan", gp=10.0, n_critic=2),
     dict(loss="ns", r1=1.0), dict(loss="hinge", spectral_norm=True), dict(amp="bf16"),
-    dict(ema=0.0), dict(impl="eager", r1=0.5, gp=1.0),
+    dict(ema=0.0), dict(impl="eager", r1=0.5, gp=1.0), dict(r2=0.5),
 ], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_every_loss_and_regulariser_runs(tmp_path, npz_data, kw):
     out = run(tmp_path, "r", npz_data, **kw)
     recs = metrics(out)
     assert len(recs) == 3
     assert all(np.isfinite(r[k]) for r in recs for k in ("d_loss", "g_loss", "penalty"))
-    if kw.get("gp") or kw.get("r1"):
+    if kw.get("gp") or kw.get("r1") or kw.get("r2"):
         assert any(r["penalty"] > 0 for r in recs)
     if kw.get("clip"):
         D = load_checkpoint(out)["D"]

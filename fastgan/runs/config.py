@@ -34,6 +34,7 @@ class TrainConfig:
     loss: str = "ns"
     gp: float = 0.0            # WGAN-GP weight (Gulrajani et al. 2017); 0 = off
     r1: float = 0.0            # R1 weight gamma, penalty gamma/2 * |grad D(real)|^2; 0 = off
+    r2: float = 0.0            # R2 weight gamma, penalty gamma/2 * |grad D(fake)|^2; 0 = off
     n_critic: int = 1          # D steps per G step
     clip: float = 0.0          # WGAN weight clipping of D's parameters to [-clip, clip]; 0 = off
     spectral_norm: bool = False
@@ -71,7 +72,8 @@ class TrainConfig:
                             ("--ckpt-every", self.ckpt_every), ("--eval-every", self.eval_every)):
             if value < 0:
                 raise UserError(f"{flag}: expected 0 (never) or a positive interval, got {value}")
-        for flag, value in (("--gp", self.gp), ("--r1", self.r1), ("--clip", self.clip)):
+        for flag, value in (("--gp", self.gp), ("--r1", self.r1), ("--r2", self.r2),
+                            ("--clip", self.clip)):
             if not value >= 0:
                 raise UserError(f"{flag}: expected a weight >= 0 (0 = off), got {value}")
         if not 0 <= self.ema < 1:

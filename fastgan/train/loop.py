@@ -141,10 +141,12 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         if cfg.r1:
             real = real.detach().requires_grad_(True)
+        if cfg.r2:
+            fake = fake.detach().requires_grad_(True)
         # torch.compile has no double backward, so a penalised D step runs the module
         # itself (all of it: an eager graph's saved BatchNorm buffers must not be bumped
         # by a compiled graph's in-place running-stat update before backward)
-        D_fwd = D if cfg.r1 or cfg.gp else self.D_fwd
+        D_fwd = D if cfg.r1 or cfg.r2 or cfg.gp else self.D_fwd
         with self._autocast():
             real_logits = D_fwd(real)
             fake_logits = D_fwd(fake)
@@ -153,6 +155,9 @@ class Trainer:
         if cfg.r1:
             g = _grad(real_logits, real, self.scaler_d)
             penalty = penalty + cfg.r1 / 2 * g.square().flatten(1).sum(1).mean()
+        if cfg.r2:  # R1's twin on the fakes (R3GAN penalises both)
+            g = _grad(fake_logits, fake, self.scaler_d)
+            penalty = penalty + cfg.r2 / 2 * g.square().flatten(1).sum(1).mean()
         if cfg.gp:
             alpha = self.dist.mine(torch.rand(self.cfg.batch_size, 1, 1, 1, generator=self.noise,
                                               device=self.device))
