@@ -110,12 +110,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _train_flags(p: argparse.ArgumentParser) -> None:
     """`fastgan train`'s flags (README.md, "Train a GAN"). Every default is None here, so a resumed run
     knows which flags were given again; the defaults live in TrainConfig."""
-    from fastgan.runs.config import AMP, IMPLS, LOSSES
+    from fastgan.runs.config import AMP, ARCHS, IMPLS, LOSSES
 
     a = p.add_argument
     a("--data", help="fashion-mnist (built in, the default), a folder of PNG/JPEG images, "
                      "or an .npz with an `images` array (N, H, W[, C]) uint8")
     a("--image-size", type=int, help="a power of two >= 16 (default 32)")
+    a("--arch", choices=ARCHS, help="dcgan (default) or r3gan (R3GAN-style residual G and D "
+                                    "on the fused bias_act / upfirdn2d ops)")
     a("--loss", choices=LOSSES, help="GAN loss (default ns)")
     a("--gp", type=float, help="WGAN-GP penalty weight (default 0: off)")
     a("--r1", type=float, help="R1 penalty weight gamma (default 0: off)")

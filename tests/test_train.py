@@ -110,6 +110,7 @@ def test_generator_learns_fashion_mnist(tmp_path):
     dict(loss="wgan", clip=0.01, n_critic=2), dict(loss="wgan", gp=10.0, n_critic=2),
     dict(loss="ns", r1=1.0), dict(loss="hinge", spectral_norm=True), dict(amp="bf16"),
     dict(ema=0.0), dict(impl="eager", r1=0.5, gp=1.0), dict(r2=0.5),
+    dict(arch="r3gan", loss="hinge", r1=0.1, r2=0.1), dict(arch="r3gan", impl="eager"),
 ], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_every_loss_and_regulariser_runs(tmp_path, npz_data, kw):
     out = run(tmp_path, "r", npz_data, **kw)
@@ -168,8 +169,9 @@ def _state_equal(a, b, where=""):
         assert a == b, where
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(loss="wgan", gp=10.0, n_critic=2, spectral_norm=True)],
-                         ids=["ns", "wgan-gp"])
+@pytest.mark.parametrize("kw", [dict(), dict(loss="wgan", gp=10.0, n_critic=2, spectral_norm=True),
+                                dict(arch="r3gan", r1=0.1, r2=0.1, betas=(0.0, 0.99))],
+                         ids=["ns", "wgan-gp", "r3gan-r1-r2"])
 def test_resume_is_bit_exact(tmp_path, npz_data, kw):
     """N steps + resume + N steps == 2N steps straight: weights, EMA, optimizers, data
     order, RNG states and the metrics."""
@@ -254,8 +256,9 @@ def test_sigint_saves_and_exits(tmp_path, npz_data):
     assert load_checkpoint(out)["step"] >= 1
 
 
-def test_sample(tmp_path, npz_data, capsys):
-    out = run(tmp_path, "r", npz_data)
+@pytest.mark.parametrize("arch", ["dcgan", "r3gan"])
+def test_sample(tmp_path, npz_data, capsys, arch):
+    out = run(tmp_path, "r", npz_data, arch=arch)
     grid, npz = str(tmp_path / "g.png"), str(tmp_path / "s.npz")
     assert main(["sample", out, "--n", "10", "--out", grid, "--npz", npz]) == 0
     from PIL import Image

@@ -86,9 +86,16 @@ class _Resample(nn.Module):
         return self.conv(x) if self.conv is not None else x
 
 
+def widths_for(image_size: int, width: int) -> tuple[int, ...]:
+    """Widths per resolution from 4x4 up to image_size (a power of two >= 4): 2 * width at
+    the two lowest resolutions, width above (`fastgan train --arch r3gan`, --ngf / --ndf)."""
+    stages = max(1, int(image_size).bit_length() - 2)  # 4, 8, ..., image_size
+    return tuple(2 * width if i < 2 else width for i in range(stages))
+
+
 class Generator(nn.Module):
-    """z (N, nz) -> images (N, nc, 4 * 2 ** (len(widths) - 1), ...), widths per resolution
-    from 4x4 up (default 32x32)."""
+    """z (N, nz) or (N, nz, 1, 1) -> images (N, nc, 4 * 2 ** (len(widths) - 1), ...),
+    widths per resolution from 4x4 up (default 32x32)."""
 
     def __init__(self, nz: int = 64, widths: tuple[int, ...] = (128, 128, 64, 64),
                  blocks_per_stage: int = 1, cardinality: int = 8, expansion: int = 2,
@@ -111,7 +118,7 @@ class Generator(nn.Module):
         nn.init.zeros_(self.to_rgb.bias)
 
     def forward(self, z: Tensor) -> Tensor:
-        x = self.basis.unsqueeze(0) * self.project(z).unsqueeze(-1).unsqueeze(-1)
+        x = self.basis.unsqueeze(0) * self.project(z.flatten(1)).unsqueeze(-1).unsqueeze(-1)
         return self.to_rgb(self.stages(x))
 
 
@@ -145,4 +152,4 @@ class Discriminator(nn.Module):
         return self.head(self.basis(x).flatten(1)).squeeze(1)
 
 
-__all__ = ["Discriminator", "Generator", "ResidualBlock"]
+__all__ = ["Discriminator", "Generator", "ResidualBlock", "widths_for"]

@@ -18,6 +18,7 @@ import torch
 from fastgan.data import check_image_size
 from fastgan.errors import UserError
 
+ARCHS = ("dcgan", "r3gan")
 LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan")
 AMP = ("none", "bf16", "fp16")
 IMPLS = ("fastgan", "eager", "compile")
@@ -30,6 +31,7 @@ RESUME_MAY_CHANGE = ("steps", "log_every", "sample_every", "ckpt_every", "eval_e
 @dataclasses.dataclass
 class TrainConfig:
     data: str = "fashion-mnist"
+    arch: str = "dcgan"        # dcgan (models/dcgan.py) or r3gan (models/r3gan.py)
     image_size: int = 32
     loss: str = "ns"
     gp: float = 0.0            # WGAN-GP weight (Gulrajani et al. 2017); 0 = off
@@ -59,6 +61,7 @@ class TrainConfig:
     def check(self) -> "TrainConfig":
         """Raise UserError for the first setting that is out of range; return self."""
         check_image_size(self.image_size)
+        _choice("--arch", self.arch, ARCHS)
         _choice("--loss", self.loss, LOSSES)
         _choice("--amp", self.amp, AMP)
         _choice("--impl", self.impl, IMPLS)

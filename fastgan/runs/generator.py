@@ -1,6 +1,6 @@
 """A run's generator: the models of a config, a generator back from a checkpoint, samples.
 
-`build_models` makes the plain DCGAN pair of a TrainConfig (the training loop converts and
+`build_models` makes the plain pair of a TrainConfig (DCGAN or R3GAN-style) (the training loop converts and
 trains it); `load_generator` rebuilds G from a checkpoint (the EMA copy by default) and
 returns it ready to sample: converted, in eval mode with its own BatchNorm statistics
 (`sampling_generator`). `generate_batches` / `generate` draw images from seeded CPU noise.
@@ -17,7 +17,7 @@ from torch import nn
 
 from fastgan.convert import convert
 from fastgan.errors import UserError
-from fastgan.models import Discriminator, Generator, spectral_norm_, weights_init
+from fastgan.models import Discriminator, Generator, r3gan, spectral_norm_, weights_init
 from fastgan.nn.sync_bn_act import desynchronize_
 from fastgan.runs.checkpoint import load_checkpoint
 from fastgan.runs.config import TrainConfig, default_device
@@ -26,12 +26,17 @@ GEN_BATCH = 250
 
 
 def build_models(cfg: TrainConfig, nc: int) -> tuple[nn.Module, nn.Module]:
-    """The plain DCGAN pair of a config, initialised from `cfg.seed` (pytorch/examples' init)."""
+    """The plain pair of a config, initialised from `cfg.seed`: DCGAN (pytorch/examples'
+    init) or R3GAN-style (its fix-up init; widths from --ngf / --ndf)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        G = Generator(cfg.nz, cfg.ngf, nc, cfg.image_size).apply(weights_init)
-        D = Discriminator(cfg.ndf, nc, sigmoid=False, image_size=cfg.image_size)
-        D.apply(weights_init)
+        if cfg.arch == "r3gan":
+            G = r3gan.Generator(cfg.nz, r3gan.widths_for(cfg.image_size, cfg.ngf), nc=nc)
+            D = r3gan.Discriminator(r3gan.widths_for(cfg.image_size, cfg.ndf)[::-1], nc=nc)
+        else:
+            G = Generator(cfg.nz, cfg.ngf, nc, cfg.image_size).apply(weights_init)
+            D = Discriminator(cfg.ndf, nc, sigmoid=False, image_size=cfg.image_size)
+            D.apply(weights_init)
         if cfg.spectral_norm:
             spectral_norm_(D)
     return G, D

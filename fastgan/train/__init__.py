@@ -53,8 +53,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> int
         procs = (f" ({dist.world_size} processes, {run.trainer.local_batch} each)"
                  if dist.enabled else "")
         print(f"run {cfg.out}: {cfg.data} ({images.shape[0]} images, {images.shape[1]}x"
-              f"{images.shape[2]}x{images.shape[3]}), loss {cfg.loss}, impl {cfg.impl}, "
-              f"device {cfg.device}, amp {cfg.amp}, batch {cfg.batch_size}{procs}, "
+              f"{images.shape[2]}x{images.shape[3]}), arch {cfg.arch}, loss {cfg.loss}, "
+              f"impl {cfg.impl}, device {cfg.device}, amp {cfg.amp}, batch {cfg.batch_size}{procs}, "
               f"steps {cfg.steps}", flush=True)
     status = run.run()
     dist.close()
