@@ -301,6 +301,17 @@ void channels_last(const at::Tensor& x, at::Tensor& y, const Geometry& g,
   const int64_t rows = g.n * g.oh;
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(g.ow * C, 1));
   const Plan plan = make_plan(g);
+  // along x, per output column: the taps (kx, ix) that land on input pixels, worked out
+  // once per call (no division per pixel)
+  std::vector<int64_t> xstart{0};
+  std::vector<std::pair<int64_t, int64_t>> xtaps;
+  for (int64_t ox = 0; ox < g.ow; ++ox) {
+    for (int64_t kx = 0; kx < g.fw; ++kx) {
+      const int64_t u = ox * g.downx - g.px0 + kx;
+      if (u >= 0 && u % g.upx == 0 && u / g.upx < g.w) xtaps.emplace_back(kx, u / g.upx);
+    }
+    xstart.push_back(static_cast<int64_t>(xtaps.size()));
+  }
   at::parallel_for(0, rows, grain, [&](int64_t first, int64_t last) {
     std::vector<std::pair<int64_t, acc_t>> taps;  // (input pixel offset, weight)
     for (int64_t r = first; r < last; ++r) {
@@ -311,13 +322,11 @@ void channels_last(const at::Tensor& x, at::Tensor& y, const Geometry& g,
       scalar_t* out = yp + (n * g.oh + oy) * g.ow * C;
       for (int64_t ox = 0; ox < g.ow; ++ox) {
         taps.clear();
-        const int64_t s = ox * g.downx - g.px0;
         for (const auto* yi = ys_begin; yi != ys_end; ++yi)
-          for (int64_t kx = 0; kx < g.fw; ++kx) {
+          for (int64_t t = xstart[ox]; t < xstart[ox + 1]; ++t) {
             const auto [ky, iy] = *yi;
-            const int64_t u = s + kx;
-            if (u < 0 || u % g.upx != 0 || u / g.upx >= g.w) continue;
-            taps.emplace_back((iy * g.w + u / g.upx) * C, w[ky * g.fw + kx]);
+            const auto [kx, ix] = xtaps[t];
+            taps.emplace_back((iy * g.w + ix) * C, w[ky * g.fw + kx]);
           }
         scalar_t* dst = out + ox * C;
         for (int64_t c = 0; c < C; c += IO::kSize) {
@@ -345,20 +354,23 @@ at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, at::IntArrayRef u
                      double gain) {
   const Geometry g = upfirdn2d::check_and_geometry("fastgan::upfirdn2d", x, f, up, down, padding);
   const bool cl = is_channels_last(x);
-  const at::Tensor xc = cl ? x : x.contiguous();
+  // channels_last is vectorised over C: below a vector of channels (RGB images), the
+  // planar kernel on a contiguous copy is faster; the output keeps x's format either way
+  const bool cl_kernel = cl && g.c >= 8;
+  const at::Tensor xc = cl_kernel ? x : x.contiguous();
   at::Tensor y = at::empty({g.n, g.c, g.oh, g.ow}, x.options().memory_format(
-                                                       cl ? at::MemoryFormat::ChannelsLast
-                                                          : at::MemoryFormat::Contiguous));
-  if (y.numel() == 0) return y;
+                                                       cl_kernel ? at::MemoryFormat::ChannelsLast
+                                                                 : at::MemoryFormat::Contiguous));
+  if (y.numel() == 0) return cl ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upfirdn2d", [&] {
     const auto w = prepare_filter<acc_of_t<scalar_t>>(f, flip_filter, gain);
-    if (cl) {
+    if (cl_kernel) {
       channels_last<scalar_t>(xc, y, g, w);
     } else {
       nchw<scalar_t>(xc, y, g, w);
     }
   });
-  return y;
+  return cl && !cl_kernel ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
 }
 
 }  // namespace CPU_CAPABILITY
