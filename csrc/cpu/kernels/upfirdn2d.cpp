@@ -13,7 +13,8 @@
 // load and FMA per term (sum_terms); both up and down along x (rare) add runs one at a
 // time.
 // channels_last: one output row of one image per task; each output pixel sums its taps
-// over a vector of channels.
+// over a vector of channels (from 8 channels: fewer, e.g. RGB, run the planar kernel on a
+// contiguous copy).
 // bf16/fp16 are widened to float per plane (NCHW) or per load (channels_last); sums are
 // in float (double for fp64).
 #include <ATen/ATen.h>
