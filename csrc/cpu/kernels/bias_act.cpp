@@ -38,13 +38,16 @@ struct Params {
   int order;  // backward only
 };
 
-// The bias as the accumulation type, one value per channel (zeros without a bias).
+// The bias as the accumulation type, one value per channel, each repeated `fold` times
+// (zeros without a bias).
 template <typename acc_t>
-std::vector<acc_t> bias_values(const c10::optional<at::Tensor>& b, int64_t channels) {
-  std::vector<acc_t> v(channels, acc_t(0));
+std::vector<acc_t> bias_values(const c10::optional<at::Tensor>& b, int64_t channels,
+                               int64_t fold) {
+  std::vector<acc_t> v(channels * fold, acc_t(0));
   if (b.has_value() && b->defined()) {
     const at::Tensor bc = b->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    std::copy(bc.data_ptr<acc_t>(), bc.data_ptr<acc_t>() + channels, v.begin());
+    const acc_t* bp = bc.const_data_ptr<acc_t>();
+    for (int64_t c = 0; c < channels; ++c) std::fill_n(v.begin() + c * fold, fold, bp[c]);
   }
   return v;
 }
@@ -128,15 +131,25 @@ void parallel_pieces(int64_t pieces, int64_t grain, const F& f) {
   }
 }
 
-// The shared walk of forward and backward. body(run_or_row_offset, length, bias_ptr,
-// slot) is called per piece; `slot` indexes the piece's sum.
+constexpr int64_t kFoldBelow = 64;  // runs shorter than this are walked as rows
+
+// The shared walk of forward and backward over a layout (csrc/bias_act_checks.h). Runs
+// shorter than kFoldBelow (small images: 4x4, 8x8) are folded into rows of
+// channels * inner elements with the bias repeated `fold` times: one long vector loop per
+// row instead of one short one per run.
 struct Walk {
-  bias_act::Layout l;
+  bias_act::Layout l;  // as walked (after folding)
+  int64_t fold = 1;
   int64_t pieces_per_run = 1, piece_len = 0;  // runs case (inner > 1 or no bias)
   int64_t rows_per_block = 1, blocks = 0;     // rows case (inner == 1, bias as a vector)
   bool rows = false;
 
   explicit Walk(const bias_act::Layout& layout) : l(layout) {
+    if (l.channels > 1 && l.inner > 1 && l.inner < kFoldBelow) {
+      fold = l.inner;
+      l.channels *= fold;
+      l.inner = 1;
+    }
     rows = l.inner == 1 && l.channels > 1;
     if (rows) {
       rows_per_block = std::max<int64_t>(1, kPiece / l.channels);
@@ -186,17 +199,17 @@ at::Tensor forward_impl(const at::Tensor& x, const c10::optional<at::Tensor>& b,
   const bias_act::Layout& l = v.l;
   at::Tensor y = bias_act::empty_as(xc);
   if (xc.numel() == 0) return y;
-  const std::vector<acc_t> bias = bias_values<acc_t>(b, l.channels);
+  const Walk walk(l);
+  const std::vector<acc_t> bias = bias_values<acc_t>(b, l.channels, walk.fold);
   const scalar_t* xp = xc.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-  const Walk walk(l);
   bias_act::dispatch_act(act, [&](auto a) {
     constexpr Act A = decltype(a)::value;
     parallel_pieces(walk.pieces(), walk.grain(), [&](int64_t first, int64_t last) {
       walk.each(
           first, last,
           [&](int64_t off, int64_t) {
-            forward_run<A, true>(xp + off, yp + off, l.channels, bias.data(), p);
+            forward_run<A, true>(xp + off, yp + off, walk.l.channels, bias.data(), p);
           },
           [&](int64_t off, int64_t n, int64_t c, int64_t) {
             forward_run<A, false>(xp + off, yp + off, n, &bias[c], p);
@@ -224,9 +237,10 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
   at::Tensor gb = at::empty({0}, grad.options());
   const Walk walk(l);
   std::vector<acc_t> slots;
-  if (mask[1]) slots.assign(walk.rows ? walk.blocks * l.channels : walk.pieces(), acc_t(0));
+  const int64_t wc = walk.l.channels;  // channels as walked (folded)
+  if (mask[1]) slots.assign(walk.rows ? walk.blocks * wc : walk.pieces(), acc_t(0));
   if (gc.numel() > 0 && (mask[0] || mask[1])) {
-    const std::vector<acc_t> bias = bias_values<acc_t>(b, l.channels);
+    const std::vector<acc_t> bias = bias_values<acc_t>(b, l.channels, walk.fold);
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     const scalar_t* rp = rc.defined() ? rc.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* xp = mask[0] ? gx.mutable_data_ptr<scalar_t>() : nullptr;
@@ -238,8 +252,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
             first, last,
             [&](int64_t off, int64_t k) {
               backward_run<A, true>(gp + off, rp ? rp + off : nullptr, xp ? xp + off : nullptr,
-                                    l.channels, bias.data(), sp ? sp + k * l.channels : nullptr,
-                                    p);
+                                    wc, bias.data(), sp ? sp + k * wc : nullptr, p);
             },
             [&](int64_t off, int64_t n, int64_t c, int64_t k) {
               backward_run<A, false>(gp + off, rp ? rp + off : nullptr,
@@ -253,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
     std::vector<double> sums(l.channels, 0.0);
     if (walk.rows) {
       for (int64_t k = 0; k < walk.blocks; ++k)
-        for (int64_t c = 0; c < l.channels; ++c) sums[c] += slots[k * l.channels + c];
+        for (int64_t c = 0; c < wc; ++c) sums[c / walk.fold] += slots[k * wc + c];
     } else {
       for (int64_t k = 0; k < walk.pieces(); ++k)
         sums[(k / walk.pieces_per_run) % l.channels] += slots[k];
