@@ -3,7 +3,7 @@
 // Shared by the C++ CPU kernels (csrc/cpu/kernels/bias_act.cpp) and the CUDA kernels
 // (csrc/cuda/bias_act.cu); kernels/bias_act.py (Triton) writes the same formulas. As in
 // gan_loss_math.h, each formula is templated on the value type T and an `Ops` policy that
-// supplies the primitives (ScalarOps below for float / double on the host and the GPU, a
+// supplies the primitives (ScalarOps of scalar_ops.h for float / double on the host and the GPU, a
 // twin over at::vec::Vectorized in the CPU kernels), and the activation is a compile-time
 // parameter.
 //
@@ -27,13 +27,7 @@
 #include <cmath>
 #include <string_view>
 
-#ifndef FASTGAN_HD
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define FASTGAN_HD __host__ __device__ __forceinline__
-#else
-#define FASTGAN_HD inline
-#endif
-#endif
+#include "scalar_ops.h"
 
 namespace fastgan {
 namespace bias_act {
@@ -82,20 +76,6 @@ constexpr double kSeluLambda = 1.0507009873554804934193349852946;
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
 constexpr double kExpRange = 80.0;
 constexpr double kHalfExpRange = 40.0;
-
-template <typename T>
-struct ScalarOps {
-  using Mask = bool;
-  static FASTGAN_HD T exp(T x) { return std::exp(x); }
-  static FASTGAN_HD T log1p(T x) { return std::log1p(x); }
-  static FASTGAN_HD T tanh(T x) { return std::tanh(x); }
-  static FASTGAN_HD T abs(T x) { return std::abs(x); }
-  static FASTGAN_HD T min(T a, T b) { return a < b ? a : b; }
-  static FASTGAN_HD T max(T a, T b) { return a > b ? a : b; }
-  static FASTGAN_HD Mask gt(T a, T b) { return a > b; }
-  static FASTGAN_HD Mask ge(T a, T b) { return a >= b; }
-  static FASTGAN_HD T where(Mask m, T a, T b) { return m ? a : b; }
-};
 
 // act(s): the activation alone (no gain, no clamp).
 template <Act A, class Ops, class T>

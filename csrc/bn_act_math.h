@@ -10,11 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define FASTGAN_HD __host__ __device__ __forceinline__
-#else
-#define FASTGAN_HD inline
-#endif
+#include "scalar_ops.h"
 
 namespace fastgan {
 namespace bn_act {

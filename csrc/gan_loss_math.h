@@ -4,7 +4,7 @@
 // (csrc/cuda/gan_loss.cu), so the formulas tested on the CPU are the ones the GPU
 // runs. Each formula is written once, templated on the value type T and on an `Ops`
 // policy that supplies the few primitives it needs (exp, log1p, abs, max(x, 0), a
-// comparison and a select): ScalarOps below for float / double, and a twin over
+// comparison and a select): ScalarOps (scalar_ops.h) for float / double, and a twin over
 // at::vec::Vectorized in the CPU kernels. Every kind is a compile-time parameter so
 // the per-element loops carry no branch on it.
 //
@@ -18,13 +18,7 @@
 #include <cstdint>
 #include <string_view>
 
-#ifndef FASTGAN_HD
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define FASTGAN_HD __host__ __device__ __forceinline__
-#else
-#define FASTGAN_HD inline
-#endif
-#endif
+#include "scalar_ops.h"
 
 namespace fastgan {
 namespace gan_loss {
@@ -52,17 +46,6 @@ inline int reduction_is_mean(std::string_view name) {
   if (name == "sum") return 0;
   return -1;
 }
-
-template <typename T>
-struct ScalarOps {
-  using Mask = bool;
-  static FASTGAN_HD T exp(T x) { return std::exp(x); }
-  static FASTGAN_HD T log1p(T x) { return std::log1p(x); }
-  static FASTGAN_HD T abs(T x) { return std::abs(x); }
-  static FASTGAN_HD T relu(T x) { return x > T(0) ? x : T(0); }
-  static FASTGAN_HD Mask gt(T a, T b) { return a > b; }
-  static FASTGAN_HD T where(Mask m, T a, T b) { return m ? a : b; }
-};
 
 // sigmoid(x) and sigmoid(-x) from e = exp(-|x|); q = 1 / (1 + e).
 template <class Ops, class T>

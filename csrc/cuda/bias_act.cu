@@ -83,13 +83,13 @@ __device__ __forceinline__ acc_of_t<scalar_t> load_or_zero(const scalar_t* p, in
 
 template <Act A, typename acc_t>
 __device__ __forceinline__ acc_t fwd(acc_t s, const Params<acc_t>& p) {
-  return bias_act::forward<A, bias_act::ScalarOps<acc_t>>(s, p.alpha, p.gain, p.clamp,
+  return bias_act::forward<A, ScalarOps<acc_t>>(s, p.alpha, p.gain, p.clamp,
                                                           p.clamping);
 }
 
 template <Act A, typename acc_t>
 __device__ __forceinline__ acc_t bwd(acc_t g, acc_t r, acc_t bias, const Params<acc_t>& p) {
-  return bias_act::backward<A, bias_act::ScalarOps<acc_t>>(p.order, g, r, bias, p.alpha, p.gain,
+  return bias_act::backward<A, ScalarOps<acc_t>>(p.order, g, r, bias, p.alpha, p.gain,
                                                            p.inv_gain, p.clamp, p.clamping);
 }
 

@@ -48,7 +48,7 @@ template <Kind K, typename scalar_t, typename acc_t>
 __global__ void forward_partials_kernel(const scalar_t* __restrict__ real, int64_t nr,
                                         const scalar_t* __restrict__ fake, int64_t nf,
                                         acc_t label, acc_t* __restrict__ partials) {
-  using Ops = gan_loss::ScalarOps<acc_t>;
+  using Ops = ScalarOps<acc_t>;
   __shared__ acc_t shared[kThreads / 32];
   acc_t s[kSums] = {0, 0, 0, 0, 0};
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -98,7 +98,7 @@ template <Kind K, typename scalar_t, typename acc_t>
 __global__ void grad_real_kernel(const scalar_t* __restrict__ real, scalar_t* __restrict__ out,
                                  int64_t n, const acc_t* __restrict__ gd, acc_t scale,
                                  acc_t label) {
-  using Ops = gan_loss::ScalarOps<acc_t>;
+  using Ops = ScalarOps<acc_t>;
   const acc_t c = *gd * scale;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -111,7 +111,7 @@ template <Kind K, typename scalar_t, typename acc_t>
 __global__ void grad_fake_kernel(const scalar_t* __restrict__ fake, scalar_t* __restrict__ out,
                                  int64_t n, const acc_t* __restrict__ gd,
                                  const acc_t* __restrict__ gg, acc_t scale) {
-  using Ops = gan_loss::ScalarOps<acc_t>;
+  using Ops = ScalarOps<acc_t>;
   const acc_t cd = *gd * scale, cg = *gg * scale;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
