@@ -97,3 +97,20 @@ def run_interpreter_worker(test_file: str) -> dict[str, list[str]]:
         pytest.fail(f"interpreter worker failed (exit {proc.returncode}):\n"
                     f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return json.loads(proc.stdout.split(_RESULTS_MARKER, 1)[1])
+
+
+def interpreter_tests(test_file: str, ids: list[str]):
+    """A file's main-process side of its interpreter checks, to assign at module level:
+    `interp_results, test_interpreter = interpreter_tests(__file__, IDS)`: the module-scoped
+    fixture that runs the worker once, and one test per check id asserting no failures."""
+
+    @pytest.fixture(scope="module")
+    def interp_results():
+        return run_interpreter_worker(test_file)
+
+    @pytest.mark.parametrize("name", ids)
+    def test_interpreter(interp_results, name):
+        fails = interp_results.get(name, ["not run"])
+        assert not fails, "\n".join(fails)
+
+    return interp_results, test_interpreter

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 import torch
-from _testutil import interpreter_worker, report_worker_results, run_interpreter_worker
+from _testutil import interpreter_tests, interpreter_worker, report_worker_results
 
 from fastgan.ops.upfirdn2d_reference import upfirdn2d as reference
 
@@ -278,15 +278,7 @@ def _run_worker() -> None:
 INTERP_IDS = [*VALUE_CASES, *EXTRA_CHECKS, "opcheck"]
 
 
-@pytest.fixture(scope="module")
-def interp_results():
-    return run_interpreter_worker(__file__)
-
-
-@pytest.mark.parametrize("name", INTERP_IDS)
-def test_interpreter(interp_results, name):
-    fails = interp_results.get(name, ["not run"])
-    assert not fails, "\n".join(fails)
+interp_results, test_interpreter = interpreter_tests(__file__, INTERP_IDS)
 
 
 # ---------------------------------------------------------------------------
