@@ -24,14 +24,16 @@ import torch
 
 import fastgan
 
-from fastgan.bench import bench_blocks, bench_bn_act, bench_gan_loss, bench_stylegan
+from fastgan.bench import (bench_blocks, bench_bn_act, bench_cbn_act, bench_gan_loss,
+                           bench_stylegan)
 from fastgan.bench.common import (Config, Row, median, paired_ratio, paired_timings, spread,
                                   tune_malloc)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-PROVIDERS = (bench_bn_act.rows, bench_gan_loss.rows, bench_blocks.rows, bench_stylegan.rows)
+PROVIDERS = (bench_bn_act.rows, bench_cbn_act.rows, bench_gan_loss.rows, bench_blocks.rows,
+             bench_stylegan.rows)
 
 
 def _default_device() -> str:

@@ -4,6 +4,8 @@
     y = fastgan.functional.batch_norm_act(x, rm, rv, w, b, training=True, momentum=0.1,
                                           eps=1e-5, negative_slope=0.2)
     block = fastgan.nn.BatchNormAct2d(64, negative_slope=0.2)
+    cbn = fastgan.nn.ConditionalBatchNormAct2d(256, num_classes=10, negative_slope=0.0)
+    y = cbn(x, labels)                  # class-conditional BatchNorm + ReLU, fused
     with fastgan.use_backend("reference"): ...
     netG = fastgan.convert(netG)        # fused Conv/ConvT -> BatchNorm2d -> (Leaky)ReLU runs
     fid = fastgan.metrics.frechet_distance(mu1, sigma1, mu2, sigma2)

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from fastgan.ops import bias_act as _bias_act
 from fastgan.ops import bn_act as _bn_act
+from fastgan.ops import cbn_act as _cbn_act
 from fastgan.ops import gan_loss as _gan_loss
 from fastgan.ops import upfirdn2d as _upfirdn2d
 
@@ -29,6 +30,28 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
 
 __all__ = ["batch_norm_act"]
+
+
+def conditional_batch_norm_act(input: Tensor, scale: Tensor, shift: Tensor,
+                               running_mean: Tensor | None = None,
+                               running_var: Tensor | None = None, training: bool = True,
+                               momentum: float = 0.1, eps: float = 1e-5,
+                               negative_slope: float = 0.0) -> Tensor:
+    """Conditional BatchNorm + LeakyReLU as one fused op:
+    `leaky_relu(batch_norm(input, running_mean, running_var, None, None, training, momentum,
+    eps) * scale[:, :, None, None] + shift[:, :, None, None], negative_slope)`, with
+    per-sample `scale` and `shift` of shape (N, C) (e.g. `weight[labels]`, `bias[labels]`).
+
+    BatchNorm semantics are F.batch_norm's (batch statistics in training or without
+    running statistics, which are then updated in place; fp32 statistics, fp64 for fp64
+    input). Backward saves only the input, scale, shift and per-channel statistics.
+    `negative_slope=0` (the default) is ReLU, 1 the identity.
+    """
+    return _cbn_act.conditional_batch_norm_act(input, scale, shift, running_mean, running_var,
+                                               training, momentum, eps, negative_slope)
+
+
+__all__ += ["conditional_batch_norm_act"]
 
 
 _tuple_new = tuple.__new__  # GANLosses._make without its checks

@@ -4,7 +4,8 @@
 
 Each kernel module lists representative calls of its host launchers (`aot_cases()`:
 DCGAN shapes, odd shapes, NCHW and channels_last for bn_act; GAN batches and large
-inputs for gan_loss; StyleGAN shapes for bias_act and upfirdn2d; each dtype class).
+inputs for gan_loss; StyleGAN shapes for bias_act and upfirdn2d; a BigGAN layer and odd
+shapes for cbn_act; each dtype class).
 They run on meta tensors with the kernel launches recorded instead of executed, so the
 compiled specialisations are exactly the ones the launchers would create: same
 constexprs, the same integer specialisation as Triton's JIT (1 and None -> constexpr,
@@ -209,8 +210,8 @@ def compile_spec(spec: Spec, arch: int) -> dict[str, Any]:
 
 
 def _modules() -> list:
-    from fastgan.kernels import bias_act, bn_act, conv_bn_act, gan_loss, upfirdn2d
-    return [bn_act, gan_loss, conv_bn_act, bias_act, upfirdn2d]
+    from fastgan.kernels import bias_act, bn_act, cbn_act, conv_bn_act, gan_loss, upfirdn2d
+    return [bn_act, gan_loss, conv_bn_act, bias_act, upfirdn2d, cbn_act]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 torch.cuda.get_device_name())" 2>&1 | tee "$OUT/versions.log"
 timeout 360 python3 -m pytest -q -p no:cacheprovider -m gpu -x \
   tests/test_conv_bn_act.py tests/test_bn_act_triton.py tests/test_gan_loss_triton.py \
-  tests/test_bias_act_triton.py tests/test_upfirdn2d_triton.py 2>&1 \
+  tests/test_bias_act_triton.py tests/test_upfirdn2d_triton.py tests/test_cbn_act_triton.py 2>&1 \
   | tee "$OUT/gpu_tests.log"
 timeout 200 python3 -m fastgan bench --device cuda --dtype bf16 --batch 128 --backends triton \
   --rounds 10 --no-first-step --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log"

@@ -36,6 +36,8 @@ DESIGN_NAMES = [
     "fastgan.metrics.frechet_distance",
     "fastgan.metrics.kid",
     "fastgan.nn.SyncBatchNormAct2d",
+    "fastgan.nn.ConditionalBatchNormAct2d",
+    "fastgan.functional.conditional_batch_norm_act",
 ]
 
 # Subpackages `import fastgan` must not load: they are reached lazily on first use.

@@ -184,6 +184,27 @@ at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, at::IntArrayRef u
   return kernels().upfirdn2d(x, f, up, down, padding, flip_filter, gain);
 }
 
+// bn_act's forward-and-update with the per-sample affine in place of weight and bias.
+Tensor3 cbn_act_forward(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift,
+                        const OptTensor& running_mean, const OptTensor& running_var,
+                        bool training, double momentum, double eps, double negative_slope) {
+  auto kernel = [](const at::Tensor& x, const OptTensor& s, const OptTensor& b,
+                   const OptTensor& rm, const OptTensor& rv, bool train, double e, double slope) {
+    return kernels().cbn_act_forward(x, *s, *b, rm, rv, train, e, slope);
+  };
+  return bn_act::forward_and_update(kernel, input, OptTensor(scale), OptTensor(shift),
+                                    running_mean, running_var, training, momentum, eps,
+                                    negative_slope);
+}
+
+Tensor3 cbn_act_backward(const at::Tensor& grad_out, const at::Tensor& input,
+                         const at::Tensor& scale, const at::Tensor& shift,
+                         const at::Tensor& mean, const at::Tensor& var, bool training,
+                         double eps, double negative_slope, std::array<bool, 3> output_mask) {
+  return kernels().cbn_act_backward(grad_out, input, scale, shift, mean, var, training, eps,
+                                    negative_slope, output_mask);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
@@ -194,6 +215,8 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("bias_act_forward", &bias_act_forward);
   m.impl("bias_act_backward", &bias_act_backward);
   m.impl("upfirdn2d", &upfirdn2d);
+  m.impl("cbn_act_forward", &cbn_act_forward);
+  m.impl("cbn_act_backward", &cbn_act_backward);
 }
 
 }  // namespace cpu

@@ -24,7 +24,7 @@ using OptTensor = c10::optional<at::Tensor>;
 
 struct KernelTable {
   // each entry has the signature of its op's schema (csrc/bn_act.cpp, csrc/gan_loss.cpp,
-  // csrc/bias_act.cpp, csrc/upfirdn2d.cpp)
+  // csrc/bias_act.cpp, csrc/upfirdn2d.cpp, csrc/cbn_act.cpp)
   Tensor3 (*bn_act_forward)(const at::Tensor& input, const OptTensor& weight,
                             const OptTensor& bias, const OptTensor& running_mean,
                             const OptTensor& running_var, bool training, double eps,
@@ -49,6 +49,14 @@ struct KernelTable {
   at::Tensor (*upfirdn2d)(const at::Tensor& x, const at::Tensor& f, at::IntArrayRef up,
                           at::IntArrayRef down, at::IntArrayRef padding, bool flip_filter,
                           double gain);
+  Tensor3 (*cbn_act_forward)(const at::Tensor& input, const at::Tensor& scale,
+                             const at::Tensor& shift, const OptTensor& running_mean,
+                             const OptTensor& running_var, bool training, double eps,
+                             double negative_slope);
+  Tensor3 (*cbn_act_backward)(const at::Tensor& grad_out, const at::Tensor& input,
+                              const at::Tensor& scale, const at::Tensor& shift,
+                              const at::Tensor& mean, const at::Tensor& var, bool training,
+                              double eps, double negative_slope, std::array<bool, 3> output_mask);
 };
 
 // The instruction set in use ("default", "avx2" or "avx512"), chosen on the first call.

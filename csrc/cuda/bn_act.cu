@@ -22,6 +22,7 @@
 #include "../bn_act_checks.h"
 #include "../bn_act_math.h"
 #include "../common.h"
+#include "bn_act_stats.h"
 
 namespace fastgan {
 namespace cuda {
@@ -588,6 +589,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_forward_update_cuda(
 }
 
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor> bn_act_batch_stats(const at::Tensor& x) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const bool cl = is_channels_last(x);
+  TORCH_CHECK(cl || x.is_contiguous(), "bn_act_batch_stats: x must be NCHW-contiguous or "
+              "channels_last");
+  const auto acc = acc_scalar_type(x.scalar_type());
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3), numel = x.numel();
+  at::Tensor mean = at::empty({C}, x.options().dtype(acc));
+  at::Tensor var = at::empty({C}, x.options().dtype(acc));
+  at::Tensor affine = at::empty({2, C}, x.options().dtype(acc));  // unused fold (no weight)
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bn_act_batch_stats", [&] {
+    using acc_t = acc_of_t<scalar_t>;
+    const ReduceGrid rg = reduce_grid(cl, C, numel);
+    const int64_t S = rg.splits;
+    at::Tensor part = at::empty({3, C, S}, x.options().dtype(acc));
+    acc_t* pw = part.mutable_data_ptr<acc_t>();
+    if (cl) {
+      stats_nhwc_kernel<scalar_t, acc_t><<<rg.grid, rg.block, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), C, numel / C, pw, pw + C * S, pw + 2 * C * S);
+    } else {
+      stats_nchw_kernel<scalar_t, acc_t><<<rg.grid, rg.block, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), C, HW, numel / C, pw, pw + C * S, pw + 2 * C * S);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const acc_t* pp = part.const_data_ptr<acc_t>();
+    acc_t* fold = affine.mutable_data_ptr<acc_t>();
+    stats_finalize_kernel<acc_t><<<static_cast<int>((C + kThreads - 1) / kThreads), kThreads, 0,
+                                   stream>>>(pp, pp + C * S, pp + 2 * C * S, C, S, nullptr,
+                                             nullptr, acc_t(1), mean.mutable_data_ptr<acc_t>(),
+                                             var.mutable_data_ptr<acc_t>(), fold, fold + C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {mean, var};
+}
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("bn_act_forward", &bn_act_forward_update_cuda);

@@ -41,6 +41,15 @@ at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, at::IntArrayRef u
                      at::IntArrayRef down, at::IntArrayRef padding, bool flip_filter,
                      double gain);
 
+Tensor3 cbn_act_forward(const at::Tensor& input, const at::Tensor& scale,
+                        const at::Tensor& shift, const OptTensor& running_mean,
+                        const OptTensor& running_var, bool training, double eps,
+                        double negative_slope);
+Tensor3 cbn_act_backward(const at::Tensor& grad_out, const at::Tensor& input,
+                         const at::Tensor& scale, const at::Tensor& shift,
+                         const at::Tensor& mean, const at::Tensor& var, bool training,
+                         double eps, double negative_slope, std::array<bool, 3> output_mask);
+
 // This copy's table (kernels/table.cpp).
 const KernelTable& kernel_table();
 

@@ -1,0 +1,101 @@
+"""ConditionalBatchNormAct2d: class-conditional BatchNorm2d followed by LeakyReLU, fused."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fastgan.ops import bn_act as _bn_act
+from fastgan.ops import cbn_act as _cbn_act
+
+
+class ConditionalBatchNormAct2d(nn.Module):
+    """Class-conditional BatchNorm2d (de Vries et al. 2017, as in SNGAN / BigGAN
+    generators) then LeakyReLU(negative_slope), as one fused op.
+
+    Normalises as `nn.BatchNorm2d(num_features, affine=False)` (batch statistics in
+    training, running statistics in eval, the same buffers and momentum rule), then
+    applies a per-class affine: for labels y, `out = leaky_relu(x_hat * weight[y] +
+    bias[y])`. `weight` (num_classes, C) starts at ones, `bias` at zeros.
+    `forward(input, labels)` takes labels as an (N,) integer tensor of class indices.
+    `negative_slope=0` gives ReLU.
+    """
+
+    def __init__(self, num_features: int, num_classes: int, eps: float = 1e-5,
+                 momentum: float | None = 0.1, track_running_stats: bool = True,
+                 negative_slope: float = 0.2, device=None, dtype=None) -> None:
+        super().__init__()
+        if num_features <= 0 or num_classes <= 0:
+            raise ValueError(f"ConditionalBatchNormAct2d: num_features and num_classes must be "
+                             f"positive, got {num_features} and {num_classes}")
+        if negative_slope < 0:
+            raise ValueError(f"ConditionalBatchNormAct2d: negative_slope must be >= 0, got "
+                             f"{negative_slope}")
+        factory = {"device": device, "dtype": dtype}
+        self.num_features, self.num_classes = num_features, num_classes
+        self.eps, self.momentum = eps, momentum
+        self.track_running_stats = track_running_stats
+        self.negative_slope = float(negative_slope)
+        self.weight = nn.Parameter(torch.ones(num_classes, num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_classes, num_features, **factory))
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(
+                0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def _check_labels(self, input: Tensor, labels: Tensor) -> None:
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"ConditionalBatchNormAct2d: labels must be a Tensor of class "
+                            f"indices, got {type(labels).__name__}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise TypeError(f"ConditionalBatchNormAct2d: labels must be an integer tensor, got "
+                            f"{labels.dtype}")
+        if labels.dim() != 1 or labels.shape[0] != input.shape[0]:
+            raise ValueError(f"ConditionalBatchNormAct2d: labels must have shape "
+                             f"({input.shape[0]},) (one class per sample of the input of shape "
+                             f"{tuple(input.shape)}), got {tuple(labels.shape)}")
+        if labels.device != self.weight.device:
+            raise ValueError(f"ConditionalBatchNormAct2d: labels are on {labels.device} but "
+                             f"the module is on {self.weight.device}")
+        # a value check reads the labels; torch.compile would break the graph on it, and
+        # index_select raises for out-of-range indices there anyway
+        if not torch.compiler.is_compiling() and labels.numel() and (
+                int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"ConditionalBatchNormAct2d: labels must be class indices in "
+                             f"[0, {self.num_classes}), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+
+    def forward(self, input: Tensor, labels: Tensor) -> Tensor:
+        if input.dim() != 4:
+            raise ValueError(f"ConditionalBatchNormAct2d: expected 4-D input (N, C, H, W), got "
+                             f"{input.dim()}-D input of shape {tuple(input.shape)}")
+        self._check_labels(input, labels)
+        rm, rv, bn_training, factor = _bn_act.module_args(self)
+        scale = self.weight.index_select(0, labels)
+        shift = self.bias.index_select(0, labels)
+        return _cbn_act.conditional_batch_norm_act(input, scale, shift, rm, rv, bn_training,
+                                                   factor, self.eps, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, num_classes={self.num_classes}, eps={self.eps}, "
+                f"momentum={self.momentum}, track_running_stats={self.track_running_stats}, "
+                f"negative_slope={self.negative_slope}")
+
+
+__all__ = ["ConditionalBatchNormAct2d"]
