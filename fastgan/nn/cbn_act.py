@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastgan.ops import bn_act as _bn_act
@@ -87,8 +88,13 @@ class ConditionalBatchNormAct2d(nn.Module):
                              f"{input.dim()}-D input of shape {tuple(input.shape)}")
         self._check_labels(input, labels)
         rm, rv, bn_training, factor = _bn_act.module_args(self)
-        scale = self.weight.index_select(0, labels)
-        shift = self.bias.index_select(0, labels)
+        # the class rows as an embedding lookup: its backward (embedding_dense_backward)
+        # adds the per-sample gradients into the rows in microseconds, where index_select's
+        # (scatter_add_) and indexing's (index_put_) take milliseconds on the CPU
+        if labels.dtype not in (torch.int32, torch.int64):
+            labels = labels.long()
+        scale = F.embedding(labels, self.weight)
+        shift = F.embedding(labels, self.bias)
         return _cbn_act.conditional_batch_norm_act(input, scale, shift, rm, rv, bn_training,
                                                    factor, self.eps, self.negative_slope)
 
