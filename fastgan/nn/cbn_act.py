@@ -18,7 +18,9 @@ class ConditionalBatchNormAct2d(nn.Module):
     training, running statistics in eval, the same buffers and momentum rule), then
     applies a per-class affine: for labels y, `out = leaky_relu(x_hat * weight[y] +
     bias[y])`. `weight` (num_classes, C) starts at ones, `bias` at zeros.
-    `forward(input, labels)` takes labels as an (N,) integer tensor of class indices.
+    `forward(input, labels)` takes labels as an (N,) integer tensor of class indices in
+    [0, num_classes) (checked with a clear error for CPU labels; on a GPU an index out of
+    range trips the lookup's device-side assert, as nn.Embedding's does).
     `negative_slope=0` gives ReLU.
     """
 
@@ -74,9 +76,10 @@ class ConditionalBatchNormAct2d(nn.Module):
         if labels.device != self.weight.device:
             raise ValueError(f"ConditionalBatchNormAct2d: labels are on {labels.device} but "
                              f"the module is on {self.weight.device}")
-        # a value check reads the labels; torch.compile would break the graph on it, and
-        # index_select raises for out-of-range indices there anyway
-        if not torch.compiler.is_compiling() and labels.numel() and (
+        # the value check reads the labels: on the CPU only (on a GPU it would synchronise
+        # every call; the embedding lookup's device-side assert catches them there), and
+        # not under torch.compile (a graph break; the lookup raises there as well)
+        if labels.is_cpu and not torch.compiler.is_compiling() and labels.numel() and (
                 int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"ConditionalBatchNormAct2d: labels must be class indices in "
                              f"[0, {self.num_classes}), got values in "
