@@ -10,57 +10,48 @@ from fastgan.ops import bn_act as _bn_act
 from fastgan.ops import cbn_act as _cbn_act
 
 
-class ConditionalBatchNormAct2d(nn.Module):
+class ConditionalBatchNormAct2d(nn.modules.batchnorm._BatchNorm):
     """Class-conditional BatchNorm2d (de Vries et al. 2017, as in SNGAN / BigGAN
     generators) then LeakyReLU(negative_slope), as one fused op.
 
     Normalises as `nn.BatchNorm2d(num_features, affine=False)` (batch statistics in
-    training, running statistics in eval, the same buffers and momentum rule), then
-    applies a per-class affine: for labels y, `out = leaky_relu(x_hat * weight[y] +
-    bias[y])`. `weight` (num_classes, C) starts at ones, `bias` at zeros.
-    `forward(input, labels)` takes labels as an (N,) integer tensor of class indices in
-    [0, num_classes) (checked with a clear error for CPU labels; on a GPU an index out of
-    range trips the lookup's device-side assert, as nn.Embedding's does).
-    `negative_slope=0` gives ReLU.
+    training, running statistics in eval, the same buffers, momentum rule and
+    state_dict), then applies a per-class affine: for labels y, `out =
+    leaky_relu(x_hat * weight[y] + bias[y])`. `weight` (num_classes, C) starts at ones,
+    `bias` at zeros. `forward(input, labels)` takes labels as an (N,) integer tensor of
+    class indices in [0, num_classes) (checked with a clear error for CPU labels; on a GPU
+    an index out of range trips the lookup's device-side assert, as nn.Embedding's does).
+    `negative_slope=0` gives ReLU. A _BatchNorm subclass, so code that finds BatchNorm
+    modules (standing statistics, weight init by class name) finds it.
     """
 
     def __init__(self, num_features: int, num_classes: int, eps: float = 1e-5,
                  momentum: float | None = 0.1, track_running_stats: bool = True,
                  negative_slope: float = 0.2, device=None, dtype=None) -> None:
-        super().__init__()
-        if num_features <= 0 or num_classes <= 0:
-            raise ValueError(f"ConditionalBatchNormAct2d: num_features and num_classes must be "
-                             f"positive, got {num_features} and {num_classes}")
+        if num_classes <= 0:
+            raise ValueError(f"ConditionalBatchNormAct2d: num_classes must be positive, got "
+                             f"{num_classes}")
         if negative_slope < 0:
             raise ValueError(f"ConditionalBatchNormAct2d: negative_slope must be >= 0, got "
                              f"{negative_slope}")
-        factory = {"device": device, "dtype": dtype}
-        self.num_features, self.num_classes = num_features, num_classes
-        self.eps, self.momentum = eps, momentum
-        self.track_running_stats = track_running_stats
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=False,
+                         track_running_stats=track_running_stats, device=device, dtype=dtype)
+        self.num_classes = num_classes
         self.negative_slope = float(negative_slope)
+        factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(num_classes, num_features, **factory))
         self.bias = nn.Parameter(torch.zeros(num_classes, num_features, **factory))
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(
-                0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        if isinstance(getattr(self, "weight", None), nn.Parameter):  # (after __init__)
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"ConditionalBatchNormAct2d: expected 4-D input (N, C, H, W), got "
+                             f"{input.dim()}-D input of shape {tuple(input.shape)}")
 
     def _check_labels(self, input: Tensor, labels: Tensor) -> None:
         if not isinstance(labels, Tensor):
@@ -86,9 +77,7 @@ class ConditionalBatchNormAct2d(nn.Module):
                              f"[{int(labels.min())}, {int(labels.max())}]")
 
     def forward(self, input: Tensor, labels: Tensor) -> Tensor:
-        if input.dim() != 4:
-            raise ValueError(f"ConditionalBatchNormAct2d: expected 4-D input (N, C, H, W), got "
-                             f"{input.dim()}-D input of shape {tuple(input.shape)}")
+        self._check_input_dim(input)
         self._check_labels(input, labels)
         rm, rv, bn_training, factor = _bn_act.module_args(self)
         # the class rows as an embedding lookup: its backward (embedding_dense_backward)
