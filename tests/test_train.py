@@ -362,7 +362,8 @@ def test_sampling_generator_standing_statistics():
 
 def test_conditional_run_samples_any_class(tmp_path, labelled_data, npz_data, capsys):
     """A conditional run: grids of one row per class, `fastgan sample --class K` draws
-    class K (labels in the .npz), the default draws every class in rows; errors for a
+    class K (labels in the .npz), the default draws every class in rows, `fastgan eval`
+    evaluates it; errors for a
     class out of range, --class on an unconditional run and data without labels."""
     out = run(tmp_path, "c", labelled_data, arch="resnet", conditional=True, steps=2,
               sample_every=2)
@@ -378,6 +379,9 @@ def test_conditional_run_samples_any_class(tmp_path, labelled_data, npz_data, ca
     with np.load(npz) as z:
         assert z["labels"].tolist() == [0, 0, 0, 1, 1, 1, 2]
     assert Image.open(grid).size == (3 * 18 + 2, 3 * 18 + 2)
+    js = str(tmp_path / "m.json")  # evaluation draws every class equally often
+    assert main(["eval", out, "--n", "30", "--metrics", "fid", "--json", js]) == 0
+    assert np.isfinite(json.load(open(js))["fid"])
     capsys.readouterr()
     assert main(["sample", out, "--class", "3"]) == 2
     assert "--class 3: expected a class in 0..2 (the run has 3)" in capsys.readouterr().err
