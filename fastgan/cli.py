@@ -129,7 +129,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     a("--r2", type=float, help="R2 penalty weight gamma, R1 on fake images (default 0: off)")
     a("--n-critic", type=int, help="D steps per G step (default 1)")
     a("--clip", type=float, help="WGAN weight clipping of D to [-C, C] (default 0: off)")
-    a("--spectral-norm", action="store_true", default=None, help="spectral norm on D's layers")
+    a("--spectral-norm", action=argparse.BooleanOptionalAction, default=None,
+      help="spectral norm on D's layers (default off; on for --arch resnet)")
     a("--ema", type=float, help="EMA decay of the sampled generator (default 0.999; 0: off)")
     a("--amp", choices=AMP, help="mixed precision (default none; fp16 needs CUDA)")
     a("--impl", choices=IMPLS, help="fastgan (default), or the same model in eager PyTorch "

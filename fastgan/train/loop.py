@@ -177,8 +177,12 @@ class Trainer:
             fake = fake.detach().requires_grad_(True)
         # torch.compile has no double backward, so a penalised D step runs the module
         # itself (all of it: an eager graph's saved BatchNorm buffers must not be bumped
-        # by a compiled graph's in-place running-stat update before backward)
-        D_fwd = D if cfg.r1 or cfg.r2 or cfg.gp else self.D_fwd
+        # by a compiled graph's in-place running-stat update before backward). So does a
+        # spectral-normalised D: with a 1x1 convolution (the ResNet's shortcuts), two
+        # compiled calls before one backward fail in torch 2.14 (the first call's saved
+        # power-iteration vector is updated in place by the second), where eager's
+        # parametrization clones it.
+        D_fwd = D if cfg.r1 or cfg.r2 or cfg.gp or cfg.spectral_norm else self.D_fwd
         with self._autocast():
             real_logits = _call(D_fwd, real, y_real)
             fake_logits = _call(D_fwd, fake, y_fake)
