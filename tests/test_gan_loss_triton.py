@@ -423,9 +423,12 @@ def check_opcheck(device: str, utils=("test_schema", "test_autograd_registration
 def _value_cases() -> dict[str, tuple]:
     cases = {}
     for kind in KINDS:
+        # a paired kind gets as many fake logits as real ones (check_values does the same)
+        gan = (GAN_BATCH[0],) * 2 if kind in G.PAIRED_KINDS else GAN_BATCH
         for reduction in REDUCTIONS:
             for dtype in DTYPES:
-                cases[f"{kind}-{reduction}-{dtype}-37x5"] = (kind, reduction, dtype, GAN_BATCH)
+                cases[f"{kind}-{reduction}-{dtype}-{gan[0]}x{gan[1]}"] = (kind, reduction,
+                                                                          dtype, gan)
             for dtype in ("float32", "float64"):
                 cases[f"{kind}-{reduction}-{dtype}-1x1"] = (kind, reduction, dtype, (1, 1))
         for dtype in ("float32", "bfloat16", "float64"):
