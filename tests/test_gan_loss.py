@@ -323,10 +323,13 @@ def test_losses_backpropagate_separately(backend):
 
 
 @pytest.mark.usefixtures("compiled_op")
-def test_double_backward_raises():
+@pytest.mark.parametrize("kind", ("ns", "rpgan"))
+def test_double_backward_raises(kind):
     real, fake = logits(5, seed=14), logits(5, seed=15)
-    out = gan_loss(real, fake)
-    (gr,) = torch.autograd.grad(out.d_loss, real, create_graph=True)
+    out = gan_loss(real, fake, kind)
+    # rpgan: through g_loss too, which reaches the real logits only for this kind
+    (gr,) = torch.autograd.grad(out.d_loss + out.g_loss if kind == "rpgan" else out.d_loss,
+                                real, create_graph=True)
     with pytest.raises(RuntimeError, match="not implemented"):
         gr.sum().backward()
 

@@ -247,6 +247,15 @@ def check_layout(device: str) -> list[str]:
     fails = _err("d_loss", out.d_loss, ref[0], 1e-10)
     fails += _err("grad real", gr, ref_gr, 1e-10, torch.float64)
     fails += _err("grad fake", gf, ref_gf, 1e-10, torch.float64)
+    # rpgan pairs them after flattening: (2, 3, 4) with the non-contiguous (4, 6)
+    r, f = real0.clone().requires_grad_(), fake0.clone().requires_grad_()
+    out, gr, gf = _run(r, f, "rpgan", "mean", 1.0, "triton", lambda d, g: d + 2.0 * g)
+    rr, fr = real0.clone().requires_grad_(), fake0.clone().requires_grad_()
+    ref = G.reference_forward(rr, fr, "rpgan", "mean", 1.0)
+    ref_gr, ref_gf = torch.autograd.grad(ref[0] + 2.0 * ref[1], (rr, fr))
+    fails += _err("rpgan g_loss", out.g_loss, ref[1], 1e-10)
+    fails += _err("rpgan grad real", gr, ref_gr, 1e-10, torch.float64)
+    fails += _err("rpgan grad fake", gf, ref_gf, 1e-10, torch.float64)
     return fails
 
 
