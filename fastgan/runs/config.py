@@ -17,9 +17,10 @@ import torch
 
 from fastgan.data import check_image_size
 from fastgan.errors import UserError
+from fastgan.ops.gan_loss_reference import KINDS
 
 ARCHS = ("dcgan", "resnet", "r3gan")
-LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan", "rpgan")
+LOSSES = KINDS  # the kinds of fastgan.functional.gan_loss
 # What an architecture changes in the defaults of a new run (flags given win). R3GAN's
 # paper trains with its relativistic pairing loss, R1 and R2 at every step and Adam's
 # beta1 = 0, beta2 = 0.99; gamma 0.05 is its CIFAR-10 setting (at 32x32, as here).
