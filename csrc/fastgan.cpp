@@ -101,6 +101,8 @@ PyObject* gan_loss_eager(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
       r.numel() == 0 || f.numel() == 0 || r.device() != f.device()) {
     Py_RETURN_NONE;
   }
+  // rpgan pairs the logits: unequal sizes are the Python path's ValueError.
+  if (gl::is_paired(gl::Kind(kid)) && r.numel() != f.numel()) Py_RETURN_NONE;
   if (!(devices & (r.is_cpu() ? 1 : r.is_cuda() ? 2 : 0))) Py_RETURN_NONE;
   auto [d_loss, g_loss, d_real, d_fake] = fastgan::gan_loss_forward_call(
       r, f, c10::string_view(k, nk), c10::string_view(red, nr), label);

@@ -26,6 +26,8 @@
 #include <mutex>
 #include <string>
 
+#include "gan_loss_math.h"
+
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def(
       "gan_loss_forward(Tensor real_logits, Tensor fake_logits, str kind, str reduction, "
@@ -70,6 +72,9 @@ struct GanLossBackward final : public torch::autograd::Node {
   SavedVariable real_logits, fake_logits;
   std::string kind, reduction;
   double real_label = 1.0;
+  // rpgan: g_loss depends on both inputs (softplus(r - f)), so its gradient reaches the
+  // real logits too; for the other kinds g_loss is a function of the fake logits only.
+  bool paired = false;
 
   std::string name() const override { return "GanLossBackward"; }
 
@@ -83,9 +88,10 @@ struct GanLossBackward final : public torch::autograd::Node {
     std::lock_guard<std::mutex> lock(mutex_);
     const at::Tensor& gd = grads[0];
     const at::Tensor& gg = grads[1];
-    // real_logits only reach d_loss: no gradient for them when only g_loss flows.
+    // real_logits reach only d_loss (except for the paired kind): no gradient for them
+    // when only g_loss flows.
     const bool any = gd.defined() || gg.defined();
-    const std::array<bool, 2> mask{task_should_compute_output(0) && gd.defined(),
+    const std::array<bool, 2> mask{task_should_compute_output(0) && (paired ? any : gd.defined()),
                                    task_should_compute_output(1) && any};
     variable_list out(2);
     if (!(mask[0] || mask[1])) return out;
@@ -130,10 +136,12 @@ Outputs gan_loss_autograd(const at::Tensor& real, const at::Tensor& fake, c10::s
     node->kind = std::string(kind);
     node->reduction = std::string(reduction);
     node->real_label = real_label;
+    node->paired = gan_loss::is_paired(gan_loss::Kind(gan_loss::kind_from_name(kind)));
     // d_loss and g_loss are the node's inputs 0 and 1; d_real / d_fake get no history.
-    // g_loss depends on fake_logits only: as in eager, it requires grad only if they do.
+    // g_loss depends on fake_logits only (both logits for the paired kind): as in eager,
+    // it requires grad only if they do.
     torch::autograd::set_history(std::get<0>(out), node);
-    if (fake.requires_grad()) {
+    if (fake.requires_grad() || (node->paired && real.requires_grad())) {
       torch::autograd::set_history(std::get<1>(out), node);
     } else {
       node->add_input_metadata(torch::autograd::Node::undefined_input());

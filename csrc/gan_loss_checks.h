@@ -14,7 +14,7 @@ namespace gan_loss {
 inline void check_inputs(const char* op, const at::Tensor& real, const at::Tensor& fake, int kind,
                   int mean, c10::string_view kind_name, c10::string_view reduction) {
   TORCH_CHECK(kind >= 0, op, ": unknown kind '", kind_name,
-              "'; expected one of 'minimax', 'ns', 'lsgan', 'hinge', 'wgan'");
+              "'; expected one of 'minimax', 'ns', 'lsgan', 'hinge', 'wgan', 'rpgan'");
   TORCH_CHECK(mean >= 0, op, ": unknown reduction '", reduction, "'; expected 'mean' or 'sum'");
   TORCH_CHECK(at::isFloatingType(real.scalar_type()), op,
               ": real_logits must be a floating-point tensor, got ", real.scalar_type());
@@ -24,10 +24,16 @@ inline void check_inputs(const char* op, const at::Tensor& real, const at::Tenso
   TORCH_CHECK(fake.numel() > 0, op, ": fake_logits is empty (shape ", fake.sizes(), ")");
   TORCH_CHECK(real.device() == fake.device(), op, ": real_logits is on ", real.device(),
               " but fake_logits is on ", fake.device());
+  TORCH_CHECK(!is_paired(Kind(kind)) || real.numel() == fake.numel(), op, ": kind '",
+              kind_name, "' pairs real and fake logits element-wise, so they must have the "
+              "same number of elements; got real_logits of shape ", real.sizes(),
+              " and fake_logits of shape ", fake.sizes());
 }
 
 // Calls f(std::integral_constant<Kind, K>{}) for the runtime `kind`, so kernels are
-// instantiated per kind with no branch on it in their loops.
+// instantiated per kind with no branch on it in their loops. Only the kinds whose inputs
+// are walked one at a time (real_terms / fake_terms); the paired kind has kernels of its
+// own, which the callers branch to before dispatching.
 template <typename F>
 void dispatch_kind(int kind, F&& f) {
   switch (kind) {
@@ -35,7 +41,8 @@ void dispatch_kind(int kind, F&& f) {
     case kNs: f(std::integral_constant<Kind, kNs>{}); break;
     case kLsgan: f(std::integral_constant<Kind, kLsgan>{}); break;
     case kHinge: f(std::integral_constant<Kind, kHinge>{}); break;
-    default: f(std::integral_constant<Kind, kWgan>{}); break;
+    case kWgan: f(std::integral_constant<Kind, kWgan>{}); break;
+    default: TORCH_INTERNAL_ASSERT(false, "gan_loss: kind ", kind, " has no per-input kernels");
   }
 }
 

@@ -24,10 +24,13 @@ namespace fastgan {
 namespace gan_loss {
 
 // The loss kinds of docs/ARCHITECTURE.md ("Loss kinds"). minimax and ns are logistic: their
-// inputs are logits and the real term may use a smoothed target `label`.
-enum Kind : int { kMinimax = 0, kNs = 1, kLsgan = 2, kHinge = 3, kWgan = 4 };
+// inputs are logits and the real term may use a smoothed target `label`. rpgan is the one
+// paired kind: its terms are functions of r[i] - f[i], so its kernels walk the two inputs
+// together (pair_terms / pair_grads below) instead of each on its own.
+enum Kind : int { kMinimax = 0, kNs = 1, kLsgan = 2, kHinge = 3, kWgan = 4, kRpgan = 5 };
 
 constexpr bool is_logistic(Kind k) { return k == kMinimax || k == kNs; }
+constexpr bool is_paired(Kind k) { return k == kRpgan; }
 
 // Host-side parsing of the op's string arguments; -1 when unknown (the caller raises,
 // naming the argument).
@@ -37,6 +40,7 @@ inline int kind_from_name(std::string_view name) {
   if (name == "lsgan") return kLsgan;
   if (name == "hinge") return kHinge;
   if (name == "wgan") return kWgan;
+  if (name == "rpgan") return kRpgan;
   return -1;
 }
 
@@ -159,6 +163,49 @@ FASTGAN_HD FakeGrads<T> fake_grads(T f) {
   } else {  // wgan
     return {T(1), T(-1)};
   }
+}
+
+// ---------------------------------------------------------------------------
+// The paired kind (rpgan, R3GAN's relativistic pairing loss), per pair (r, f):
+//   d_loss term softplus(u),  g_loss term softplus(-u),  with u = f - r.
+// Both share e = exp(-|u|): softplus(+-u) = relu(+-u) + log1p(e). sigmoid(r) and
+// sigmoid(f) (for d_real / d_fake) need their own exponentials.
+
+template <class T>
+struct PairTerms {
+  T d_loss;
+  T g_loss;
+  T sigmoid_real;
+  T sigmoid_fake;
+};
+
+template <class Ops, class T>
+FASTGAN_HD PairTerms<T> pair_terms(T r, T f) {
+  const T u = f - r;
+  const T lp = Ops::log1p(Ops::exp(-Ops::abs(u)));
+  const T er = Ops::exp(-Ops::abs(r));
+  const T ef = Ops::exp(-Ops::abs(f));
+  const T qr = T(1) / (T(1) + er);
+  const T qf = T(1) / (T(1) + ef);
+  return {Ops::relu(u) + lp, Ops::relu(-u) + lp, sigmoid_pos<Ops>(r, er, qr),
+          sigmoid_pos<Ops>(f, ef, qf)};
+}
+
+// Derivatives of a pair's terms: d softplus(u)/df = sigmoid(u) = s, and
+// d softplus(-u)/df = -sigmoid(-u) = -t; d/dr is the negative of each. s and t are each
+// taken from e = exp(-|u|) (never t as 1 - s, which cancels to 0 or worse for large u).
+template <class T>
+struct PairGrads {
+  T s;  // sigmoid(f - r): d(d_loss term)/df = s, d/dr = -s
+  T t;  // sigmoid(r - f): d(g_loss term)/dr = t, d/df = -t
+};
+
+template <class Ops, class T>
+FASTGAN_HD PairGrads<T> pair_grads(T r, T f) {
+  const T u = f - r;
+  const T e = Ops::exp(-Ops::abs(u));
+  const T q = T(1) / (T(1) + e);
+  return {sigmoid_pos<Ops>(u, e, q), sigmoid_neg<Ops>(u, e, q)};
 }
 
 }  // namespace gan_loss

@@ -116,15 +116,21 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     a("--data", help="fashion-mnist (built in, the default), a folder of PNG/JPEG images, "
                      "or an .npz with an `images` array (N, H, W[, C]) uint8")
     a("--image-size", type=int, help="a power of two >= 16 (default 32)")
-    a("--arch", choices=ARCHS, help="dcgan (default) or r3gan (R3GAN-style residual G and D "
-                                    "on the fused bias_act / upfirdn2d ops)")
-    a("--loss", choices=LOSSES, help="GAN loss (default ns)")
+    a("--arch", choices=ARCHS, help="dcgan (default), resnet (SNGAN/BigGAN-style ResNet) or "
+                                    "r3gan (R3GAN-style residual G and D on the fused bias_act / "
+                                    "upfirdn2d ops; its preset: --loss rpgan --r1 0.05 --r2 0.05 "
+                                    "--betas 0 0.99)")
+    a("--conditional", action="store_true", default=None,
+      help="class-conditional G and D on the data's labels (Fashion-MNIST's classes, a folder's "
+           "sub-folders, an .npz's `labels`)")
+    a("--loss", choices=LOSSES, help="GAN loss (default ns; rpgan for --arch r3gan)")
     a("--gp", type=float, help="WGAN-GP penalty weight (default 0: off)")
     a("--r1", type=float, help="R1 penalty weight gamma (default 0: off)")
     a("--r2", type=float, help="R2 penalty weight gamma, R1 on fake images (default 0: off)")
     a("--n-critic", type=int, help="D steps per G step (default 1)")
     a("--clip", type=float, help="WGAN weight clipping of D to [-C, C] (default 0: off)")
-    a("--spectral-norm", action="store_true", default=None, help="spectral norm on D's layers")
+    a("--spectral-norm", action=argparse.BooleanOptionalAction, default=None,
+      help="spectral norm on D's layers (default off; on for --arch resnet)")
     a("--ema", type=float, help="EMA decay of the sampled generator (default 0.999; 0: off)")
     a("--amp", choices=AMP, help="mixed precision (default none; fp16 needs CUDA)")
     a("--impl", choices=IMPLS, help="fastgan (default), or the same model in eager PyTorch "
@@ -149,7 +155,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fastgan.runs.config import TrainConfig, default_device, merge_resume, read_config
+    from fastgan.runs.config import merge_resume, new_config, read_config
     from fastgan.train import train
 
     given = {k: v for k, v in vars(args).items()
@@ -162,7 +168,7 @@ def _train(args: argparse.Namespace) -> int:
                             f"({args.resume}); leave --out out")
         cfg = merge_resume(read_config(args.resume), given, args.resume)
     else:
-        cfg = TrainConfig(**{"device": default_device(), **given})
+        cfg = new_config(given)
     return train(cfg, resume=bool(args.resume), quiet=args.quiet)
 
 
@@ -170,7 +176,7 @@ def _sample(args: argparse.Namespace) -> int:
     from fastgan.commands.sample import sample
 
     return sample(args.ckpt, n=args.n, out=args.out, npz=args.npz, seed=args.seed,
-                  ema=not args.no_ema)
+                  ema=not args.no_ema, cls=args.cls)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -238,9 +244,13 @@ def _main(argv: list[str]) -> int:
     p_sample.add_argument("ckpt", metavar="CKPT", help="a checkpoint file or a run directory")
     p_sample.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     p_sample.add_argument("--out", help="PNG grid to write (default grid.png unless --npz)")
-    p_sample.add_argument("--npz", help="also write the images, uint8 (N, H, W, C), to FILE.npz")
+    p_sample.add_argument("--npz", help="also write the images, uint8 (N, H, W, C), to FILE.npz "
+                                        "(and their classes as `labels`, for a conditional run)")
     p_sample.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p_sample.add_argument("--no-ema", action="store_true", help="the trained G, not its EMA copy")
+    p_sample.add_argument("--class", dest="cls", type=int, metavar="K",
+                          help="a conditional run: draw class K only (default: every class, "
+                               "one grid row each)")
     p_sample.set_defaults(func=_sample)
     p_eval = sub.add_parser("eval", help="FID/KID/IS of a checkpoint or of images, offline")
     p_eval.add_argument("ckpt", metavar="CKPT", nargs="?", help="a checkpoint or run directory")

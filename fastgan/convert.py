@@ -6,7 +6,12 @@ each run of children
     nn.Conv2d | nn.ConvTranspose2d  ->  nn.BatchNorm2d  ->  nn.ReLU | nn.LeakyReLU (slope >= 0)
 
 (in-place activations included; a Conv -> BatchNorm2d run without an activation is fused
-too, as slope 1). The Sequential's class becomes fastgan.nn.FusedSequential, a subclass
+too, as slope 1), and each pre-activation pair
+
+    nn.BatchNorm2d  ->  nn.ReLU | nn.LeakyReLU      (no convolution right before it)
+
+as in the residual blocks of SNGAN/BigGAN-style generators, which runs as one fused
+BatchNorm+activation. The Sequential's class becomes fastgan.nn.FusedSequential, a subclass
 whose forward runs those children as fused blocks; the children themselves are untouched,
 so module names, parameters, buffers, state_dict keys and values, and class-name based
 init functions (the classic DCGAN `weights_init`, which looks for 'Conv' and 'BatchNorm')

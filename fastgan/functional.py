@@ -73,7 +73,8 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
 
     `real_logits` and `fake_logits` are the discriminator's outputs on real and generated
     samples (logits for the logistic kinds, raw scores for the others), of any shape
-    (they are flattened) and of different batch sizes if need be. `kind` is one of
+    (they are flattened) and of different batch sizes if need be (except for rpgan).
+    `kind` is one of
 
         kind      d_loss                           g_loss
         minimax   softplus(-r) + softplus(f)       -softplus(f)
@@ -81,9 +82,12 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
         lsgan     (r - 1)^2 / 2 + f^2 / 2          (f - 1)^2 / 2
         hinge     relu(1 - r) + relu(1 + f)        -f
         wgan      f - r                            -f
+        rpgan     softplus(f - r)                  softplus(r - f)  (relativistic pairing)
 
     where each term is reduced over its own batch: `reduction="mean"` (default) or
-    `"sum"`. `real_label < 1` is one-sided label smoothing for minimax / ns: the real
+    `"sum"`. rpgan (R3GAN's relativistic pairing loss) pairs r[i] with f[i]: the two
+    inputs must have the same number of elements, each loss is one mean (or sum) over
+    the pairs, and its g_loss depends on the real logits too. `real_label < 1` is one-sided label smoothing for minimax / ns: the real
     term becomes binary_cross_entropy_with_logits(r, real_label).
 
     Returns GANLosses(d_loss, g_loss, d_real, d_fake); d_real and d_fake are the batch
@@ -91,7 +95,8 @@ def gan_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns",
 
     Gradients flow from d_loss, g_loss or both, into whichever of the logits require
     grad, as they would through the eager expressions: g_loss reaches only the fake
-    logits (and does not require grad when they do not), and d_loss and g_loss may be
+    logits (and does not require grad when they do not) except with rpgan, whose g_loss
+    reaches both (and requires grad when either does), and d_loss and g_loss may be
     backpropagated together or one after the other. Pass `fake_logits.detach()` for the
     discriminator step as usual. Backward recomputes the per-element derivatives from
     the logits, so nothing but the logits is kept for it. Double backward

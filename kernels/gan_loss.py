@@ -16,7 +16,11 @@ g_loss term and sigmoid(f) over the fake ones.
                  then _finalize_kernel, one program, adds them in a fixed order in fp64.
 No atomics: the result depends on the sizes only, never on scheduling.
 Backward: one elementwise launch over the tiles of the real logits then of the fake
-ones (only those output_mask asks for). grad_d_loss and grad_g_loss are read on the
+ones (only those output_mask asks for).
+The paired kind, rpgan, has kernels of its own (_pair_*), which walk r[i] and f[i]
+together: four sums (d_loss, g_loss, sigmoid(r), sigmoid(f)) over the N pairs in the
+forward, on the same one-program / partials + finalize split; one elementwise launch over
+the pairs in the backward, writing whichever of the two gradients is asked for. grad_d_loss and grad_g_loss are read on the
 device (no host sync), and the per-element derivatives are recomputed from the logits.
 
 Traffic per logit, in units of its size: forward reads it once (plus 16 or 24 bytes of
@@ -44,7 +48,8 @@ from torch.library import wrap_triton
 from fastgan.kernels.common import acc_dtype, f64, log1p, split_f64
 
 # csrc/gan_loss_math.h's Kind enum.
-KIND_IDS = {"minimax": 0, "ns": 1, "lsgan": 2, "hinge": 3, "wgan": 4}
+KIND_IDS = {"minimax": 0, "ns": 1, "lsgan": 2, "hinge": 3, "wgan": 4, "rpgan": 5}
+PAIRED_KINDS = ("rpgan",)  # the kinds run by the _pair_* kernels
 
 # Tunables, module attributes so that tests can lower them to reach every path on
 # interpreter-sized inputs.
@@ -163,6 +168,27 @@ def _fake_grads(f, KIND: tl.constexpr):
     return d, g
 
 
+@triton.jit
+def _pair_terms(r, f):
+    """rpgan per pair, u = f - r: (softplus(u), softplus(-u), sigmoid(r), sigmoid(f)).
+    The two softplus share log1p(exp(-|u|))."""
+    u = f - r
+    lp = log1p(tl.exp(-tl.abs(u)))
+    er, qr = _exp_terms(r)
+    ef, qf = _exp_terms(f)
+    return _relu(u) + lp, _relu(-u) + lp, _sigmoid_pos(r, er, qr), _sigmoid_pos(f, ef, qf)
+
+
+@triton.jit
+def _pair_grads(r, f):
+    """rpgan: (s, t) = (sigmoid(f - r), sigmoid(r - f)), each from exp(-|f - r|) (t is
+    never 1 - s, which cancels for large f - r). d(d_loss)/df = s = -d(d_loss)/dr;
+    d(g_loss)/dr = t = -d(g_loss)/df."""
+    u = f - r
+    e, q = _exp_terms(u)
+    return _sigmoid_pos(u, e, q), _sigmoid_neg(u, e, q)
+
+
 # ---------------------------------------------------------------------------
 # Sums over a range of one input: per-lane in the accumulation type, lanes added in fp64.
 
@@ -196,6 +222,42 @@ def _fake_sums(ptr, lo, hi, acc_ty: tl.constexpr, KIND: tl.constexpr, BLOCK: tl.
         s_s += tl.where(mask, s, 0.0)
     return (tl.sum(s_d.to(tl.float64), 0), tl.sum(s_g.to(tl.float64), 0),
             tl.sum(s_s.to(tl.float64), 0))
+
+
+@triton.jit
+def _pair_sums(r_ptr, f_ptr, lo, hi, acc_ty: tl.constexpr, BLOCK: tl.constexpr):
+    """rpgan's four sums over the pairs [lo, hi)."""
+    s_d = tl.zeros([BLOCK], acc_ty)
+    s_g = tl.zeros([BLOCK], acc_ty)
+    s_r = tl.zeros([BLOCK], acc_ty)
+    s_f = tl.zeros([BLOCK], acc_ty)
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < hi
+        r = tl.load(r_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        d, g, sr, sf = _pair_terms(r, f)
+        s_d += tl.where(mask, d, 0.0)
+        s_g += tl.where(mask, g, 0.0)
+        s_r += tl.where(mask, sr, 0.0)
+        s_f += tl.where(mask, sf, 0.0)
+    return (tl.sum(s_d.to(tl.float64), 0), tl.sum(s_g.to(tl.float64), 0),
+            tl.sum(s_r.to(tl.float64), 0), tl.sum(s_f.to(tl.float64), 0))
+
+
+@triton.jit
+def _store_pair_results(d_ptr, g_ptr, dr_ptr, df_ptr, p_d, p_g, p_r, p_f, n,
+                        MEAN: tl.constexpr):
+    """rpgan's outputs from its fp64 sums over the n pairs: each loss one mean (or sum)
+    over the pairs; d_real, d_fake always means."""
+    out_ty: tl.constexpr = d_ptr.dtype.element_ty
+    if MEAN:
+        p_d = p_d / n
+        p_g = p_g / n
+    tl.store(d_ptr, p_d.to(out_ty))
+    tl.store(g_ptr, p_g.to(out_ty))
+    tl.store(dr_ptr, (p_r / n).to(out_ty))
+    tl.store(df_ptr, (p_f / n).to(out_ty))
 
 
 @triton.jit
@@ -277,6 +339,69 @@ def _finalize_kernel(part_ptr, d_ptr, g_ptr, dr_ptr, df_ptr, nr, nf, r_programs,
 
 
 @triton.jit
+def _pair_forward_kernel(r_ptr, f_ptr, d_ptr, g_ptr, dr_ptr, df_ptr, part_ptr, n, elems, stride,
+                         MEAN: tl.constexpr, SINGLE: tl.constexpr, INDEX_64: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """rpgan. SINGLE: one program sums all n pairs and writes the outputs (part_ptr is
+    None). Otherwise program p sums the pairs [p * elems, (p + 1) * elems) into
+    part[0:4, p] (part is (4, stride) fp64), for _pair_finalize_kernel."""
+    acc_ty: tl.constexpr = d_ptr.dtype.element_ty
+    if SINGLE:
+        p_d, p_g, p_r, p_f = _pair_sums(r_ptr, f_ptr, 0, n, acc_ty, BLOCK)
+        _store_pair_results(d_ptr, g_ptr, dr_ptr, df_ptr, p_d, p_g, p_r, p_f, n, MEAN)
+    else:
+        pid = tl.program_id(0)
+        if INDEX_64:
+            pid = pid.to(tl.int64)
+        lo = pid * elems
+        p_d, p_g, p_r, p_f = _pair_sums(r_ptr, f_ptr, lo, tl.minimum(lo + elems, n), acc_ty,
+                                        BLOCK)
+        tl.store(part_ptr + pid, p_d)
+        tl.store(part_ptr + stride + pid, p_g)
+        tl.store(part_ptr + 2 * stride + pid, p_r)
+        tl.store(part_ptr + 3 * stride + pid, p_f)
+
+
+@triton.jit
+def _pair_finalize_kernel(part_ptr, d_ptr, g_ptr, dr_ptr, df_ptr, n, programs, stride,
+                          MEAN: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: adds _pair_forward_kernel's per-program sums, writes the outputs."""
+    p_d = _sum_row(part_ptr, programs, BLOCK)
+    p_g = _sum_row(part_ptr + stride, programs, BLOCK)
+    p_r = _sum_row(part_ptr + 2 * stride, programs, BLOCK)
+    p_f = _sum_row(part_ptr + 3 * stride, programs, BLOCK)
+    _store_pair_results(d_ptr, g_ptr, dr_ptr, df_ptr, p_d, p_g, p_r, p_f, n, MEAN)
+
+
+@triton.jit
+def _pair_backward_kernel(r_ptr, f_ptr, gr_ptr, gf_ptr, gd_ptr, gg_ptr, n,
+                          WANT_REAL: tl.constexpr, WANT_FAKE: tl.constexpr,
+                          MEAN: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
+    """rpgan, program p on the pairs of tile p: grad_real = c * (gg * t - gd * s) and
+    grad_fake = -grad_real (c = 1/n for "mean", 1 for "sum"), each stored only if asked
+    for."""
+    acc_ty: tl.constexpr = gd_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    r = tl.load(r_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+    f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+    gd = tl.load(gd_ptr)
+    gg = tl.load(gg_ptr)
+    if MEAN:
+        gd = gd / n
+        gg = gg / n
+    s, t = _pair_grads(r, f)
+    grad = gg * t - gd * s
+    if WANT_REAL:
+        tl.store(gr_ptr + offs, grad.to(gr_ptr.dtype.element_ty), mask=mask)
+    if WANT_FAKE:
+        tl.store(gf_ptr + offs, (-grad).to(gf_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _backward_kernel(r_ptr, f_ptr, gr_ptr, gf_ptr, gd_ptr, gg_ptr, nr, nf, label_hi,
                      label_lo, r_programs, KIND: tl.constexpr, MEAN: tl.constexpr,
                      INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
@@ -329,6 +454,8 @@ def forward(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str, red
     nr, nf = r.numel(), f.numel()
     acc = acc_dtype(r)
     outs = [r.new_empty((), dtype=acc) for _ in range(4)]
+    if kind in PAIRED_KINDS:
+        return _pair_forward(r, f, outs, reduction)
     label = split_f64(real_label)
     meta = _meta(kind, reduction, max(nr, nf))
     if nr + nf <= SINGLE_PROGRAM_MAX_NUMEL:
@@ -349,6 +476,27 @@ def forward(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str, red
     return tuple(outs)
 
 
+def _pair_forward(r: torch.Tensor, f: torch.Tensor, outs: list, reduction: str):
+    """forward() for the paired kind: r and f flat, of the same length n (checked by
+    the op); the same one-program / partials split as the other kinds, by 2n logits."""
+    n = r.numel()
+    meta = {"MEAN": reduction == "mean", "INDEX_64": n >= INDEX64_MIN_NUMEL, "BLOCK": BLOCK}
+    if 2 * n <= SINGLE_PROGRAM_MAX_NUMEL:
+        wrap_triton(_pair_forward_kernel)[(1,)](r, f, *outs, None, n, 1, 1, SINGLE=True,
+                                                num_warps=NUM_WARPS, **meta)
+        return tuple(outs)
+    elems = max(MIN_ELEMS_PER_PROGRAM, triton.cdiv(n, MAX_PROGRAMS_PER_INPUT))
+    elems = triton.cdiv(elems, BLOCK) * BLOCK
+    programs = triton.cdiv(n, elems)
+    part = r.new_empty((4, programs), dtype=torch.float64)
+    wrap_triton(_pair_forward_kernel)[(programs,)](r, f, *outs, part, n, elems, programs,
+                                                   SINGLE=False, num_warps=NUM_WARPS, **meta)
+    wrap_triton(_pair_finalize_kernel)[(1,)](part, *outs, n, programs, programs,
+                                             MEAN=meta["MEAN"], BLOCK=FINALIZE_BLOCK,
+                                             num_warps=NUM_WARPS)
+    return tuple(outs)
+
+
 def backward(grad_d_loss: torch.Tensor, grad_g_loss: torch.Tensor, real_logits: torch.Tensor,
              fake_logits: torch.Tensor, kind: str, reduction: str, real_label: float,
              output_mask):
@@ -363,6 +511,12 @@ def backward(grad_d_loss: torch.Tensor, grad_g_loss: torch.Tensor, real_logits: 
         acc = acc_dtype(r)
         gd = grad_d_loss.to(acc).reshape(())  # no copy in the usual case (0-dim, acc dtype)
         gg = grad_g_loss.to(acc).reshape(())
+        if kind in PAIRED_KINDS:  # nr == nf; one program per tile of pairs
+            wrap_triton(_pair_backward_kernel)[(triton.cdiv(nr, BLOCK),)](
+                r, f, gr, gf, gd, gg, nr, WANT_REAL=want_r, WANT_FAKE=want_f,
+                MEAN=reduction == "mean", INDEX_64=nr >= INDEX64_MIN_NUMEL, BLOCK=BLOCK,
+                num_warps=NUM_WARPS)
+            return gr, gf
         r_programs = triton.cdiv(nr, BLOCK) if want_r else 0
         f_programs = triton.cdiv(nf, BLOCK) if want_f else 0
         # An output not asked for is never written; its pointer is that of its empty (0,)
@@ -376,7 +530,8 @@ def backward(grad_d_loss: torch.Tensor, grad_g_loss: torch.Tensor, real_logits: 
 
 
 # Every kernel of this file, for the ahead-of-time compile check (fastgan.kernels.aot).
-KERNELS = (_forward_kernel, _finalize_kernel, _backward_kernel)
+KERNELS = (_forward_kernel, _finalize_kernel, _backward_kernel, _pair_forward_kernel,
+           _pair_finalize_kernel, _pair_backward_kernel)
 
 
 def aot_cases(quick: bool = False) -> list:
@@ -388,10 +543,15 @@ def aot_cases(quick: bool = False) -> list:
     combos = [(k, red, sizes, dt) for k in KIND_IDS for red in ("mean", "sum")
               for sizes in (small, large) for dt in (torch.float32, torch.bfloat16)]
     if quick:
-        combos = [("ns", "mean", small, torch.float32), ("hinge", "sum", large, torch.bfloat16)]
-    combos += [("ns", "mean", small, torch.float64), ("lsgan", "sum", large, torch.float64)]
+        combos = [("ns", "mean", small, torch.float32), ("hinge", "sum", large, torch.bfloat16),
+                  ("rpgan", "mean", large, torch.float32)]
+    combos += [("ns", "mean", small, torch.float64), ("lsgan", "sum", large, torch.float64),
+               ("rpgan", "sum", small, torch.float64)]
 
     def case(kind, reduction, sizes, dtype):
+        if kind in PAIRED_KINDS:  # paired: as many fake logits as real ones
+            sizes = (sizes[0], sizes[0])
+
         def run():
             r = torch.empty(sizes[0], dtype=dtype, device="meta")
             f = torch.empty(sizes[1], dtype=dtype, device="meta")

@@ -320,3 +320,33 @@ def test_spectral_norm_power_iteration_runs_once_per_call(style):
         torch.testing.assert_close(c.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
     m.eval(), c.eval()
     torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+def test_pre_activation_batchnorm_relu():
+    """A pre-activation residual branch (BN -> ReLU with no convolution before it in the
+    Sequential, as in SNGAN/BigGAN generators): the BN -> ReLU pairs are fused, and
+    outputs, gradients and running statistics match eager in training and eval."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.BatchNorm2d(6), nn.ReLU(), nn.Upsample(scale_factor=2),
+                        nn.Conv2d(6, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+                        nn.Conv2d(5, 5, 3, padding=1), nn.Tanh(),
+                        nn.BatchNorm2d(5), nn.LeakyReLU(0.1))
+    c, rep = fastgan.convert(seq, report=True)
+    assert len(rep.fused) == 3, rep.fused
+    assert "[0, 1] BatchNorm2d -> ReLU" in rep.fused[0]
+    assert "[8, 9] BatchNorm2d -> LeakyReLU" in rep.fused[2]
+    x = torch.randn(4, 6, 5, 7, dtype=torch.float64)
+    seq, c = seq.double(), c.double()
+    for train in (True, False):
+        seq.train(train), c.train(train)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = seq(xa), c(xb)
+        torch.testing.assert_close(yb, ya)
+        g = torch.randn_like(ya)
+        ya.backward(g), yb.backward(g)
+        torch.testing.assert_close(xb.grad, xa.grad)
+        for pa, pb in zip(seq.parameters(), c.parameters()):
+            torch.testing.assert_close(pb.grad, pa.grad)
+            pa.grad = pb.grad = None
+        for ba, bb in zip(seq.buffers(), c.buffers()):
+            torch.testing.assert_close(bb, ba)

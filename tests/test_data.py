@@ -319,3 +319,38 @@ def test_to_float():
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, torch.tensor([-1.0, 127 / 127.5 - 1, 128 / 127.5 - 1, 1.0]))
     assert to_float(x, "cpu", torch.bfloat16).dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------- labels
+
+
+def test_labels_of_every_source(tmp_path):
+    """--conditional's labels: Fashion-MNIST's shipped ones, a folder's sub-folders (sorted
+    names; deeper folders belong to their top class), an .npz's `labels`; the batches
+    carry each image's own label."""
+    x, y = load_dataset("fashion-mnist", 32, split="test", labels=True)
+    assert y.shape == (10000,) and y.dtype == torch.long and set(y.tolist()) == set(range(10))
+    assert torch.equal(x, load_dataset("fashion-mnist", 32, split="test"))
+    for cls, shade in (("zebra", 10), ("apple", 200), ("zebra/deep", 30)):
+        _save(tmp_path / "f" / cls / f"{shade}.png", (16, 16), shade, mode="L")
+    images, labels = load_dataset(str(tmp_path / "f"), 16, labels=True)
+    # files in sorted order: apple/200.png, zebra/10.png, zebra/deep/30.png
+    assert labels.tolist() == [0, 1, 1] and images[:, 0, 0, 0].tolist() == [200, 10, 30]
+    _save(tmp_path / "f" / "loose.png", (16, 16), 1, mode="L")
+    with pytest.raises(UserError, match=r"images outside class sub-folders .*loose.png"):
+        load_dataset(str(tmp_path / "f"), 16, labels=True)
+    rgb = np.zeros((4, 16, 16, 3), np.uint8) + np.arange(4, dtype=np.uint8)[:, None, None, None]
+    np.savez(tmp_path / "l.npz", images=rgb, labels=np.array([3, 0, 2, 3], np.uint8))
+    images, labels = load_dataset(str(tmp_path / "l.npz"), 16, labels=True)
+    assert labels.tolist() == [3, 0, 2, 3] and labels.dtype == torch.long
+    batches = Batches(images, 2, seed=1, labels=labels)
+    for _ in range(4):
+        xb, yb = batches.next_labelled()
+        assert [{0: 3, 1: 0, 2: 2, 3: 3}[int(v)] for v in xb[:, 0, 0, 0]] == yb.tolist()
+    np.savez(tmp_path / "none.npz", images=rgb)
+    with pytest.raises(UserError, match=r"none.npz has no `labels` array"):
+        load_dataset(str(tmp_path / "none.npz"), 16, labels=True)
+    for bad in (np.array([0.0, 1, 2, 3]), np.array([0, 1, 2]), np.array([0, -1, 2, 3])):
+        np.savez(tmp_path / "bad.npz", images=rgb, labels=bad)
+        with pytest.raises(UserError, match=r"`labels` has .*expected integer class indices"):
+            load_dataset(str(tmp_path / "bad.npz"), 16, labels=True)

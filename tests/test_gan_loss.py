@@ -14,7 +14,8 @@ import fastgan
 from fastgan.functional import GANLosses, gan_loss
 from fastgan.ops import gan_loss as gl_ops
 
-KINDS = ("minimax", "ns", "lsgan", "hinge", "wgan")
+KINDS = ("minimax", "ns", "lsgan", "hinge", "wgan", "rpgan")
+UNPAIRED = KINDS[:-1]  # the kinds whose real and fake batches may differ in size
 REDUCTIONS = ("mean", "sum")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -52,6 +53,11 @@ def eager(real: torch.Tensor, fake: torch.Tensor, kind: str, reduction: str = "m
     elif kind == "hinge":
         d = red(F.relu(1.0 - r)) + red(F.relu(1.0 + f))
         g = -red(f)
+    elif kind == "rpgan":  # R3GAN's relativistic pairing loss, one reduction over the pairs
+        # softplus(x) as -logsigmoid(-x): F.softplus turns linear above x = 20, so its
+        # gradient there is 1 instead of sigmoid(x) (off by up to 2e-9: too far for fp64)
+        d = red(-F.logsigmoid(r - f))
+        g = red(-F.logsigmoid(f - r))
     else:
         d = red(f) - red(r)
         g = -red(f)
@@ -76,7 +82,7 @@ def logits(n, dtype=torch.float64, seed=0, scale=3.0, shape=None):
 # Values and gradients against eager, fp64
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", UNPAIRED)
 @pytest.mark.parametrize("nr,nf,backend", [
     *[pytest.param(nr, nf, b, marks=[needs_ext] if b == "cpu" else [])
       for nr, nf in ((1, 1), (37, 5), (5, 37)) for b in ("cpu", "reference")],
@@ -100,6 +106,104 @@ def test_matches_eager_fp64(kind, reduction, nr, nf, backend):
     for ours, ref in ((out.d_loss, d_ref), (out.g_loss, g_ref)):
         for a, b in zip(grads(ours, real, fake), grads(ref, real, fake)):
             torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("n,backend", [
+    *[pytest.param(n, b, marks=[needs_ext] if b == "cpu" else [])
+      for n in (1, 7, 333) for b in ("cpu", "reference")],
+    pytest.param(10**6 - 3, "cpu", marks=needs_ext),  # several runs, several threads
+])
+def test_rpgan_matches_eager_fp64(reduction, n, backend):
+    """rpgan against its eager expression: values, and the gradients of both inputs from
+    d_loss and g_loss each (g_loss reaches the real logits too)."""
+    real, fake = logits(n, seed=1), logits(n, seed=2)
+    with fastgan.use_backend(backend):
+        out = gan_loss(real, fake, "rpgan", reduction)
+    d_ref, g_ref = eager(real, fake, "rpgan", reduction)
+    tol = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out.d_loss, d_ref, **tol)
+    torch.testing.assert_close(out.g_loss, g_ref, **tol)
+    torch.testing.assert_close(out.d_real, torch.sigmoid(real).mean().detach(), **tol)
+    torch.testing.assert_close(out.d_fake, torch.sigmoid(fake).mean().detach(), **tol)
+    assert not out.d_real.requires_grad and not out.d_fake.requires_grad
+    for ours, ref in ((out.d_loss, d_ref), (out.g_loss, g_ref)):
+        gr, gf = torch.autograd.grad(ours, (real, fake))
+        rr, rf = torch.autograd.grad(ref, (real, fake))
+        torch.testing.assert_close(gr, rr, **tol)
+        torch.testing.assert_close(gf, rf, **tol)
+
+
+@needs_ext
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", (1, 7, 333))
+def test_rpgan_cpu_matches_reference(n, dtype, reduction):
+    """Every dtype, odd sizes (vector tails), a non-contiguous input: the C++ kernel against
+    the reference on the same inputs; gradients to one rounding of the input dtype."""
+    r0 = logits(n, dtype, seed=3).detach()
+    f0 = logits(2 * n, dtype, seed=4).detach()[::2]  # non-contiguous
+    res = {}
+    for backend in ("cpu", "reference"):
+        r, f = r0.clone().requires_grad_(), f0.clone().requires_grad_()
+        with fastgan.use_backend(backend):
+            out = gan_loss(r, f, "rpgan", reduction)
+        (out.d_loss + 2.0 * out.g_loss).backward()
+        res[backend] = (*out, r.grad, f.grad)
+    low = dtype in (torch.bfloat16, torch.float16)
+    for i, (a, b) in enumerate(zip(res["cpu"], res["reference"])):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if i < 4:
+            tol = 1e-10 if dtype == torch.float64 else 1e-5
+        else:
+            tol = torch.finfo(dtype).eps if low else (1e-10 if dtype == torch.float64 else 1e-5)
+        scale = max(1.0, b.abs().max().item())
+        assert (a.double() - b.double()).abs().max().item() <= tol * scale, (i, a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rpgan_gradient_flows(backend):
+    """g_loss depends on the real logits: it requires grad when either input does, and
+    sends gradient to both; d_loss and g_loss backpropagate separately or together."""
+    real, fake = logits(9, seed=40), logits(9, seed=41)
+    d_ref, g_ref = eager(real, fake, "rpgan")
+    with fastgan.use_backend(backend):
+        out = gan_loss(real, fake.detach(), "rpgan")  # the discriminator step
+        assert out.g_loss.requires_grad and out.d_loss.requires_grad
+        out.g_loss.backward()
+        torch.testing.assert_close(real.grad, torch.autograd.grad(g_ref, real,
+                                                                  retain_graph=True)[0])
+        assert fake.grad is None
+        real.grad = None
+        out = gan_loss(real.detach(), fake, "rpgan")  # the generator step
+        out.g_loss.backward()
+        assert real.grad is None
+        torch.testing.assert_close(fake.grad, torch.autograd.grad(g_ref, fake,
+                                                                  retain_graph=True)[0])
+        fake.grad = None
+        out = gan_loss(real, fake, "rpgan")
+        out.d_loss.backward()
+        out.g_loss.backward()
+        gr, gf = grads(d_ref + g_ref, real, fake)
+        torch.testing.assert_close(real.grad, gr, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fake.grad, gf, rtol=1e-10, atol=1e-12)
+        out = gan_loss(real.detach(), fake.detach(), "rpgan")
+        assert not out.d_loss.requires_grad and not out.g_loss.requires_grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rpgan_shape_and_label_errors(backend):
+    with fastgan.use_backend(backend):
+        with pytest.raises(ValueError, match=r"kind='rpgan' pairs real and fake logits.*"
+                                             r"real_logits of shape \(4, 2\) and fake_logits "
+                                             r"of shape \(7,\)"):
+            gan_loss(torch.ones(4, 2), torch.ones(7), "rpgan")
+        with pytest.raises(ValueError, match=r"real_label .* not to kind='rpgan'"):
+            gan_loss(torch.ones(4), torch.ones(4), "rpgan", real_label=0.9)
+        # same number of elements in different shapes: paired after flattening
+        out = gan_loss(torch.ones(2, 3), torch.zeros(6), "rpgan")
+        d_ref, _ = eager(torch.ones(6), torch.zeros(6), "rpgan")
+        torch.testing.assert_close(out.d_loss, d_ref)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -134,7 +238,8 @@ def test_any_shape_and_layout(backend):
 @pytest.mark.usefixtures("compiled_op")
 @pytest.mark.parametrize("kind", KINDS)
 def test_cpu_matches_reference_fp32(kind):
-    real, fake = logits(4099, torch.float32, seed=6), logits(1000, torch.float32, seed=7)
+    nf = 4099 if kind == "rpgan" else 1000  # rpgan pairs them
+    real, fake = logits(4099, torch.float32, seed=6), logits(nf, torch.float32, seed=7)
     out = gan_loss(real, fake, kind)
     with fastgan.use_backend("reference"):
         ref = gan_loss(real, fake, kind)
@@ -149,7 +254,8 @@ def test_cpu_matches_reference_fp32(kind):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck(kind, reduction, backend):
-    real, fake = logits(7, seed=8, scale=1.5), logits(4, seed=9, scale=1.5)
+    real = logits(7, seed=8, scale=1.5)
+    fake = logits(7 if kind == "rpgan" else 4, seed=9, scale=1.5)
     label = 0.9 if kind in ("minimax", "ns") else 1.0
 
     def fn(r, f):
@@ -164,7 +270,7 @@ def test_gradcheck(kind, reduction, backend):
 @pytest.mark.parametrize("which", ("d", "g", "both"))
 @pytest.mark.parametrize("kind", KINDS)
 def test_backward_from_either_loss(kind, which):
-    real, fake = logits(11, seed=10), logits(6, seed=11)
+    real, fake = logits(11, seed=10), logits(11 if kind == "rpgan" else 6, seed=11)
     out = gan_loss(real, fake, kind)
     d_ref, g_ref = eager(real, fake, kind)
     pick = {"d": lambda d, g: d, "g": lambda d, g: g, "both": lambda d, g: 2.0 * d + 3.0 * g}
@@ -172,7 +278,7 @@ def test_backward_from_either_loss(kind, which):
     ours = (real.grad, fake.grad)
     real.grad = fake.grad = None
     pick[which](d_ref, g_ref).backward()
-    if which == "g":  # g_loss does not depend on the real logits
+    if which == "g" and kind != "rpgan":  # g_loss does not depend on the real logits
         assert ours[0] is None and real.grad is None
     else:
         torch.testing.assert_close(ours[0], real.grad, rtol=1e-10, atol=1e-12)
@@ -217,10 +323,13 @@ def test_losses_backpropagate_separately(backend):
 
 
 @pytest.mark.usefixtures("compiled_op")
-def test_double_backward_raises():
+@pytest.mark.parametrize("kind", ("ns", "rpgan"))
+def test_double_backward_raises(kind):
     real, fake = logits(5, seed=14), logits(5, seed=15)
-    out = gan_loss(real, fake)
-    (gr,) = torch.autograd.grad(out.d_loss, real, create_graph=True)
+    out = gan_loss(real, fake, kind)
+    # rpgan: through g_loss too, which reaches the real logits only for this kind
+    (gr,) = torch.autograd.grad(out.d_loss + out.g_loss if kind == "rpgan" else out.d_loss,
+                                real, create_graph=True)
     with pytest.raises(RuntimeError, match="not implemented"):
         gr.sum().backward()
 
@@ -263,7 +372,7 @@ def test_extreme_logits_finite(kind, dtype, backend):
 @pytest.mark.parametrize("kind", KINDS)
 def test_low_precision_error_within_eager(kind, dtype):
     """bf16/fp16: error against fp64 no worse than twice eager's own (docs/ARCHITECTURE.md, "Numerics")."""
-    r64, f64 = logits(301, seed=18), logits(203, seed=19)
+    r64, f64 = logits(301, seed=18), logits(301 if kind == "rpgan" else 203, seed=19)
     d64, g64 = eager(r64, f64, kind)
     gr64 = grads(d64 + g64, r64, f64)
     r, f = (r64.detach().to(dtype).requires_grad_(), f64.detach().to(dtype).requires_grad_())
@@ -332,10 +441,11 @@ def test_thread_count_does_not_change_result():
 # Registration: opcheck, torch.compile, module
 
 @needs_ext
-@pytest.mark.parametrize("kind", ("ns", "hinge"))
+@pytest.mark.parametrize("kind", ("ns", "hinge", "rpgan"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16))
 def test_opcheck(kind, dtype):
-    real, fake = logits(13, dtype, seed=24), logits(6, dtype, seed=25, shape=(2, 3))
+    real = logits(6 if kind == "rpgan" else 13, dtype, seed=24)
+    fake = logits(6, dtype, seed=25, shape=(2, 3))
     torch.library.opcheck(torch.ops.fastgan.gan_loss_forward.default,
                           (real, fake, kind, "mean", 1.0))
     torch.library.opcheck(torch.ops.fastgan.gan_loss_forward.default,
@@ -348,16 +458,18 @@ def test_opcheck(kind, dtype):
 
 
 @pytest.mark.usefixtures("compiled_op")
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("kind", ("ns", "rpgan"))
+def test_torch_compile_fullgraph(kind):
     torch._dynamo.reset()
 
     def step(r, f):
-        out = gan_loss(r, f, "ns")
+        out = gan_loss(r, f, kind)
         return out.d_loss + out.g_loss, out.d_real
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     for n in (16, 40):  # a second size exercises the dynamic-shape path
-        real, fake = logits(n, torch.float32, seed=26), logits(n - 3, torch.float32, seed=27)
+        nf = n if kind == "rpgan" else n - 3
+        real, fake = logits(n, torch.float32, seed=26), logits(nf, torch.float32, seed=27)
         loss, d_real = compiled(real, fake)
         ref_loss, ref_d_real = step(real, fake)
         torch.testing.assert_close(loss, ref_loss)
@@ -394,7 +506,7 @@ def test_module():
      r"fake_logits must be a floating-point tensor.*int32"),
     ((torch.ones(3), [1.0, 2.0]), {}, TypeError, r"fake_logits must be a Tensor, got list"),
     ((torch.ones(3), torch.ones(3)), {"kind": "bce"}, ValueError,
-     r"unknown kind 'bce'; expected one of 'minimax', 'ns', 'lsgan', 'hinge', 'wgan'"),
+     r"unknown kind 'bce'; expected one of 'minimax', 'ns', 'lsgan', 'hinge', 'wgan', 'rpgan'"),
     ((torch.ones(3), torch.ones(3)), {"reduction": "none"}, ValueError,
      r"unknown reduction 'none'; expected 'mean' or 'sum'"),
     ((torch.ones(0), torch.ones(3)), {}, ValueError, r"real_logits is empty \(shape \(0,\)\)"),
@@ -420,6 +532,14 @@ def test_compiled_op_checks_its_arguments():
         op(torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), "ns", "mean", 1.0)
     with pytest.raises(RuntimeError, match="fake_logits is empty"):
         op(torch.ones(3), torch.ones(0), "ns", "mean", 1.0)
+    with pytest.raises(RuntimeError, match=r"'rpgan' pairs real and fake logits.*"
+                                           r"real_logits of shape \[3\] and fake_logits of "
+                                           r"shape \[2, 2\]"):
+        op(torch.ones(3), torch.ones(2, 2), "rpgan", "mean", 1.0)
+    bwd = torch.ops.fastgan.gan_loss_backward.default
+    g = torch.tensor(1.0)
+    with pytest.raises(RuntimeError, match="'rpgan' pairs real and fake logits"):
+        bwd(g, g, torch.ones(3), torch.ones(4), "rpgan", "mean", 1.0, [True, True])
 
 
 # ---------------------------------------------------------------------------
@@ -432,7 +552,8 @@ def test_compiled_op_checks_its_arguments():
 def test_eager_fast_path_is_the_op(kind, dtype, monkeypatch):
     monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
     torch.manual_seed(0)
-    r0, f0 = torch.randn(37, dtype=dtype) * 3, torch.randn(5, 2, dtype=dtype) * 3
+    r0 = torch.randn(10 if kind == "rpgan" else 37, dtype=dtype) * 3
+    f0 = torch.randn(5, 2, dtype=dtype) * 3
     labels = (1.0, 0.9, 1) if kind in ("minimax", "ns") else (1.0, 1)
     for reduction in REDUCTIONS:
         for label in labels:
@@ -467,6 +588,8 @@ def test_eager_fast_path_defers_everything_else(monkeypatch):
         (r, f, "ns", "mean", float("nan")),
         (r, f, "ns", "mean", True),                  # bool is not a label
         (r, f, "hinge", "mean", 0.9),                # smoothing only for logistic kinds
+        (r, f, "rpgan", "mean", 1.0),                # rpgan pairs them: sizes differ
+        (r, r, "rpgan", "mean", 0.9),
         (r.numpy(), f, "ns", "mean", 1.0),           # not a tensor
         (r, f, "ns", "mean", "1.0"),
         (r.to("meta"), f.to("meta"), "ns", "mean", 1.0),  # a device without a kernel here

@@ -105,6 +105,8 @@ def check_values(kind: str, reduction: str, dtype: str, sizes: tuple[int, int], 
                  real_label: float = 1.0, combos: tuple[str, ...] = tuple(COMBOS)) -> list[str]:
     """Outputs and gradients of d_loss + 2 g_loss (and of each loss alone) against the fp64
     reference on the same inputs."""
+    if kind in G.PAIRED_KINDS:  # r[i] pairs with f[i]
+        sizes = (sizes[0], sizes[0])
     dt = getattr(torch, dtype)
     r0 = _logits(sizes[0], dt, device, seed=1)
     f0 = _logits(sizes[1], dt, device, seed=2)
@@ -117,7 +119,7 @@ def check_values(kind: str, reduction: str, dtype: str, sizes: tuple[int, int], 
         ref = G.reference_forward(rr, fr, kind, reduction, real_label)
         ref_gr, ref_gf = torch.autograd.grad(combine(ref[0], ref[1]), (rr, fr),
                                              allow_unused=True)
-        if name == "g":
+        if name == "g" and kind not in G.PAIRED_KINDS:
             if gr is not None:
                 fails.append("g_loss alone gave the real logits a gradient")
             ref_gr = None
@@ -204,6 +206,22 @@ def check_flows(device: str) -> list[str]:
         out = gan_loss(real.detach(), fake.detach())
         if any(t.requires_grad for t in out):
             fails.append("no input requires grad, but an output does")
+        # rpgan: g_loss depends on the real logits too
+        fake2 = _logits(9, torch.float32, device, 4).requires_grad_()
+        real.grad = None
+        out = gan_loss(real, fake2.detach(), "rpgan")
+        if not out.g_loss.requires_grad:
+            fails.append("rpgan, detached fake: g_loss does not require grad")
+        out.g_loss.backward()
+        out = gan_loss(real.detach(), fake2, "rpgan")
+        out.d_loss.backward()
+        rr = real0.double().requires_grad_()
+        fr = fake2.detach().double().requires_grad_()
+        ref = G.reference_forward(rr, fr, "rpgan", "mean", 1.0)
+        ref_gr = torch.autograd.grad(ref[1], rr)[0]
+        ref_gf = torch.autograd.grad(ref[0], fr)[0]
+        fails += _err("rpgan g_loss alone: grad real", real.grad, ref_gr, 1e-5)
+        fails += _err("rpgan d_loss alone: grad fake", fake2.grad, ref_gf, 1e-5)
         r = real * 1.0
         out = gan_loss(r, fake)
         with torch.no_grad():
@@ -229,6 +247,15 @@ def check_layout(device: str) -> list[str]:
     fails = _err("d_loss", out.d_loss, ref[0], 1e-10)
     fails += _err("grad real", gr, ref_gr, 1e-10, torch.float64)
     fails += _err("grad fake", gf, ref_gf, 1e-10, torch.float64)
+    # rpgan pairs them after flattening: (2, 3, 4) with the non-contiguous (4, 6)
+    r, f = real0.clone().requires_grad_(), fake0.clone().requires_grad_()
+    out, gr, gf = _run(r, f, "rpgan", "mean", 1.0, "triton", lambda d, g: d + 2.0 * g)
+    rr, fr = real0.clone().requires_grad_(), fake0.clone().requires_grad_()
+    ref = G.reference_forward(rr, fr, "rpgan", "mean", 1.0)
+    ref_gr, ref_gf = torch.autograd.grad(ref[0] + 2.0 * ref[1], (rr, fr))
+    fails += _err("rpgan g_loss", out.g_loss, ref[1], 1e-10)
+    fails += _err("rpgan grad real", gr, ref_gr, 1e-10, torch.float64)
+    fails += _err("rpgan grad fake", gf, ref_gf, 1e-10, torch.float64)
     return fails
 
 
@@ -244,13 +271,21 @@ def check_multi_program(device: str) -> list[str]:
             many = [gan_loss(r, f, "ns", "mean") for _ in range(2)]
         with small_tiles(index64=True):
             wide = gan_loss(r, f, "ns", "mean")
-    for i, field in enumerate(G_FIELDS):
-        fails += _err(f"partials vs one program: {field}", many[0][i], one[i], 1e-6)
-        fails += _err(f"64-bit offsets: {field}", wide[i], many[0][i], 0.0)
-        if not torch.equal(many[0][i], many[1][i]):
-            fails.append(f"{field}: two runs differ")
+        f2 = _logits(LARGE[0], torch.float32, device, 8)  # rpgan pairs them
+        pone = gan_loss(r, f2, "rpgan", "mean")
+        with small_tiles():
+            pmany = [gan_loss(r, f2, "rpgan", "mean") for _ in range(2)]
+        with small_tiles(index64=True):
+            pwide = gan_loss(r, f2, "rpgan", "mean")
+    for tag, (o, m, w) in {"": (one, many, wide), "rpgan ": (pone, pmany, pwide)}.items():
+        for i, field in enumerate(G_FIELDS):
+            fails += _err(f"{tag}partials vs one program: {field}", m[0][i], o[i], 1e-6)
+            fails += _err(f"{tag}64-bit offsets: {field}", w[i], m[0][i], 0.0)
+            if not torch.equal(m[0][i], m[1][i]):
+                fails.append(f"{tag}{field}: two runs differ")
     with small_tiles(index64=True):
         fails += check_values("lsgan", "sum", "float32", GAN_BATCH, device)
+        fails += check_values("rpgan", "sum", "float32", (333, 333), device, 1.0, ("d+2g",))
     return fails
 
 
@@ -261,7 +296,8 @@ def check_gradcheck(device: str) -> list[str]:
     for kind in KINDS:
         for reduction in REDUCTIONS:
             real = _logits(7, torch.float64, device, 9, 1.5).requires_grad_()
-            fake = _logits(4, torch.float64, device, 10, 1.5).requires_grad_()
+            nf = 7 if kind in G.PAIRED_KINDS else 4
+            fake = _logits(nf, torch.float64, device, 10, 1.5).requires_grad_()
             label = 0.9 if kind in G.LOGISTIC_KINDS else 1.0
 
             def fn(r, f, kind=kind, reduction=reduction, label=label):
@@ -314,6 +350,13 @@ def check_errors(device: str) -> list[str]:
          "real_label"),
         (lambda: T.triton_gan_loss_backward(x[:2], one, x, x, "ns", "mean", 1.0, [True, True]),
          ValueError, r"grad_d_loss must be one floating-point value"),
+        (lambda: T.triton_gan_loss_forward(x, x[:2], "rpgan", "mean", 1.0), ValueError,
+         r"kind='rpgan' pairs real and fake logits.*shape \(3,\) and fake_logits of shape "
+         r"\(2,\)"),
+        (lambda: T.triton_gan_loss_backward(one, one, x, x[:2], "rpgan", "sum", 1.0,
+                                            [True, True]), ValueError, "pairs real and fake"),
+        (lambda: T.triton_gan_loss_forward(x, x, "rpgan", "mean", 0.9), ValueError,
+         "real_label"),
     ]
     fails = []
     for i, (fn, exc, match) in enumerate(cases):
@@ -338,15 +381,24 @@ def check_backward_masks(device: str) -> list[str]:
     rr, fr = r.double().requires_grad_(), f.double().requires_grad_()
     ref = G.reference_forward(rr, fr, "minimax", "sum", 0.8)
     ref_gr, ref_gf = torch.autograd.grad(0.7 * ref[0] - 1.3 * ref[1], (rr, fr))
+    f2 = _logits(37, torch.float32, device, 14)  # rpgan pairs them
+    fr2 = f2.double().requires_grad_()
+    pref = G.reference_forward(rr, fr2, "rpgan", "mean", 1.0)
+    pref_gr, pref_gf = torch.autograd.grad(0.7 * pref[0] - 1.3 * pref[1], (rr, fr2))
     fails = []
-    for mask in ([True, True], [True, False], [False, True], [False, False]):
-        gr, gf = T.triton_gan_loss_backward(gd, gg, r, f, "minimax", "sum", 0.8, mask)
-        for name, got, want, m in (("real", gr, ref_gr, mask[0]), ("fake", gf, ref_gf, mask[1])):
-            if not m:
-                if got.shape != (0,):
-                    fails.append(f"mask {mask}: grad {name} should be empty, got {got.shape}")
-            else:
-                fails += [f"mask {mask}: {e}" for e in _err(name, got, want, 1e-5)]
+    for kind, fake, label, want_r, want_f in (("minimax", f, 0.8, ref_gr, ref_gf),
+                                               ("rpgan", f2, 1.0, pref_gr, pref_gf)):
+        red = "sum" if kind == "minimax" else "mean"
+        for mask in ([True, True], [True, False], [False, True], [False, False]):
+            gr, gf = T.triton_gan_loss_backward(gd, gg, r, fake, kind, red, label, mask)
+            for name, got, want, m in (("real", gr, want_r, mask[0]),
+                                       ("fake", gf, want_f, mask[1])):
+                if not m:
+                    if got.shape != (0,):
+                        fails.append(f"{kind} mask {mask}: grad {name} should be empty, "
+                                     f"got {got.shape}")
+                else:
+                    fails += [f"{kind} mask {mask}: {e}" for e in _err(name, got, want, 1e-5)]
     return fails
 
 
@@ -356,13 +408,18 @@ def check_opcheck(device: str, utils=("test_schema", "test_autograd_registration
     r = _logits(13, torch.float32, device, 15).reshape(13, 1)
     f = _logits(6, torch.float32, device, 16).reshape(2, 3)
     g = torch.tensor(0.5, device=device)
+    p = _logits(13, torch.float32, device, 19)  # rpgan's fake logits, paired with r
     calls = [(torch.ops.fastgan.triton_gan_loss_forward.default,
               (r.clone().requires_grad_(), f.clone().requires_grad_(), "ns", "mean", 0.9)),
              (torch.ops.fastgan.triton_gan_loss_forward.default,
-              (r.clone().requires_grad_(), f, "hinge", "sum", 1.0))]
+              (r.clone().requires_grad_(), f, "hinge", "sum", 1.0)),
+             (torch.ops.fastgan.triton_gan_loss_forward.default,
+              (r.clone().requires_grad_(), p, "rpgan", "mean", 1.0))]
     for mask in ([True, True], [False, True]):
         calls.append((torch.ops.fastgan.triton_gan_loss_backward.default,
                       (g, g, r, f, "lsgan", "mean", 1.0, mask)))
+        calls.append((torch.ops.fastgan.triton_gan_loss_backward.default,
+                      (g, g, r, p, "rpgan", "sum", 1.0, mask)))
     fails = []
     for op, args in calls:
         try:
@@ -375,14 +432,22 @@ def check_opcheck(device: str, utils=("test_schema", "test_autograd_registration
 def _value_cases() -> dict[str, tuple]:
     cases = {}
     for kind in KINDS:
+        # a paired kind gets as many fake logits as real ones (check_values does the same)
+        gan = (GAN_BATCH[0],) * 2 if kind in G.PAIRED_KINDS else GAN_BATCH
         for reduction in REDUCTIONS:
             for dtype in DTYPES:
-                cases[f"{kind}-{reduction}-{dtype}-37x5"] = (kind, reduction, dtype, GAN_BATCH)
+                cases[f"{kind}-{reduction}-{dtype}-{gan[0]}x{gan[1]}"] = (kind, reduction,
+                                                                          dtype, gan)
             for dtype in ("float32", "float64"):
                 cases[f"{kind}-{reduction}-{dtype}-1x1"] = (kind, reduction, dtype, (1, 1))
         for dtype in ("float32", "bfloat16", "float64"):
             cases[f"{kind}-{dtype}-large"] = (kind, "sum" if dtype == "float32" else "mean",
                                               dtype, LARGE)
+    for reduction in REDUCTIONS:  # rpgan: more odd sizes (pairs, so N x N)
+        for dtype in ("float32", "float16"):
+            cases[f"rpgan-{reduction}-{dtype}-7x7"] = ("rpgan", reduction, dtype, (7, 7))
+        cases[f"rpgan-{reduction}-bfloat16-333x333"] = ("rpgan", reduction, "bfloat16",
+                                                        (333, 333))
     return cases
 
 
@@ -455,6 +520,24 @@ def test_launch_count(sizes, launches):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="records launches of compiled kernels")
+@pytest.mark.parametrize("n,launches", [(64, 1), (4096, 1), (4097, 2), (100_000, 2)])
+def test_launch_count_rpgan(n, launches):
+    """rpgan: the same split by the 2n logits it reads; one backward launch over the pairs,
+    also when only one gradient is asked for."""
+    pytest.importorskip("triton")
+    from fastgan.kernels import aot
+    from fastgan.kernels import gan_loss as K
+    r, f = torch.empty(n, device="meta"), torch.empty(n, device="meta")
+    with aot.recording(K) as fwd:
+        d, g, _, _ = K.forward(r, f, "rpgan", "mean", 1.0)
+    with aot.recording(K) as bwd:
+        K.backward(d, g, r, f, "rpgan", "mean", 1.0, [True, True])
+        K.backward(d, g, r, f, "rpgan", "mean", 1.0, [True, False])
+    assert len(fwd) == launches and len(bwd) == 2
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                     reason="interpreted kernels run eagerly on fake tensors")
 def test_fake_tensors_match_the_compiled_op():
     """Each triton_op is its own fake kernel (allocate, record launches): same output
@@ -482,6 +565,13 @@ def test_fake_tensors_match_the_compiled_op():
                     args = (fwd[0], fwd[1], r, f, "ns", "mean", 1.0, mask)
                     assert meta(ops.triton_gan_loss_backward(*args)) == \
                         meta(ops.gan_loss_backward(*args))
+                p = torch.empty(sizes[0], dtype=dtype)  # rpgan: paired with r
+                args = (r, p, "rpgan", "sum", 1.0)
+                fwd = ops.triton_gan_loss_forward(*args)
+                assert meta(fwd) == meta(ops.gan_loss_forward(*args))
+                args = (fwd[0], fwd[1], r, p, "rpgan", "sum", 1.0, [True, False])
+                assert meta(ops.triton_gan_loss_backward(*args)) == \
+                    meta(ops.gan_loss_backward(*args))
 
 
 # ---------------------------------------------------------------------------
@@ -532,21 +622,22 @@ def test_gpu_auto_picks_a_gpu_kernel():
     assert G._backend.select("gan_loss", torch.device("cuda"), G.KERNELS) in ("cuda", "triton")
 
 
+@pytest.mark.parametrize("kind", ["ns", "rpgan"])
 @pytest.mark.parametrize("n", [64, 100_000])
 @pytest.mark.usefixtures("triton_backend")
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_compile_fullgraph(n):
+def test_gpu_compile_fullgraph(n, kind):
     torch._dynamo.reset()
 
     def step(r, f):
-        out = gan_loss(r, f, "ns")
+        out = gan_loss(r, f, kind)
         return out.d_loss + out.g_loss, out.d_real
 
     compiled = torch.compile(step, fullgraph=True)
     for size in (n, n + 40):  # a second size exercises recompilation / dynamic shapes
         r0 = _logits(size, torch.float32, "cuda", 17)
-        f0 = _logits(size - 3, torch.float32, "cuda", 18)
+        f0 = _logits(size if kind in G.PAIRED_KINDS else size - 3, torch.float32, "cuda", 18)
         ra, fa = r0.clone().requires_grad_(), f0.clone().requires_grad_()
         rb, fb = r0.clone().requires_grad_(), f0.clone().requires_grad_()
         loss, d_real = compiled(ra, fa)

@@ -37,6 +37,22 @@ def npz_data(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def labelled_data(tmp_path_factory) -> str:
+    """The discs of npz_data in 3 classes by size (`labels`), 16x16."""
+    g = np.random.default_rng(1)
+    yy, xx = np.mgrid[:16, :16]
+    imgs, labels = [], []
+    for i in range(64):
+        k = i % 3
+        cy, cx, r = g.uniform(6, 10), g.uniform(6, 10), 2.5 + 1.5 * k
+        imgs.append(np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r, 230, 10))
+        labels.append(k)
+    path = tmp_path_factory.mktemp("data") / "classes.npz"
+    np.savez(path, images=np.stack(imgs).astype(np.uint8), labels=np.array(labels))
+    return str(path)
+
+
 def run(tmp_path, name: str, data: str, **kw) -> str:
     cfg = TrainConfig(**{**TINY, "data": data, "steps": 3, "out": str(tmp_path / name), **kw})
     assert train(cfg, quiet=True) == 0
@@ -111,6 +127,7 @@ def test_generator_learns_fashion_mnist(tmp_path):
     dict(loss="ns", r1=1.0), dict(loss="hinge", spectral_norm=True), dict(amp="bf16"),
     dict(ema=0.0), dict(impl="eager", r1=0.5, gp=1.0), dict(r2=0.5),
     dict(arch="r3gan", loss="hinge", r1=0.1, r2=0.1), dict(arch="r3gan", impl="eager"),
+    dict(arch="resnet"), dict(arch="resnet", impl="eager"), dict(loss="rpgan", r1=0.5),
 ], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_every_loss_and_regulariser_runs(tmp_path, npz_data, kw):
     out = run(tmp_path, "r", npz_data, **kw)
@@ -169,14 +186,19 @@ def _state_equal(a, b, where=""):
         assert a == b, where
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(loss="wgan", gp=10.0, n_critic=2, spectral_norm=True),
-                                dict(arch="r3gan", r1=0.1, r2=0.1, betas=(0.0, 0.99))],
-                         ids=["ns", "wgan-gp", "r3gan-r1-r2"])
-def test_resume_is_bit_exact(tmp_path, npz_data, kw):
+@pytest.mark.parametrize("kw", [
+    dict(), dict(loss="wgan", gp=10.0, n_critic=2, spectral_norm=True),
+    dict(arch="r3gan", loss="rpgan", r1=0.1, r2=0.1, betas=(0.0, 0.99), conditional=True),
+    dict(arch="resnet", loss="hinge", spectral_norm=True, conditional=True),
+    dict(arch="dcgan", conditional=True)],
+    ids=["ns", "wgan-gp", "r3gan-rpgan-r1-r2-conditional", "resnet-conditional",
+         "dcgan-conditional"])
+def test_resume_is_bit_exact(tmp_path, npz_data, labelled_data, kw):
     """N steps + resume + N steps == 2N steps straight: weights, EMA, optimizers, data
     order, RNG states and the metrics."""
-    straight = run(tmp_path, "straight", npz_data, steps=6, **kw)
-    split = run(tmp_path, "split", npz_data, steps=3, **kw)
+    data = labelled_data if kw.get("conditional") else npz_data
+    straight = run(tmp_path, "straight", data, steps=6, **kw)
+    split = run(tmp_path, "split", data, steps=3, **kw)
     assert main(["train", "--resume", split, "--steps", "6", "--quiet"]) == 0
     a, b = load_checkpoint(straight), load_checkpoint(split)
     a["config"].pop("out"), b["config"].pop("out")
@@ -336,3 +358,36 @@ def test_sampling_generator_standing_statistics():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
     z = torch.randn(5, 8, 1, 1)
     torch.testing.assert_close(Gs(z), Gf(z), rtol=1e-5, atol=1e-5)
+
+
+def test_conditional_run_samples_any_class(tmp_path, labelled_data, npz_data, capsys):
+    """A conditional run: grids of one row per class, `fastgan sample --class K` draws
+    class K (labels in the .npz), the default draws every class in rows, `fastgan eval`
+    evaluates it; errors for a
+    class out of range, --class on an unconditional run and data without labels."""
+    out = run(tmp_path, "c", labelled_data, arch="resnet", conditional=True, steps=2,
+              sample_every=2)
+    from PIL import Image
+    assert Image.open(os.path.join(out, "samples/step_000002.png")).size == (
+        8 * 18 + 2, 3 * 18 + 2)  # 8 a row, a row per class
+    npz = str(tmp_path / "k.npz")
+    assert main(["sample", out, "--class", "2", "--n", "5", "--npz", npz]) == 0
+    with np.load(npz) as z:
+        assert z["images"].shape == (5, 16, 16, 1) and z["labels"].tolist() == [2] * 5
+    grid = str(tmp_path / "g.png")
+    assert main(["sample", out, "--n", "7", "--out", grid, "--npz", npz]) == 0
+    with np.load(npz) as z:
+        assert z["labels"].tolist() == [0, 0, 0, 1, 1, 1, 2]
+    assert Image.open(grid).size == (3 * 18 + 2, 3 * 18 + 2)
+    js = str(tmp_path / "m.json")  # evaluation draws every class equally often
+    assert main(["eval", out, "--n", "30", "--metrics", "fid", "--json", js]) == 0
+    assert np.isfinite(json.load(open(js))["fid"])
+    capsys.readouterr()
+    assert main(["sample", out, "--class", "3"]) == 2
+    assert "--class 3: expected a class in 0..2 (the run has 3)" in capsys.readouterr().err
+    plain = run(tmp_path, "u", npz_data, steps=1)
+    assert main(["sample", plain, "--class", "0"]) == 2
+    assert "--class 0: the run is not class-conditional" in capsys.readouterr().err
+    assert main(["train", "--data", npz_data, "--conditional", "--image-size", "16",
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "has no `labels` array" in capsys.readouterr().err

@@ -6,6 +6,10 @@
 // single-block launch adds the partials in a fixed order (deterministic) in double and
 // writes the four 0-dim results. Backward: one elementwise launch per requested input
 // gradient; the incoming loss gradients are read on the device (no host sync).
+// The paired kind (rpgan) walks r[i] and f[i] together: its forward kernel writes the same
+// five partials (its one d_loss sum in the real d_loss slot, the fake one left 0; with
+// nr == nf the finalize kernel's formulas then give rpgan's means), and its backward is one
+// launch over the pairs writing whichever gradients are asked for.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -71,6 +75,32 @@ __global__ void forward_partials_kernel(const scalar_t* __restrict__ real, int64
   }
 }
 
+// rpgan: the five partials of forward_partials_kernel from one walk over the n pairs
+// (slot 2, the fake half of d_loss, is 0: rpgan's d_loss is one sum over pairs).
+template <typename scalar_t, typename acc_t>
+__global__ void pair_forward_partials_kernel(const scalar_t* __restrict__ real,
+                                             const scalar_t* __restrict__ fake, int64_t n,
+                                             acc_t* __restrict__ partials) {
+  using Ops = ScalarOps<acc_t>;
+  __shared__ acc_t shared[kThreads / 32];
+  acc_t s[kSums] = {0, 0, 0, 0, 0};
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const auto t = gan_loss::pair_terms<Ops>(static_cast<acc_t>(real[i]),
+                                             static_cast<acc_t>(fake[i]));
+    s[0] += t.d_loss;
+    s[1] += t.sigmoid_real;
+    s[3] += t.g_loss;
+    s[4] += t.sigmoid_fake;
+  }
+#pragma unroll
+  for (int j = 0; j < kSums; ++j) {
+    const acc_t v = j == 2 ? acc_t(0) : block_sum(s[j], shared);
+    if (threadIdx.x == 0) partials[blockIdx.x * kSums + j] = v;
+  }
+}
+
 template <typename acc_t>
 __global__ void forward_finalize_kernel(const acc_t* __restrict__ partials, int nblocks,
                                         int64_t nr, int64_t nf, bool mean,
@@ -120,6 +150,26 @@ __global__ void grad_fake_kernel(const scalar_t* __restrict__ fake, scalar_t* __
   }
 }
 
+// rpgan: grad_real = scale * (gg * t - gd * s), grad_fake = -grad_real, per pair; either
+// output pointer may be null (not asked for).
+template <typename scalar_t, typename acc_t>
+__global__ void pair_grad_kernel(const scalar_t* __restrict__ real,
+                                 const scalar_t* __restrict__ fake,
+                                 scalar_t* __restrict__ out_real, scalar_t* __restrict__ out_fake,
+                                 int64_t n, const acc_t* __restrict__ gd,
+                                 const acc_t* __restrict__ gg, acc_t scale) {
+  using Ops = ScalarOps<acc_t>;
+  const acc_t cd = *gd * scale, cg = *gg * scale;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const auto g = gan_loss::pair_grads<Ops>(static_cast<acc_t>(real[i]),
+                                             static_cast<acc_t>(fake[i]));
+    const acc_t dr = cg * g.t - cd * g.s;
+    if (out_real != nullptr) out_real[i] = static_cast<scalar_t>(dr);
+    if (out_fake != nullptr) out_fake[i] = static_cast<scalar_t>(-dr);
+  }
+}
+
 int blocks_for(int64_t n) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks)));
 }
@@ -141,13 +191,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gan_loss_forward_cuda
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, real.scalar_type(), "gan_loss_forward_cuda", [&] {
     using acc_t = acc_of_t<scalar_t>;
-    gan_loss::dispatch_kind(kind, [&](auto k) {
-      constexpr Kind K = decltype(k)::value;
-      forward_partials_kernel<K, scalar_t, acc_t><<<nblocks, kThreads, 0, stream>>>(
-          real.const_data_ptr<scalar_t>(), nr, fake.const_data_ptr<scalar_t>(), nf,
-          static_cast<acc_t>(real_label), partials.mutable_data_ptr<acc_t>());
+    if (kind == gan_loss::kRpgan) {  // nr == nf (check_inputs)
+      pair_forward_partials_kernel<scalar_t, acc_t><<<nblocks, kThreads, 0, stream>>>(
+          real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(), nr,
+          partials.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    } else {
+      gan_loss::dispatch_kind(kind, [&](auto k) {
+        constexpr Kind K = decltype(k)::value;
+        forward_partials_kernel<K, scalar_t, acc_t><<<nblocks, kThreads, 0, stream>>>(
+            real.const_data_ptr<scalar_t>(), nr, fake.const_data_ptr<scalar_t>(), nf,
+            static_cast<acc_t>(real_label), partials.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
     forward_finalize_kernel<acc_t><<<1, kThreads, 0, stream>>>(
         partials.const_data_ptr<acc_t>(), nblocks, nr, nf, mean == 1, out.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -181,6 +238,15 @@ std::tuple<at::Tensor, at::Tensor> gan_loss_backward_cuda(
     using acc_t = acc_of_t<scalar_t>;
     const acc_t sr = mean ? acc_t(1) / static_cast<acc_t>(nr) : acc_t(1);
     const acc_t sf = mean ? acc_t(1) / static_cast<acc_t>(nf) : acc_t(1);
+    if (kind == gan_loss::kRpgan) {  // nr == nf: one launch over the pairs
+      pair_grad_kernel<scalar_t, acc_t><<<blocks_for(nr), kThreads, 0, stream>>>(
+          real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(),
+          output_mask[0] ? grad_real.mutable_data_ptr<scalar_t>() : nullptr,
+          output_mask[1] ? grad_fake.mutable_data_ptr<scalar_t>() : nullptr, nr,
+          gd.const_data_ptr<acc_t>(), gg.const_data_ptr<acc_t>(), sr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     gan_loss::dispatch_kind(kind, [&](auto k) {
       constexpr Kind K = decltype(k)::value;
       if (output_mask[0]) {

@@ -2,7 +2,8 @@
 
 The EMA generator by default (`ema=False`: the trained G), in eval mode with its own
 BatchNorm statistics (fastgan.runs.generator.load_generator). The .npz holds `images`,
-uint8 (N, H, W, C): the format `fastgan train --data` and `fastgan eval --images` read.
+uint8 (N, H, W, C), and for a conditional run `labels` (N,): the format `fastgan train
+--data` and `fastgan eval --images` read.
 """
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
 
 from fastgan.data.batches import to_uint8
 from fastgan.errors import UserError
 from fastgan.runs.checkpoint import write_atomic
-from fastgan.runs.generator import generate, load_generator
+from fastgan.models import num_classes
+from fastgan.runs.generator import generate, load_generator, sample_labels
 from fastgan.train.report import save_grid
 
 
 def sample(ckpt: str, n: int = 64, out: str | None = None, npz: str | None = None,
-           seed: int = 0, ema: bool = True) -> int:
+           seed: int = 0, ema: bool = True, cls: int | None = None) -> int:
     """Write a PNG grid (`out`; grid.png when neither `out` nor `npz` is given) and/or an
-    .npz of `n` samples."""
+    .npz of `n` samples. A conditional run draws class `cls`, or by default every class
+    in turn: the grid then has one row per class (`labels` in the .npz)."""
     if out is None and npz is None:
         out = "grid.png"
     if n < 1:
@@ -29,17 +33,25 @@ def sample(ckpt: str, n: int = 64, out: str | None = None, npz: str | None = Non
     if npz is not None and not npz.endswith(".npz"):
         raise UserError(f"--npz {npz}: expected a file name ending in .npz")
     G, cfg, used_ema = load_generator(ckpt, ema)
-    images = generate(G, cfg.nz, n, seed)
+    labels = sample_labels(G, n, cls)
+    rows = None
+    if labels is not None and cls is None:  # one row per class: class k's samples in row k
+        k = num_classes(G)
+        per_row = -(-n // k)
+        labels = torch.arange(k).repeat_interleave(per_row)[:n]
+        rows = per_row
+    images = generate(G, cfg.nz, n, seed, labels)
     written = []
     if out:
-        save_grid(images, out)
+        save_grid(images, out, nrow=rows)
         written.append(out)
     if npz:
         arr = to_uint8(images).permute(0, 2, 3, 1).numpy()
+        extra = {} if labels is None else {"labels": labels.numpy()}
 
         def write(f):
             buf = io.BytesIO()
-            np.savez(buf, images=arr)
+            np.savez(buf, images=arr, **extra)
             f.write(buf.getvalue())
 
         write_atomic(npz, write)

@@ -5,6 +5,9 @@ PNG/JPEG images or an .npz file, and `load_dataset` turns it into one uint8 tens
     images = load_dataset("fashion-mnist", 32)     # (60000, 1, 32, 32) uint8
     batches = Batches(images, batch_size=128, seed=0)
     x = to_float(batches.next(), "cuda")            # (128, 1, 32, 32) float32 in [-1, 1]
+    images, labels = load_dataset("fashion-mnist", 32, labels=True)   # labels (60000,) int64
+    batches = Batches(images, 128, seed=0, labels=labels)
+    x, y = batches.next_labelled()                  # the images and their labels
 """
 
 from __future__ import annotations
@@ -39,21 +42,25 @@ def builtin_name(spec: str) -> str | None:
     return _ALIASES.get(spec.lower())
 
 
-def load_dataset(spec: str, image_size: int, split: str = "train") -> torch.Tensor:
-    """The images named by `--data` spec, uint8 (N, C, image_size, image_size), C 1 or 3.
+def load_dataset(spec: str, image_size: int, split: str = "train", labels: bool = False):
+    """The images named by `--data` spec, uint8 (N, C, image_size, image_size), C 1 or 3;
+    with `labels=True`, the pair (images, labels), labels int64 (N,) class indices from 0
+    (`--conditional`; data without labels is a UserError).
 
-    spec: "fashion-mnist" (or "fmnist"), a folder of PNG/JPEG images, or an .npz file with
-    an `images` array. split ("train" or "test") applies to the built-in dataset only.
-    image_size: a power of two >= 16 (check_image_size).
+    spec: "fashion-mnist" (or "fmnist"; labels: its 10 classes), a folder of PNG/JPEG
+    images (labels: one sub-folder per class, sorted by name), or an .npz file with an
+    `images` array (labels: its `labels` array). split ("train" or "test") applies to the
+    built-in dataset only. image_size: a power of two >= 16 (check_image_size).
     """
     check_image_size(image_size)
     if builtin_name(spec):
-        images, _ = load_fashion_mnist(split)
-        return fit_to_size(images, image_size)
+        images, classes = load_fashion_mnist(split)
+        images = fit_to_size(images, image_size)
+        return (images, classes) if labels else images
     if os.path.isdir(spec):
-        return load_image_folder(spec, image_size)
+        return load_image_folder(spec, image_size, labels)
     if spec.lower().endswith(".npz"):
-        return load_npz(spec, image_size)
+        return load_npz(spec, image_size, labels)
     if os.path.exists(spec):
         raise UserError(f"--data: {spec} is neither a folder nor an .npz file; {_EXPECTED}")
     raise UserError(f"--data: {spec!r} is not a built-in dataset nor an existing folder; {_EXPECTED}")

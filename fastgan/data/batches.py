@@ -20,13 +20,18 @@ class Batches:
 
         batches = Batches(images, batch_size=128, seed=0)
         x = to_float(batches.next(), "cuda")           # (128, C, S, S) in [-1, 1]
+        x, y = batches.next_labelled()                  # with labels=: the images' labels too
         state = batches.state_dict()                    # {"epoch", "index", "seed"}
         batches.load_state_dict(state)                  # continues exactly from there
     """
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, labels: torch.Tensor | None = None) -> None:
         n = images.shape[0]
+        if labels is not None and labels.shape != (n,):
+            raise ValueError(f"labels: expected one per image, shape ({n},), got "
+                             f"{tuple(labels.shape)}")
+        self.labels = labels
         if not 1 <= batch_size <= n // world_size:
             per_rank = f" over {world_size} ranks" if world_size > 1 else ""
             raise UserError(f"--batch-size: got {batch_size}, expected 1 to {n // world_size} "
@@ -52,13 +57,24 @@ class Batches:
             self._order_epoch = self.epoch
         return self._order
 
-    def next(self) -> torch.Tensor:
-        """The next batch, uint8 (batch_size, C, S, S)."""
-        batch = self.images.index_select(0, self._epoch_order()[self.index])
+    def _next_indices(self) -> torch.Tensor:
+        idx = self._epoch_order()[self.index]
         self.index += 1
         if self.index == self.batches_per_epoch:  # so the state always names the next batch
             self.epoch, self.index = self.epoch + 1, 0
-        return batch
+        return idx
+
+    def next(self) -> torch.Tensor:
+        """The next batch, uint8 (batch_size, C, S, S)."""
+        return self.images.index_select(0, self._next_indices())
+
+    def next_labelled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch and its labels, int64 (batch_size,) (a stream made with labels)."""
+        if self.labels is None:
+            raise ValueError("next_labelled: this stream was made without labels")
+        idx = self._next_indices()
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx.to(
+            self.labels.device))
 
     __next__ = next
 

@@ -87,8 +87,22 @@ def _load_image(file: str, image_size: int) -> Image.Image:
         raise UserError(f"--data: cannot read image {file}: {e}") from None
 
 
-def load_image_folder(path: str, image_size: int) -> torch.Tensor:
-    """Every PNG/JPEG under the folder `path` (nested, sorted), as uint8 (N, C, S, S).
+def folder_labels(path: str, files: list[str]) -> torch.Tensor:
+    """Class indices of `files` under the folder `path`: one class per sub-folder of `path`
+    (an image's first folder below it; deeper folders belong to that class), numbered in
+    sorted order of the sub-folder names (torchvision's ImageFolder rule)."""
+    tops = [os.path.relpath(f, path).split(os.sep)[0] for f in files]
+    loose = [f for f, t in zip(files, tops) if t == os.path.basename(f)]
+    if loose:
+        raise UserError(f"--data: {path} has images outside class sub-folders (e.g. {loose[0]}); "
+                        "a labelled folder holds one sub-folder of images per class")
+    index = {name: i for i, name in enumerate(sorted(set(tops)))}
+    return torch.tensor([index[t] for t in tops], dtype=torch.long)
+
+
+def load_image_folder(path: str, image_size: int, labels: bool = False):
+    """Every PNG/JPEG under the folder `path` (nested, sorted), as uint8 (N, C, S, S);
+    with `labels`, also their classes, int64 (N,) (folder_labels: one per sub-folder).
 
     Each image is resized so its short side is image_size, then center-cropped. All
     images must be grayscale (C = 1) or all color (C = 3).
@@ -99,6 +113,7 @@ def load_image_folder(path: str, image_size: int) -> torch.Tensor:
     files = _image_files(path)
     if not files:
         raise UserError(f"--data: no PNG or JPEG images under {path}")
+    classes = folder_labels(path, files) if labels else None  # before the slow part
     progress = files
     if len(files) > PROGRESS_MIN_FILES:
         from tqdm import tqdm  # only needed for large folders
@@ -119,12 +134,30 @@ def load_image_folder(path: str, image_size: int) -> torch.Tensor:
                               dtype=torch.uint8)
             out_np = out.numpy()  # shares memory: fill the tensor without a second copy
         out_np[i] = arr if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return out
+    return (out, classes) if labels else out
 
 
-def load_npz(path: str, image_size: int) -> torch.Tensor:
+def _npz_labels(path: str, archive, n: int) -> torch.Tensor:
+    if "labels" not in archive.files:
+        raise UserError(f"--data: {path} has no `labels` array (found: "
+                        f"{', '.join(archive.files)}); a labelled .npz holds `images` and "
+                        "`labels`, integer class indices (N,)")
+    try:
+        labels = archive["labels"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"--data: cannot read `labels` from {path}: {e}") from None
+    if labels.dtype.kind not in "iu" or labels.shape != (n,) or (n and labels.min() < 0):
+        got = (f"dtype {labels.dtype}, shape {labels.shape}"
+               + (f", min {labels.min()}" if labels.size and labels.dtype.kind in "iu" else ""))
+        raise UserError(f"--data: {path}: `labels` has {got}; expected integer class indices "
+                        f">= 0, one per image ({n},)")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def load_npz(path: str, image_size: int, labels: bool = False):
     """The uint8 array `images` of an .npz file, (N, H, W) or (N, H, W, C) with C 1 or 3,
-    as uint8 (N, C, S, S) (through fit_to_size when H, W are not S)."""
+    as uint8 (N, C, S, S) (through fit_to_size when H, W are not S); with `labels`, also
+    its `labels` array, int64 (N,)."""
     if not os.path.isfile(path):
         raise UserError(f"--data: {path} does not exist")
     try:
@@ -141,6 +174,7 @@ def load_npz(path: str, image_size: int) -> torch.Tensor:
             images = archive["images"]
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise UserError(f"--data: cannot read `images` from {path}: {e}") from None
+        classes = _npz_labels(path, archive, images.shape[0]) if labels else None
     expected = "expected uint8 (N, H, W) or (N, H, W, C) with C 1 or 3"
     if images.dtype != np.uint8:
         raise UserError(f"--data: {path}: `images` has dtype {images.dtype}; {expected}")
@@ -151,7 +185,8 @@ def load_npz(path: str, image_size: int) -> torch.Tensor:
     if images.shape[0] == 0:
         raise UserError(f"--data: {path}: `images` holds no images (shape {images.shape})")
     nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return fit_to_size(nchw, image_size)
+    out = fit_to_size(nchw, image_size)
+    return (out, classes) if labels else out
 
 
-__all__ = ["fit_to_size", "load_image_folder", "load_npz", "IMAGE_EXTENSIONS"]
+__all__ = ["fit_to_size", "folder_labels", "load_image_folder", "load_npz", "IMAGE_EXTENSIONS"]

@@ -9,7 +9,9 @@ zero, the others are scaled down with the number of blocks, so every block start
 identity); [1, 2, 1] FIR resampling (fastgan's `upfirdn2d`) in the transitions between
 resolutions, with a 1x1 convolution where the width changes; a learned 4x4 basis modulated
 by a linear map of z at the generator's input, and a 4x4 depthwise basis followed by a
-linear layer at the discriminator's output.
+linear layer at the discriminator's output. Class-conditional with `num_classes` > 0, as
+R3GAN conditions: an embedding of the class joins z in G, and D's head projects onto the
+class's embedding.
 
 Both run on whichever backend fastgan selects for `bias_act` and `upfirdn2d` (the fused
 kernels by default, the plain-PyTorch reference with `fastgan.use_backend("reference")`), so
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from fastgan import functional as FG
+from fastgan.models.conditional import Projection, check_labels
 from fastgan.nn import BiasAct
 
 _SLOPE = 0.2
@@ -99,12 +102,16 @@ class Generator(nn.Module):
 
     def __init__(self, nz: int = 64, widths: tuple[int, ...] = (128, 128, 64, 64),
                  blocks_per_stage: int = 1, cardinality: int = 8, expansion: int = 2,
-                 nc: int = 3) -> None:
+                 nc: int = 3, num_classes: int = 0) -> None:
         super().__init__()
-        self.nz = nz
+        self.nz, self.num_classes = nz, num_classes
         total = blocks_per_stage * len(widths)
         self.basis = nn.Parameter(torch.randn(widths[0], 4, 4))
-        self.project = nn.Linear(nz, widths[0], bias=False)
+        # conditional: an embedding of the class, N(0, 1) like z, joins z (R3GAN's design)
+        self.embed = nn.Embedding(num_classes, nz) if num_classes else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight)
+        self.project = nn.Linear(nz * (2 if num_classes else 1), widths[0], bias=False)
         _msr_init(self.project.weight, 1.0)
         stages = []
         for i, w in enumerate(widths):
@@ -117,8 +124,12 @@ class Generator(nn.Module):
         _msr_init(self.to_rgb.weight, 1.0)
         nn.init.zeros_(self.to_rgb.bias)
 
-    def forward(self, z: Tensor) -> Tensor:
-        x = self.basis.unsqueeze(0) * self.project(z.flatten(1)).unsqueeze(-1).unsqueeze(-1)
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        z = z.flatten(1)
+        if self.embed is not None or labels is not None:
+            check_labels(labels, z.shape[0], self.num_classes, "r3gan.Generator")
+            z = torch.cat([z, self.embed(labels).to(z.dtype)], 1)
+        x = self.basis.unsqueeze(0) * self.project(z).unsqueeze(-1).unsqueeze(-1)
         return self.to_rgb(self.stages(x))
 
 
@@ -127,8 +138,10 @@ class Discriminator(nn.Module):
     4x4 (default 32x32 in)."""
 
     def __init__(self, widths: tuple[int, ...] = (64, 64, 128, 128), blocks_per_stage: int = 1,
-                 cardinality: int = 8, expansion: int = 2, nc: int = 3) -> None:
+                 cardinality: int = 8, expansion: int = 2, nc: int = 3,
+                 num_classes: int = 0) -> None:
         super().__init__()
+        self.num_classes = num_classes
         total = blocks_per_stage * len(widths)
         self.from_rgb = nn.Conv2d(nc, widths[0], 1, bias=False)
         _msr_init(self.from_rgb.weight, _ACT_GAIN)
@@ -144,12 +157,17 @@ class Discriminator(nn.Module):
         c = widths[-1]
         self.basis = nn.Conv2d(c, c, 4, groups=c, bias=False)  # 4x4 depthwise, to 1x1
         _msr_init(self.basis.weight, 1.0)
-        self.head = nn.Linear(c, 1, bias=False)
+        # conditional: the head maps to c features projected on the class's embedding
+        self.head = nn.Linear(c, c if num_classes else 1, bias=False)
         _msr_init(self.head.weight, 1.0)
+        self.projection = Projection(num_classes, c) if num_classes else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stages(self.from_rgb_act(self.from_rgb(x)))
-        return self.head(self.basis(x).flatten(1)).squeeze(1)
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        h = self.head(self.basis(self.stages(self.from_rgb_act(self.from_rgb(x)))).flatten(1))
+        if self.projection is None and labels is None:
+            return h.squeeze(1)
+        check_labels(labels, x.shape[0], self.num_classes, "r3gan.Discriminator")
+        return self.projection(h, labels)
 
 
 __all__ = ["Discriminator", "Generator", "ResidualBlock", "widths_for"]

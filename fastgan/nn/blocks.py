@@ -205,6 +205,23 @@ def _eval_forward(x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d, negative_slope
     return F.leaky_relu_(y, negative_slope)
 
 
+def norm_act_forward(x: Tensor, bn: nn.BatchNorm2d, negative_slope: float) -> Tensor:
+    """`leaky_relu(bn(x), negative_slope)` as one fused op, for a BatchNorm that no
+    convolution of its run feeds (a pre-activation residual block's BN -> ReLU). In
+    training the output is registered for recomputation as a block's is (the layer that
+    consumes it keeps x and the statistics instead)."""
+    rm, rv, bn_training, factor = bn_act.module_args(bn)
+    if isinstance(bn, SyncBatchNormAct2d) and bn.synchronizes():
+        y, again = sync_bn_act.sync_batch_norm_act(x, rm, rv, bn.weight, bn.bias, factor, bn.eps,
+                                                   negative_slope, bn.process_group)
+    else:
+        y, again = bn_act.forward_with_stats(x, rm, rv, bn.weight, bn.bias, bn_training, factor,
+                                             bn.eps, negative_slope)
+    if y.requires_grad and recompute.active() and not torch.compiler.is_compiling():
+        recompute.register(y, x, again)
+    return y
+
+
 def block_forward(x: Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d,
                   negative_slope: float, output_size: list[int] | None = None,
                   memory_format: torch.memory_format | None = None) -> Tensor:
@@ -329,5 +346,5 @@ class Conv2dBNAct(_ConvBNAct):
         return run_blocks(input, [(self.conv, self.bn, self.negative_slope)])
 
 
-__all__ = ["ConvTranspose2dBNAct", "Conv2dBNAct", "block_forward", "run_blocks", "conv_forward",
+__all__ = ["norm_act_forward", "ConvTranspose2dBNAct", "Conv2dBNAct", "block_forward", "run_blocks", "conv_forward",
            "fold_bn"]

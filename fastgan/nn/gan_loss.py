@@ -12,7 +12,7 @@ class GANLoss(nn.Module):
     """`GANLoss(kind, reduction)(real_logits, fake_logits)` is
     `fastgan.functional.gan_loss(real_logits, fake_logits, kind, reduction)`: a
     GANLosses(d_loss, g_loss, d_real, d_fake) NamedTuple. See that function for the kinds
-    ("minimax", "ns", "lsgan", "hinge", "wgan"), reductions ("mean", "sum"), the
+    ("minimax", "ns", "lsgan", "hinge", "wgan", "rpgan"), reductions ("mean", "sum"), the
     `real_label` smoothing of the logistic kinds, dtypes and gradients. Double backward is
     not supported. The module has no parameters or buffers.
     """

@@ -1,4 +1,6 @@
-"""FusedSequential: an nn.Sequential that runs its Conv -> BatchNorm2d -> activation runs fused.
+"""FusedSequential: an nn.Sequential that runs its Conv -> BatchNorm2d -> activation runs fused,
+and its pre-activation BatchNorm2d -> activation pairs (a residual block's BN -> ReLU that no
+convolution of the Sequential feeds) as one fused BatchNorm+activation.
 
 fastgan.convert turns an nn.Sequential into this subclass in place of its class: the
 children, their names, parameters, buffers, hooks and state_dict keys stay exactly what
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fastgan.nn import recompute, rules
-from fastgan.nn.blocks import block_forward, conv_forward
+from fastgan.nn.blocks import block_forward, conv_forward, norm_act_forward
 from fastgan.nn.fused_chain import chainable, fused_chain
 from fastgan.nn.rules import LAYOUT_AGNOSTIC, PLAIN_CONVS, act_slope, bn_slope, hooked, is_conv
 from fastgan.ops.conv_bn_act import chain_enabled
@@ -30,8 +32,27 @@ class Run:
     """children [start, start + length) of a Sequential form one fused block."""
 
     start: int
-    length: int  # 2 (conv, bn) or 3 (conv, bn, act)
+    length: int  # 2 (conv, bn) or 3 (conv, bn, act); 2 (bn, act) for a pre-activation
     negative_slope: float  # 1.0 when there is no activation: BatchNorm alone
+    conv: bool = True  # False: a pre-activation BatchNorm2d -> activation, no convolution
+
+
+@dataclass(frozen=True)
+class NormAct:
+    """A FusedSequential step: a pre-activation BatchNorm2d and the activation after it."""
+
+    bn: nn.BatchNorm2d
+    negative_slope: float
+
+    def __call__(self, input: Tensor) -> Tensor:
+        return norm_act_forward(input, self.bn, self.negative_slope)
+
+
+def _pre_activation(bn: nn.Module, act: nn.Module | None) -> float | None:
+    """The slope of a BatchNorm2d -> ReLU|LeakyReLU pair outside a conv run, else None."""
+    if bn_slope(bn) != 1.0 or act is None or hooked(bn) or hooked(act):
+        return None
+    return act_slope(act)
 
 
 def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
@@ -44,6 +65,13 @@ def find_runs(modules: list[nn.Module]) -> tuple[list[Run], list[str]]:
         bn = modules[i + 1] if i + 1 < len(modules) else None
         own = bn_slope(bn)
         if not (is_conv(conv) and own is not None):
+            # a pre-activation pair; a BatchNorm2d right after a convolution that could not
+            # be fused (hooks, channel mismatch) stays unfused with it
+            slope = _pre_activation(conv, bn)
+            if slope is not None and not (i > 0 and is_conv(modules[i - 1])):
+                found.append(Run(i, 2, slope, conv=False))
+                i += 2
+                continue
             i += 1
             continue
         act = modules[i + 2] if i + 2 < len(modules) and own == 1.0 else None
@@ -87,7 +115,10 @@ class FusedSequential(nn.Sequential):
         i = 0
         while i < len(mods):
             r = by_start.get(i)
-            if r is not None:
+            if r is not None and not r.conv:
+                steps.append(NormAct(mods[i], r.negative_slope))
+                i += r.length
+            elif r is not None:
                 steps.append((mods[i], mods[i + 1], r.negative_slope))
                 i += r.length
             else:
@@ -108,7 +139,7 @@ class FusedSequential(nn.Sequential):
             if relayout:
                 # channels_last inside runs of convolutions and elementwise layers only;
                 # anything else gets the layout it was given
-                known = isinstance(step, tuple) or type(step) in LAYOUT_AGNOSTIC
+                known = isinstance(step, (tuple, NormAct)) or type(step) in LAYOUT_AGNOSTIC
                 input = input.contiguous(memory_format=torch.channels_last if known
                                          else torch.contiguous_format)
             if isinstance(step, tuple):
@@ -155,4 +186,4 @@ def _run_chained(input: Tensor, steps: list) -> Tensor:
     return input
 
 
-__all__ = ["FusedSequential", "find_runs", "Run"]
+__all__ = ["FusedSequential", "find_runs", "NormAct", "Run"]

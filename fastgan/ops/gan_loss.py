@@ -21,6 +21,12 @@ real_label = t the logistic kinds' real term is binary_cross_entropy_with_logits
     lsgan     (r - 1)^2 / 2 + f^2 / 2          (f - 1)^2 / 2
     hinge     relu(1 - r) + relu(1 + f)        -f
     wgan      f - r                            -f
+    rpgan     softplus(f - r)                  softplus(r - f)
+
+rpgan (R3GAN's relativistic pairing loss) is paired: r[i] goes with f[i], both inputs must
+have as many elements, each loss is one mean (or sum) over the pairs, and g_loss depends
+on the real logits as well (it gives them a gradient; the kernels walk the pairs in one
+pass).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import torch
 from torch import Tensor
 
 from fastgan import _backend, _ext
-from fastgan.ops.gan_loss_reference import (KINDS, LOGISTIC_KINDS, REDUCTIONS, acc_dtype,
-                                            check_args, check_kind, reference_forward)
+from fastgan.ops.gan_loss_reference import (KINDS, LOGISTIC_KINDS, PAIRED_KINDS, REDUCTIONS,
+                                            acc_dtype, check_args, check_kind,
+                                            reference_forward)
 
 OP = "gan_loss"
 
@@ -102,5 +109,5 @@ def try_eager_fast_path(real_logits: Tensor, fake_logits: Tensor, kind: str, red
                   _backend.compiled_devices(OP, KERNELS))
 
 
-__all__ = ["KINDS", "LOGISTIC_KINDS", "REDUCTIONS", "KERNELS", "check_args", "check_kind",
+__all__ = ["KINDS", "LOGISTIC_KINDS", "PAIRED_KINDS", "REDUCTIONS", "KERNELS", "check_args", "check_kind",
            "gan_loss", "reference_forward", "try_eager_fast_path"]

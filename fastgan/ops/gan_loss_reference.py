@@ -11,8 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-KINDS = ("minimax", "ns", "lsgan", "hinge", "wgan")
+KINDS = ("minimax", "ns", "lsgan", "hinge", "wgan", "rpgan")
 LOGISTIC_KINDS = ("minimax", "ns")
+# Kinds whose terms pair real_logits[i] with fake_logits[i] (so the two need as many
+# elements) and whose g_loss depends on the real logits too.
+PAIRED_KINDS = ("rpgan",)
 REDUCTIONS = ("mean", "sum")
 _KIND_SET = frozenset(KINDS)
 _REDUCTION_SET = frozenset(REDUCTIONS)
@@ -63,6 +66,11 @@ def check_args(real_logits: Tensor, fake_logits: Tensor, kind: str, reduction: s
     if real_logits.device != fake_logits.device:
         raise ValueError(f"gan_loss: real_logits is on {real_logits.device} but fake_logits is "
                          f"on {fake_logits.device}; both must be on the same device")
+    if kind == "rpgan" and real_logits.numel() != fake_logits.numel():
+        raise ValueError(f"gan_loss: kind='rpgan' pairs real and fake logits element-wise, so "
+                         f"they must have the same number of elements; got real_logits of "
+                         f"shape {tuple(real_logits.shape)} and fake_logits of shape "
+                         f"{tuple(fake_logits.shape)}")
 
 
 def acc_dtype(x: Tensor) -> torch.dtype:
@@ -85,6 +93,14 @@ def reference_forward(real_logits: Tensor, fake_logits: Tensor, kind: str, reduc
     acc = acc_dtype(real_logits)
     r = real_logits.reshape(-1).to(acc)
     f = fake_logits.reshape(-1).to(acc)
+    reduce = torch.mean if reduction == "mean" else torch.sum
+    with torch.no_grad():
+        d_real = torch.sigmoid(r).mean()
+        d_fake = torch.sigmoid(f).mean()
+    if kind == "rpgan":
+        # one reduction over the pairs; f - r and r - f are separate expressions so that
+        # the two losses share no graph (see below)
+        return reduce(_softplus(f - r)), reduce(_softplus(r - f)), d_real, d_fake
     if kind in LOGISTIC_KINDS:
         d_r = _softplus(-r) + (1.0 - real_label) * r
         d_f = _softplus(f)
@@ -97,8 +113,4 @@ def reference_forward(real_logits: Tensor, fake_logits: Tensor, kind: str, reduc
         d_r, d_f, g_f = torch.relu(1.0 - r), torch.relu(1.0 + f), -f
     else:  # wgan
         d_r, d_f, g_f = -r, f, -f
-    reduce = torch.mean if reduction == "mean" else torch.sum
-    with torch.no_grad():
-        d_real = torch.sigmoid(r).mean()
-        d_fake = torch.sigmoid(f).mean()
     return reduce(d_r) + reduce(d_f), reduce(g_f), d_real, d_fake

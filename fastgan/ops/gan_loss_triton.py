@@ -7,7 +7,8 @@ with the kernels of fastgan.kernels.gan_loss, and the autograd of the forward, w
 behaves as the compiled op's (csrc/gan_loss.cpp): it keeps only the two inputs and
 recomputes the derivatives from them; d_real / d_fake are not differentiable; real
 logits get a gradient only from d_loss, and g_loss requires grad only if the fake
-logits do; d_loss and g_loss may be backpropagated separately. Double backward is not
+logits do (except for the paired kind, rpgan, whose g_loss depends on both inputs: it
+sends gradient to both and requires grad if either does); d_loss and g_loss may be backpropagated separately. Double backward is not
 supported: differentiating the gradients raises instead of returning a wrong zero.
 
 Imported on first use by fastgan/ops/gan_loss.py (it imports triton), never by
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fastgan.kernels import gan_loss as K
-from fastgan.ops.gan_loss_reference import check_args
+from fastgan.ops.gan_loss_reference import PAIRED_KINDS, check_args
 
 FORWARD = "fastgan::triton_gan_loss_forward"
 BACKWARD = "fastgan::triton_gan_loss_backward"
@@ -79,7 +80,8 @@ def _setup_context(ctx, inputs, output):
     ctx.kind, ctx.reduction, ctx.real_label = kind, reduction, real_label
     ctx.set_materialize_grads(False)  # tell "no gradient" from a zero one, as the C++ node
     ctx.mark_non_differentiable(d_real, d_fake)
-    if not fake.requires_grad:  # as eager: g_loss depends on the fake logits only
+    # as eager: g_loss depends on the fake logits only (on both for a paired kind)
+    if not (fake.requires_grad or (kind in PAIRED_KINDS and real.requires_grad)):
         ctx.mark_non_differentiable(g_loss)
 
 
@@ -95,10 +97,11 @@ def _saved_logits(ctx) -> tuple[Tensor, Tensor]:
 
 def _backward(ctx, grad_d_loss, grad_g_loss, _grad_d_real, _grad_d_fake):
     real, fake = _saved_logits(ctx)
-    # real logits reach d_loss only; the fake ones both losses
-    mask = [bool(ctx.needs_input_grad[0]) and grad_d_loss is not None,
-            bool(ctx.needs_input_grad[1]) and (grad_d_loss is not None
-                                              or grad_g_loss is not None)]
+    # real logits reach d_loss only (both losses for a paired kind); the fake ones both
+    any_grad = grad_d_loss is not None or grad_g_loss is not None
+    real_grad = any_grad if ctx.kind in PAIRED_KINDS else grad_d_loss is not None
+    mask = [bool(ctx.needs_input_grad[0]) and real_grad,
+            bool(ctx.needs_input_grad[1]) and any_grad]
     if not (mask[0] or mask[1]):
         return None, None, None, None, None
     if grad_d_loss is None:

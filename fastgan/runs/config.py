@@ -17,9 +17,19 @@ import torch
 
 from fastgan.data import check_image_size
 from fastgan.errors import UserError
+from fastgan.ops.gan_loss_reference import KINDS
 
-ARCHS = ("dcgan", "r3gan")
-LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan")
+ARCHS = ("dcgan", "resnet", "r3gan")
+LOSSES = KINDS  # the kinds of fastgan.functional.gan_loss
+# What an architecture changes in the defaults of a new run (flags given win). R3GAN's
+# paper trains with its relativistic pairing loss, R1 and R2 at every step and Adam's
+# beta1 = 0, beta2 = 0.99; gamma 0.05 is its CIFAR-10 setting (at 32x32, as here).
+# SNGAN's ResNet trains with the hinge loss, spectral norm in D and betas 0, 0.9 (and 5 D
+# steps per G step, which fastgan leaves at --n-critic 1 for a CPU's sake).
+ARCH_PRESETS: dict[str, dict[str, Any]] = {
+    "resnet": {"loss": "hinge", "spectral_norm": True, "betas": (0.0, 0.9)},
+    "r3gan": {"loss": "rpgan", "r1": 0.05, "r2": 0.05, "betas": (0.0, 0.99)},
+}
 AMP = ("none", "bf16", "fp16")
 IMPLS = ("fastgan", "eager", "compile")
 # Settings a resumed run may change: the end step, how often to log, sample, save and evaluate, and
@@ -31,7 +41,8 @@ RESUME_MAY_CHANGE = ("steps", "log_every", "sample_every", "ckpt_every", "eval_e
 @dataclasses.dataclass
 class TrainConfig:
     data: str = "fashion-mnist"
-    arch: str = "dcgan"        # dcgan (models/dcgan.py) or r3gan (models/r3gan.py)
+    arch: str = "dcgan"        # dcgan, resnet or r3gan (fastgan/models/<arch>.py)
+    conditional: bool = False  # class-conditional G and D on the data's labels
     image_size: int = 32
     loss: str = "ns"
     gp: float = 0.0            # WGAN-GP weight (Gulrajani et al. 2017); 0 = off
@@ -113,6 +124,13 @@ class TrainConfig:
         return cls(**d)
 
 
+def new_config(given: dict[str, Any]) -> TrainConfig:
+    """The config of a new run from the flags given: TrainConfig's defaults, then the
+    architecture's preset (ARCH_PRESETS), then the flags."""
+    preset = ARCH_PRESETS.get(given.get("arch", TrainConfig.arch), {})
+    return TrainConfig(**{"device": default_device(), **preset, **given})
+
+
 def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"{flag}: expected one of {', '.join(choices)}, got {value!r}")
@@ -168,5 +186,5 @@ def _show(v: Any) -> str:
     return " ".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
 
 
-__all__ = ["TrainConfig", "LOSSES", "AMP", "IMPLS", "RESUME_MAY_CHANGE", "read_config",
+__all__ = ["TrainConfig", "ARCHS", "ARCH_PRESETS", "new_config", "LOSSES", "AMP", "IMPLS", "RESUME_MAY_CHANGE", "read_config",
            "merge_resume", "default_device"]

@@ -46,14 +46,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> int
     if not resume:
         out = cfg.out
         cfg.out = dist.from_main(lambda: new_run_dir(out))
-    images = load_dataset(cfg.data, cfg.image_size)
+    if cfg.conditional:
+        images, labels = load_dataset(cfg.data, cfg.image_size, labels=True)
+    else:
+        images, labels = load_dataset(cfg.data, cfg.image_size), None
     # checks a resumed run before any output
-    run = Run(cfg, images, resume=resume, quiet=quiet, dist=dist)
+    run = Run(cfg, images, resume=resume, quiet=quiet, dist=dist, labels=labels)
     if not quiet and dist.is_main:
         procs = (f" ({dist.world_size} processes, {run.trainer.local_batch} each)"
                  if dist.enabled else "")
         print(f"run {cfg.out}: {cfg.data} ({images.shape[0]} images, {images.shape[1]}x"
-              f"{images.shape[2]}x{images.shape[3]}), arch {cfg.arch}, loss {cfg.loss}, "
+              f"{images.shape[2]}x{images.shape[3]}), arch {cfg.arch}"
+              + (f" conditional on {run.trainer.num_classes} classes" if cfg.conditional else "")
+              + f", loss {cfg.loss}, "
               f"impl {cfg.impl}, device {cfg.device}, amp {cfg.amp}, batch {cfg.batch_size}{procs}, "
               f"steps {cfg.steps}", flush=True)
     status = run.run()

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from fastgan._backend import use_backend
 from fastgan.convert import convert
 from fastgan.data import Batches, to_float
 from fastgan.errors import UserError
@@ -50,7 +51,8 @@ from fastgan.runs.generator import build_models, sampling_generator
 from fastgan.train.distributed import Dist
 from fastgan.train.report import MetricsLog, Progress, plot_metrics, save_grid
 
-N_FIXED = 64          # samples in each grid
+N_FIXED = 64          # samples in each grid (8 a row; a conditional run: 8 per class row)
+GRID_CLASSES = 16     # class rows in a conditional run's grids (the first 16 classes)
 EVAL_N = 10_000       # samples per --eval-every evaluation (fastgan eval's default too)
 # what metrics.jsonl averages over a logging interval, in this order
 TRACKED = ("d_loss", "g_loss", "d_real", "d_fake", "penalty")
@@ -62,6 +64,11 @@ def _reference_loss(real_logits: Tensor, fake_logits: Tensor, kind: str) -> GANL
 
 def _fused_loss(real_logits: Tensor, fake_logits: Tensor, kind: str) -> GANLosses:
     return gan_loss(real_logits, fake_logits, kind)
+
+
+def _call(net: Callable[..., Tensor], x: Tensor, labels: Tensor | None) -> Tensor:
+    """net(x), or net(x, labels) for a conditional run."""
+    return net(x) if labels is None else net(x, labels)
 
 
 def _grad(out: Tensor, inp: Tensor, scaler: torch.amp.GradScaler) -> Tensor:
@@ -76,12 +83,16 @@ class Trainer:
     (several processes, fastgan/train/distributed.py) this process trains on its share of
     every global batch, with synchronized BatchNorm and averaged gradients."""
 
-    def __init__(self, cfg: TrainConfig, images: Tensor, dist: Dist | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, images: Tensor, dist: Dist | None = None,
+                 labels: Tensor | None = None) -> None:
         self.cfg = cfg
         self.dist = dist = dist or Dist()
         self.device = dev = torch.device(dist.device(cfg.device))
         self.local_batch = dist.shard(cfg.batch_size)
-        G, D = build_models(cfg, images.shape[1])
+        if cfg.conditional and labels is None:
+            raise ValueError("Trainer: a conditional run needs the data's labels")
+        self.num_classes = int(labels.max()) + 1 if cfg.conditional else 0
+        G, D = build_models(cfg, images.shape[1], self.num_classes)
         G, D = G.to(dev), D.to(dev)
         G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema > 0 else None
         if dist.enabled and cfg.impl != "fastgan":
@@ -112,15 +123,26 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler(dev.type, enabled=fp16)
         self.nc = images.shape[1]
         self.batches = Batches(images.to(dev), self.local_batch, cfg.seed, dist.rank,
-                               dist.world_size)
+                               dist.world_size,
+                               labels.to(dev) if self.num_classes else None)
         self.noise = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+        # the grids' samples: 8 per class row for a conditional run
+        self.fixed_labels = (torch.arange(min(self.num_classes, GRID_CLASSES), device=dev)
+                             .repeat_interleave(8) if self.num_classes else None)
+        n_fixed = N_FIXED if self.fixed_labels is None else self.fixed_labels.shape[0]
         fixed = torch.Generator().manual_seed(cfg.seed + 2)
-        self.fixed_noise = torch.randn(N_FIXED, cfg.nz, 1, 1, generator=fixed).to(dev)
+        self.fixed_noise = torch.randn(n_fixed, cfg.nz, 1, 1, generator=fixed).to(dev)
         self.step = 0
         self._acc = torch.zeros(len(TRACKED), dtype=torch.float64, device=dev)
         self._acc_n = 0
 
     # one step -------------------------------------------------------------------------
+
+    def _ops(self):
+        """fastgan's ops (bias_act, upfirdn2d, conditional BatchNorm) that a model calls
+        itself run as the plain-PyTorch reference for --impl eager and compile, so the
+        comparison is with the same model in plain PyTorch."""
+        return nullcontext() if self.cfg.impl == "fastgan" else use_backend("reference")
 
     def _autocast(self):
         if self.cfg.amp == "none":
@@ -136,7 +158,17 @@ class Trainer:
                         device=self.device)
         return self.dist.mine(z)
 
-    def _d_step(self, real: Tensor, fake: Tensor) -> tuple[GANLosses, Tensor]:
+    def _fake_labels(self) -> Tensor | None:
+        """A conditional run's classes for this process's slice of a global batch of
+        fakes, uniform over the classes (drawn whole by every process, as the noise)."""
+        if not self.num_classes:
+            return None
+        y = torch.randint(self.num_classes, (self.cfg.batch_size,), generator=self.noise,
+                          device=self.device)
+        return self.dist.mine(y)
+
+    def _d_step(self, real: Tensor, fake: Tensor, y_real: Tensor | None,
+                y_fake: Tensor | None) -> tuple[GANLosses, Tensor]:
         cfg, D = self.cfg, self.D
         self.opt_d.zero_grad(set_to_none=True)
         if cfg.r1:
@@ -145,11 +177,15 @@ class Trainer:
             fake = fake.detach().requires_grad_(True)
         # torch.compile has no double backward, so a penalised D step runs the module
         # itself (all of it: an eager graph's saved BatchNorm buffers must not be bumped
-        # by a compiled graph's in-place running-stat update before backward)
-        D_fwd = D if cfg.r1 or cfg.r2 or cfg.gp else self.D_fwd
+        # by a compiled graph's in-place running-stat update before backward). So does a
+        # spectral-normalised D: with a 1x1 convolution (the ResNet's shortcuts), two
+        # compiled calls before one backward fail in torch 2.14 (the first call's saved
+        # power-iteration vector is updated in place by the second), where eager's
+        # parametrization clones it.
+        D_fwd = D if cfg.r1 or cfg.r2 or cfg.gp or cfg.spectral_norm else self.D_fwd
         with self._autocast():
-            real_logits = D_fwd(real)
-            fake_logits = D_fwd(fake)
+            real_logits = _call(D_fwd, real, y_real)
+            fake_logits = _call(D_fwd, fake, y_fake)
             losses = self.loss_fn(real_logits, fake_logits, cfg.loss)
         penalty = torch.zeros((), device=self.device)
         if cfg.r1:
@@ -163,8 +199,8 @@ class Trainer:
                                               device=self.device))
             mix = torch.lerp(fake.detach().float(), real.detach().float(), alpha)
             mix.requires_grad_(True)
-            with self._autocast():
-                out = D(mix)
+            with self._autocast():  # (conditional: each interpolate judged as its real's class)
+                out = _call(D, mix, y_real)
             g = _grad(out, mix, self.scaler_d)
             penalty = penalty + cfg.gp * (g.flatten(1).norm(dim=1) - 1).square().mean()
         self.scaler_d.scale(losses.d_loss + penalty).backward()
@@ -177,12 +213,19 @@ class Trainer:
                     p.clamp_(-cfg.clip, cfg.clip)
         return losses, penalty.detach()
 
-    def _g_step(self, fake: Tensor, real_logits: Tensor) -> GANLosses:
+    def _g_step(self, fake: Tensor, y_fake: Tensor | None, real: Tensor,
+                y_real: Tensor | None) -> GANLosses:
         self.opt_g.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                losses = self.loss_fn(real_logits, self.D_fwd(fake), self.cfg.loss)
+                if self.cfg.loss == "rpgan":  # paired with the updated D's real logits
+                    with torch.no_grad():
+                        real_logits = _call(self.D_fwd, real, y_real)
+                else:  # the other kinds' g_loss reads only the fakes
+                    real_logits = torch.zeros(1, device=self.device)
+                fake_logits = _call(self.D_fwd, fake, y_fake)
+                losses = self.loss_fn(real_logits, fake_logits, self.cfg.loss)
             self.scaler_g.scale(losses.g_loss).backward()
         finally:
             self.D.requires_grad_(True)
@@ -203,15 +246,22 @@ class Trainer:
 
     def train_step(self) -> None:
         """One G step after n_critic D steps."""
+        with self._ops():
+            self._train_step()
+
+    def _train_step(self) -> None:
         cfg = self.cfg
         for i in range(cfg.n_critic):
-            real = to_float(self.batches.next(), self.device)
-            z = self._z()
+            if self.num_classes:
+                real, y_real = self.batches.next_labelled()
+            else:
+                real, y_real = self.batches.next(), None
+            real = to_float(real, self.device)
+            z, y_fake = self._z(), self._fake_labels()
             with torch.set_grad_enabled(i == cfg.n_critic - 1), self._autocast():
-                fake = self.G_fwd(z)
-            d_losses, penalty = self._d_step(real, fake.detach())
-        real_logits = torch.zeros(1, device=self.device)  # g_loss reads only the fakes
-        g_losses = self._g_step(fake, real_logits)
+                fake = _call(self.G_fwd, z, y_fake)
+            d_losses, penalty = self._d_step(real, fake.detach(), y_real, y_fake)
+        g_losses = self._g_step(fake, y_fake, real, y_real)
         self.step += 1
         self._update_ema()
         self._acc += torch.stack([d_losses.d_loss.detach().double(),
@@ -235,6 +285,12 @@ class Trainer:
         G = self.G_ema if self.G_ema is not None else self.G
         return sampling_generator(G, self.cfg.nz, self.device, self.cfg.seed)
 
+    @torch.no_grad()
+    def grid_samples(self) -> Tensor:
+        """The grid's images: the sampled G on the fixed noise (and, conditional, a row of
+        8 per class)."""
+        return _call(self.sampler(), self.fixed_noise, self.fixed_labels)
+
     # state ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -242,6 +298,7 @@ class Trainer:
             "step": self.step,
             "config": self.cfg.to_json(),
             "nc": self.nc,
+            "num_classes": self.num_classes,
             "G": self.G.state_dict(), "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
@@ -303,17 +360,22 @@ class Run:
     rank 0 alone writes (and prints)."""
 
     def __init__(self, cfg: TrainConfig, images: Tensor, resume: bool = False,
-                 quiet: bool = False, dist: Dist | None = None) -> None:
+                 quiet: bool = False, dist: Dist | None = None,
+                 labels: Tensor | None = None) -> None:
         dist = dist or Dist()
         self.main = dist.is_main
         self.cfg, self.dir, self.quiet = cfg, cfg.out, quiet or not self.main
-        self.trainer = Trainer(cfg, images, dist)
+        self.trainer = Trainer(cfg, images, dist, labels)
         ckpt = os.path.join(self.dir, "checkpoints", "last.pt")
         if resume:
             state = load_checkpoint(ckpt, "--resume")
             if state.get("nc") != images.shape[1]:
                 raise UserError(f"--resume {self.dir}: the checkpoint's images have "
                                 f"{state.get('nc')} channels, the data has {images.shape[1]}")
+            if state.get("num_classes", 0) != self.trainer.num_classes:
+                raise UserError(f"--resume {self.dir}: the run was trained on "
+                                f"{state.get('num_classes', 0)} classes, the data has "
+                                f"{self.trainer.num_classes}")
             try:
                 self.trainer.load_state_dict(state)
             except (RuntimeError, KeyError, ValueError, TypeError) as e:
@@ -354,8 +416,7 @@ class Run:
     def sample(self) -> str:
         t = self.trainer
         path = self.path("samples", f"step_{t.step:06d}.png")
-        with torch.no_grad():
-            save_grid(t.sampler()(t.fixed_noise), path)
+        save_grid(t.grid_samples(), path, nrow=8)
         return path
 
     def evaluate(self) -> dict[str, float]:
