@@ -24,7 +24,7 @@ Models already in channels_last stay in it end to end.
 
 With `sync_bn=True` every 2-D BatchNorm first becomes a fastgan.nn.SyncBatchNormAct2d
 (statistics merged across torch.distributed ranks), in place, and runs ending in one are
-fused as well.
+fused as well; a ConditionalBatchNormAct2d merges its statistics the same way.
 
 Not converted (reported): runs where a module has forward/backward hooks (the old
 hook-based spectral_norm, say; torch.nn.utils.parametrizations are fine), subclasses of
@@ -56,6 +56,7 @@ from torch import nn
 
 from fastgan.nn import recompute, traced
 from fastgan.nn.bn_act import BatchNormAct2d
+from fastgan.nn.cbn_act import ConditionalBatchNormAct2d
 from fastgan.nn.sync_bn_act import SyncBatchNormAct2d, synchronize_
 from fastgan.nn.sequential import FusedSequential, find_runs
 
@@ -95,6 +96,9 @@ def _synchronize(module: nn.Module, rep: ConversionReport) -> None:
         where = name or "<root>"
         if type(m) is SyncBatchNormAct2d:
             rep.synchronized.append(f"{where} (already SyncBatchNormAct2d)")
+        elif isinstance(m, ConditionalBatchNormAct2d):
+            m.synchronized = True
+            rep.synchronized.append(f"{where} ConditionalBatchNormAct2d (statistics synchronized)")
         elif type(m) in _SYNCABLE:
             kind = type(m).__name__
             synchronize_(m)

@@ -555,3 +555,23 @@ def test_killed_rank_ends_the_job(tmp_path, npz_data):
         p.kill()
     assert p.returncode != 0
     assert "exitcode  : -9" in err or "Signal 9" in err, err[-3000:]
+
+
+def test_torchrun_conditional_matches_one(tmp_path):
+    """A class-conditional ResNet (conditional BatchNorm statistics merged across the two
+    processes, labels sharded with their images, fake classes drawn as the noise is)
+    trains as one process does."""
+    import numpy as np
+    g = np.random.default_rng(0)
+    path = tmp_path / "labelled.npz"
+    np.savez(path, images=g.integers(0, 256, (64, 16, 16), dtype=np.uint8),
+             labels=np.arange(64) % 3)
+    flags = ["--arch", "resnet", "--conditional", *TRAIN_FLAGS]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    from fastgan.cli import main
+    assert main(["train", "--data", str(path), "--out", one, "--steps", "3", *flags]) == 0
+    cmd = torchrun("--data", str(path), "--out", two, "--steps", "3", *flags,
+                   extra=("--master_port", str(_free_port())))
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    _assert_same_losses(_metrics(two), _metrics(one))

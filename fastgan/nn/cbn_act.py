@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from fastgan.ops import bn_act as _bn_act
 from fastgan.ops import cbn_act as _cbn_act
+from fastgan.ops import sync_bn_act as _sync
 
 
 class ConditionalBatchNormAct2d(nn.modules.batchnorm._BatchNorm):
@@ -23,6 +24,11 @@ class ConditionalBatchNormAct2d(nn.modules.batchnorm._BatchNorm):
     an index out of range trips the lookup's device-side assert, as nn.Embedding's does).
     `negative_slope=0` gives ReLU. A _BatchNorm subclass, so code that finds BatchNorm
     modules (standing statistics, weight init by class name) finds it.
+
+    `fastgan.convert(model, sync_bn=True)` sets `synchronized` (and `process_group`, None
+    for the default group): in training under torch.distributed the statistics are then
+    those of the whole group (fastgan.ops.sync_bn_act, one all-reduce each way), and the
+    per-sample affine and activation follow as plain differentiable ops.
     """
 
     def __init__(self, num_features: int, num_classes: int, eps: float = 1e-5,
@@ -41,6 +47,13 @@ class ConditionalBatchNormAct2d(nn.modules.batchnorm._BatchNorm):
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(num_classes, num_features, **factory))
         self.bias = nn.Parameter(torch.zeros(num_classes, num_features, **factory))
+        self.synchronized = False
+        self.process_group = None
+
+    def synchronizes(self) -> bool:
+        """Whether a forward now merges statistics across ranks (synchronized, training,
+        in a group of two or more)."""
+        return self.synchronized and self.training and _sync.group_size(self.process_group) > 1
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -87,6 +100,12 @@ class ConditionalBatchNormAct2d(nn.modules.batchnorm._BatchNorm):
             labels = labels.long()
         scale = F.embedding(labels, self.weight)
         shift = F.embedding(labels, self.bias)
+        if self.synchronizes():
+            x_hat = _sync.sync_batch_norm_act(input, rm, rv, None, None, factor, self.eps, 1.0,
+                                              self.process_group)[0]
+            y = x_hat * scale[:, :, None, None].to(x_hat.dtype) + shift[:, :, None, None].to(
+                x_hat.dtype)
+            return F.leaky_relu(y, self.negative_slope)
         return _cbn_act.conditional_batch_norm_act(input, scale, shift, rm, rv, bn_training,
                                                    factor, self.eps, self.negative_slope)
 

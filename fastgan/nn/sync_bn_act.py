@@ -79,15 +79,19 @@ def synchronize_(bn: nn.modules.batchnorm._BatchNorm, negative_slope: float = 1.
 
 def desynchronize_(module: nn.Module) -> nn.Module:
     """Every SyncBatchNormAct2d in `module` becomes a BatchNormAct2d in place (same
-    parameters, buffers, slope and state_dict): for a copy that one process runs on its
+    parameters, buffers, slope and state_dict), and every ConditionalBatchNormAct2d stops
+    synchronizing: for a copy that one process runs on its
     own, in training mode too (a sampling generator's standing statistics), where a
     collective would wait for processes that never join it."""
     from fastgan.nn.bn_act import BatchNormAct2d
+    from fastgan.nn.cbn_act import ConditionalBatchNormAct2d
 
     for m in module.modules():
         if type(m) is SyncBatchNormAct2d:
             m.__class__ = BatchNormAct2d
             del m.process_group
+        elif isinstance(m, ConditionalBatchNormAct2d):
+            m.synchronized = False
     return module
 
 
