@@ -41,6 +41,20 @@ def paired_timings(cases: dict[str, Callable[[], object]], rounds: int = 30, war
     return samples
 
 
+def first_calls(impls: dict[str, Callable[[], object]]) -> tuple[dict, dict[str, str]]:
+    """Runs each implementation once (compiling where it compiles); one that raises is
+    reported, not timed, and the others go on: (those that ran, name -> why one failed)."""
+    ok, failed = {}, {}
+    for name, fn in impls.items():
+        try:
+            fn()
+            ok[name] = fn
+        except Exception as e:  # e.g. an inductor error in torch.compile's column
+            msg = (str(e).strip().splitlines() or [""])[-1][:160]
+            failed[name] = f"{type(e).__name__}: {msg}"
+    return ok, failed
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -113,6 +127,10 @@ class Config:
     backends: list[str]
     quick: bool
     rounds: int
+    # the architectures whose `fastgan train` step bench_archs times (fastgan bench
+    # --archs), and whether each also gets its class-conditional row
+    archs: tuple[str, ...] = ("dcgan", "resnet", "r3gan")
+    conditional_archs: bool = False
 
     def input(self, *shape: int, scale: float = 1.0, requires_grad: bool = False) -> torch.Tensor:
         x = torch.randn(*shape, device=self.device) * scale
@@ -130,5 +148,8 @@ class Row:
     name: str
     kind: str  # "op", "block", "train step", "sampling"
     impls: dict[str, Callable[[], object]]
-    saved: dict[str, Callable[[], int]] = dataclasses.field(default_factory=dict)  # -> bytes
+    # impl -> bytes saved for backward, or a dict of parts (e.g. {"G": ..., "D": ...}),
+    # reported as their sum with the parts beside it
+    saved: dict[str, Callable[[], int | dict[str, int]]] = dataclasses.field(default_factory=dict)
     note: str = ""
+    rounds: int | None = None  # at most this many timed rounds (a row whose call takes seconds)

@@ -18,22 +18,22 @@ import os
 import platform
 import sys
 import time
-from typing import Callable
 
 import torch
 
 import fastgan
 
-from fastgan.bench import (bench_blocks, bench_bn_act, bench_cbn_act, bench_gan_loss,
-                           bench_stylegan)
-from fastgan.bench.common import (Config, Row, median, paired_ratio, paired_timings, spread,
-                                  tune_malloc)
+from fastgan.bench import (bench_archs, bench_blocks, bench_bn_act, bench_cbn_act,
+                           bench_gan_loss, bench_stylegan)
+from fastgan.runs.config import ARCHS
+from fastgan.bench.common import (Config, Row, first_calls, median, paired_ratio,
+                                  paired_timings, spread, tune_malloc)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 PROVIDERS = (bench_bn_act.rows, bench_cbn_act.rows, bench_gan_loss.rows, bench_blocks.rows,
-             bench_stylegan.rows)
+             bench_stylegan.rows, bench_archs.rows)
 
 
 def _default_device() -> str:
@@ -63,10 +63,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per row")
     p.add_argument("--out", default="bench_out", help="folder for results.json and chart.png")
     p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--archs", nargs="*", choices=ARCHS, default=list(ARCHS),
+                   help="architectures whose fastgan train step gets a row and a time to "
+                        "first step (default: all; none: --archs with no name)")
+    p.add_argument("--conditional-archs", action="store_true",
+                   help="also a class-conditional row for each of --archs")
     p.add_argument("--no-first-step", action="store_true",
-                   help="skip the time-to-first-training-step row (fresh processes; "
-                        "torch.compile's cold compile takes ~40 s of it on a 2-core CPU; "
-                        "--quick skips it too)")
+                   help="skip the time-to-first-training-step section (fresh processes; "
+                        "torch.compile's cold compile takes ~20-60 s per architecture on a "
+                        "2-core CPU; --quick skips it too)")
     p.add_argument("--malloc", choices=["default", "tuned"], default="default",
                    help="'tuned' keeps freed large blocks in glibc's heap (no page faults "
                         "on every fresh activation); applies to all implementations")
@@ -88,27 +93,16 @@ def make_config(args: argparse.Namespace) -> Config:
     batch = min(args.batch, 16) if args.quick else args.batch
     rounds = args.rounds or (5 if args.quick else 25)
     return Config(batch=batch, dtype=DTYPES[args.dtype], channels_last=args.channels_last,
-                  device=device, backends=backends, quick=args.quick, rounds=rounds)
-
-
-def _first_calls(impls: dict[str, Callable[[], object]]) -> tuple[dict, dict[str, str]]:
-    """Runs each implementation once (compiling where it compiles); one that raises is
-    reported, not timed, and the others go on."""
-    ok, failed = {}, {}
-    for name, fn in impls.items():
-        try:
-            fn()
-            ok[name] = fn
-        except Exception as e:  # e.g. an inductor error in torch.compile's column
-            msg = (str(e).strip().splitlines() or [""])[-1][:160]
-            failed[name] = f"{type(e).__name__}: {msg}"
-    return ok, failed
+                  device=device, backends=backends, quick=args.quick, rounds=rounds,
+                  archs=tuple(args.archs), conditional_archs=args.conditional_archs)
 
 
 def run_row(row: Row, cfg: Config) -> dict:
-    impls, failed = _first_calls(row.impls)
-    samples = paired_timings(impls, rounds=cfg.rounds, warmup=1, device=cfg.device)
-    res = {"name": row.name, "kind": row.kind, "note": row.note, "impls": {}, "failed": failed}
+    impls, failed = first_calls(row.impls)
+    rounds = min(cfg.rounds, row.rounds) if row.rounds else cfg.rounds
+    samples = paired_timings(impls, rounds=rounds, warmup=1, device=cfg.device)
+    res = {"name": row.name, "kind": row.kind, "note": row.note, "rounds": rounds, "impls": {},
+           "failed": failed}
     for impl, xs in samples.items():
         q1, q3 = spread(xs) if len(xs) >= 2 else (xs[0], xs[0])
         entry = {"median_ms": median(xs) * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3}
@@ -119,7 +113,11 @@ def run_row(row: Row, cfg: Config) -> dict:
         res["impls"][impl] = entry
     for impl, fn in row.saved.items():
         if impl in impls:
-            res["impls"].setdefault(impl, {})["saved_mb"] = fn() / 2**20
+            saved, entry = fn(), res["impls"].setdefault(impl, {})
+            if isinstance(saved, dict):  # parts (G, D, ...): their sum, and each
+                entry["saved_parts_mb"] = {k: v / 2**20 for k, v in saved.items()}
+                saved = sum(saved.values())
+            entry["saved_mb"] = saved / 2**20
     if cfg.device == "cuda":  # peak device memory of one call, each implementation alone
         for impl, fn in impls.items():
             torch.cuda.synchronize()
@@ -161,6 +159,8 @@ def format_results(results: list[dict], cfg: Config) -> str:
             line += f"{(f'{pe:.1f}/{pf:.1f}' if pe is not None and pf is not None else '-'):>20}"
         lines.append(line)
     for r in results:
+        if r["note"] and r["kind"] == "train step":  # what each column of a step covers
+            lines.append(f"  {r['name']}: {r['note']}")
         for impl, why in r["failed"].items():
             lines.append(f"  note: {impl} failed on '{r['name']}': {why}")
     return "\n".join(lines)
@@ -221,21 +221,28 @@ def machine_info(cfg: Config) -> dict:
     return info
 
 
-def first_steps(cfg: Config) -> dict[str, float]:
-    """`fastgan train`'s time to first step (trainer construction + step 1, default run at
-    this batch) with --impl eager, compile and fastgan, each in a fresh process with empty
-    compile caches (fastgan.bench.bench_train.cold_start)."""
-    from fastgan.bench.bench_train import IMPL_ORDER, cold_start
+def first_steps(cfg: Config, archs: tuple[str, ...] = ("dcgan",)) -> dict[str, dict[str, float]]:
+    """`fastgan train --arch ARCH`'s time to first step (trainer construction + step 1 of
+    the run at 32x32, its preset, this batch) with --impl eager, compile and fastgan, each
+    in a fresh process with empty compile caches (fastgan.bench.bench_train.cold_start);
+    arch -> impl -> seconds. dcgan is the default run."""
+    from fastgan.bench.bench_train import IMPL_ORDER, cold_start, train_config
 
-    print(f"\ntime to first training step (fastgan train's default run, batch {cfg.batch}, "
+    print(f"\ntime to first training step (fastgan train --arch ..., 32x32, batch {cfg.batch}, "
           "fresh process, empty compile caches):", flush=True)
-    out = {}
-    for impl in IMPL_ORDER:
-        try:
-            out[impl] = cold_start(impl, 1, cfg.batch, 32, cfg.device)["first_step_s"]
-            print(f"  --impl {impl:<8} {out[impl]:7.2f} s", flush=True)
-        except RuntimeError as e:
-            print(f"  --impl {impl:<8} failed: {str(e).splitlines()[-1][:160]}", flush=True)
+    out: dict[str, dict[str, float]] = {}
+    for arch in archs:
+        loss = train_config("fastgan", cfg.batch, 32, cfg.device, arch).loss
+        out[arch] = {}
+        for impl in IMPL_ORDER:
+            try:
+                r = cold_start(impl, 1, cfg.batch, 32, cfg.device, arch=arch)
+                out[arch][impl] = r["first_step_s"]
+                print(f"  --arch {arch:<7} ({loss:<6}) --impl {impl:<8} {r['first_step_s']:7.2f} s",
+                      flush=True)
+            except RuntimeError as e:
+                print(f"  --arch {arch:<7} --impl {impl:<8} failed: "
+                      f"{str(e).splitlines()[-1][:160]}", flush=True)
     return out
 
 
@@ -246,9 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("fastgan bench: --malloc tuned needs glibc (mallopt)")
     torch.manual_seed(0)
     dt = [k for k, v in DTYPES.items() if v == cfg.dtype][0]
+    capped = (f" (whole train steps at most {bench_archs.MAX_ROUNDS})"
+              if cfg.device == "cpu" and cfg.rounds > bench_archs.MAX_ROUNDS else "")
     print(f"fastgan bench: device {cfg.device}, batch {cfg.batch}, {dt}, "
           f"{'channels_last' if cfg.channels_last else 'contiguous'}, backends "
-          f"{', '.join(cfg.fastgan_impls()) or 'none'}, {cfg.rounds} rounds per row, "
+          f"{', '.join(cfg.fastgan_impls()) or 'none'}, {cfg.rounds} rounds per row{capped}, "
           f"malloc {args.malloc}")
     rows = [r for provider in PROVIDERS for r in provider(cfg)]
     results = []
@@ -264,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
           "per-round ratios, > 1 means fastgan is faster; saved MB = bytes autograd keeps "
           "for backward, weights excluded; on CUDA, peak MB = torch.cuda.max_memory_allocated "
           "above the baseline during one call)")
-    first = None if args.no_first_step or cfg.quick else first_steps(cfg)
+    # the default run (dcgan) first, whether or not --archs names it: the recorded row
+    first_archs = ("dcgan",) + tuple(a for a in cfg.archs if a != "dcgan")
+    first = None if args.no_first_step or cfg.quick else first_steps(cfg, first_archs)
     os.makedirs(args.out, exist_ok=True)
-    out = {"first_step": first, "config": {"batch": cfg.batch, "dtype": dt, "channels_last": cfg.channels_last,
+    out = {"first_step": first and first["dcgan"], "first_step_archs": first,
+           "config": {"batch": cfg.batch, "dtype": dt, "channels_last": cfg.channels_last,
                       "device": cfg.device, "backends": cfg.backends, "rounds": cfg.rounds,
-                      "quick": cfg.quick, "malloc": args.malloc},
+                      "quick": cfg.quick, "malloc": args.malloc, "archs": list(cfg.archs),
+                      "conditional_archs": cfg.conditional_archs},
            "machine": machine_info(cfg), "rows": results}
     jpath = os.path.join(args.out, "results.json")
     with open(jpath, "w") as f:

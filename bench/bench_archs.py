@@ -1,0 +1,111 @@
+"""`fastgan bench` rows: one `fastgan train` step of every architecture, per impl.
+
+For each architecture (dcgan, resnet, r3gan; `fastgan bench --archs`), optionally also
+class-conditional (`--conditional-archs`), one row times `Trainer.train_step` of the run
+`fastgan train --arch ARCH --impl IMPL` makes at 32x32 on the built-in Fashion-MNIST, with
+the architecture's preset (fastgan.runs.config.ARCH_PRESETS: resnet hinge + spectral norm,
+r3gan rpgan + R1 + R2), Adam and EMA:
+
+  eager          --impl eager: the plain models, the loss as plain torch expressions, and
+                 the ops fastgan's models call themselves (bias_act, upfirdn2d, conditional
+                 BatchNorm) on their plain-PyTorch reference
+  torch.compile  --impl compile: the same, under torch.compile (G, D, the loss). With R1
+                 or R2 the penalised D step runs D uncompiled (aot_autograd has no double
+                 backward); G's forward and backward, D in the G step and the loss are
+                 compiled, which is all torch.compile can take of that step
+  fastgan[b]     --impl fastgan on backend b (converted models, fused loss)
+
+Each call is one whole step (n_critic D updates, the G update, EMA). The rows' saved
+column is what autograd keeps for backward in one training-mode forward of G (a noise
+batch) plus one of D (a real batch), weights excluded (bench_train.forward_saved_bytes;
+results.json has the G / D split). Batch 32 and --ngf = --ndf = 64 (fastgan train's
+default widths); --quick: 16x16, batch 4, width 8. A step takes seconds on a CPU, so these rows
+run at most MAX_ROUNDS rounds there.
+
+The same steps with img/s, cold starts and more rounds: python -m fastgan.bench.bench_train
+--arch ARCH [--conditional].
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import fastgan
+from fastgan.bench.bench_train import (describe, forward_saved_bytes, load_data, loss_note,
+                                       make_trainer, train_config)
+from fastgan.bench.common import Config, Row
+
+IMAGE_SIZE, BATCH, WIDTH = 32, 32, 64
+# --quick (tests/test_bench.py): tiny, and at 16x16 one block fewer per network, which
+# shortens torch.compile's cold compile (most of a quick row's time)
+QUICK_IMAGE_SIZE, QUICK_BATCH, QUICK_WIDTH = 16, 4, 8
+MAX_ROUNDS = 10  # on the CPU, where one step of resnet / r3gan takes ~0.5-2 s
+
+
+def _column_impls(cfg: Config) -> dict[str, tuple[str, str | None]]:
+    """Row column -> (fastgan train --impl, fastgan backend to run it on or None)."""
+    cols: dict[str, tuple[str, str | None]] = {"eager": ("eager", None),
+                                               "torch.compile": ("compile", None)}
+    cols.update({f"fastgan[{b}]": ("fastgan", b) for b in cfg.fastgan_impls()})
+    return cols
+
+
+def _note(tcfg) -> str:
+    parts = []
+    if tcfg.r1 or tcfg.r2 or tcfg.gp:
+        parts.append("compile: G, the loss and D in the G step compiled; the penalised D step "
+                     "runs D eagerly (no double backward in aot_autograd)")
+    else:
+        parts.append("compile: G, D and the loss compiled")
+    parts.append("saved MB: G forward + D forward")
+    note = loss_note(tcfg)
+    return "; ".join(parts + ([note] if note else []))
+
+
+def arch_row(cfg: Config, arch: str, conditional: bool = False) -> Row:
+    """The row of one `fastgan train` step of `arch` (see the module docstring)."""
+    size, batch, width = ((QUICK_IMAGE_SIZE, QUICK_BATCH, QUICK_WIDTH) if cfg.quick
+                          else (IMAGE_SIZE, BATCH, WIDTH))
+    cols = _column_impls(cfg)
+    tcfgs = {col: train_config(impl, batch, size, cfg.device, arch, conditional,
+                               width=width) for col, (impl, _) in cols.items()}
+    data = load_data(next(iter(tcfgs.values())))
+    impls: dict[str, Callable[[], object]] = {}
+    saved: dict[str, Callable[[], dict[str, int]]] = {}
+    for col, (_, backend) in cols.items():
+        trainer = make_trainer(tcfgs[col], data)
+
+        def step(trainer=trainer, backend=backend):
+            if backend is None:  # eager / compile: the trainer picks the reference ops
+                trainer.train_step()
+            else:
+                with fastgan.use_backend(backend):
+                    trainer.train_step()
+
+        def count(trainer=trainer, backend=backend):
+            if backend is None:
+                return forward_saved_bytes(trainer)
+            with fastgan.use_backend(backend):
+                return forward_saved_bytes(trainer)
+
+        impls[col] = step
+        if col != "torch.compile":  # the same modules as eager's; hooks miss compiled graphs
+            saved[col] = count
+    tcfg = next(iter(tcfgs.values()))
+    # short enough for the table's 44 characters; the note has the rest
+    name = (f"{arch}{' cond' if conditional else ''} train step ({tcfg.loss}) "
+            f"{size}x{size} b{batch}")
+    return Row(name, "train step", impls, saved=saved,
+               note=f"{describe(tcfg)}, width {width}; {_note(tcfg)}",
+               rounds=MAX_ROUNDS if cfg.device == "cpu" else None)
+
+
+def rows(cfg: Config) -> list[Row]:
+    """A row per architecture in cfg.archs (`fastgan bench --archs`), each followed by its
+    class-conditional row with cfg.conditional_archs."""
+    out = []
+    for arch in cfg.archs:
+        out.append(arch_row(cfg, arch))
+        if cfg.conditional_archs:
+            out.append(arch_row(cfg, arch, conditional=True))
+    return out
