@@ -22,6 +22,9 @@ results.json has the G / D split). Batch 32 and --ngf = --ndf = 64 (fastgan trai
 default widths); --quick: 16x16, batch 4, width 8. A step takes seconds on a CPU, so these rows
 run at most MAX_ROUNDS rounds there.
 
+These rows alone, with fastgan bench's flags and outputs (table, results.json, chart, and
+the time to first step of dcgan and of each of --archs):
+    python -m fastgan.bench.bench_archs [--archs resnet r3gan] [--conditional-archs]
 The same steps with img/s, cold starts and more rounds: python -m fastgan.bench.bench_train
 --arch ARCH [--conditional].
 """
@@ -109,3 +112,13 @@ def rows(cfg: Config) -> list[Row]:
         if cfg.conditional_archs:
             out.append(arch_row(cfg, arch, conditional=True))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastgan.bench import suite  # (suite imports this module for its PROVIDERS)
+
+    return suite.main(argv, providers=(rows,))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -246,7 +246,8 @@ def first_steps(cfg: Config, archs: tuple[str, ...] = ("dcgan",)) -> dict[str, d
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, providers=PROVIDERS) -> int:
+    """`fastgan bench` (every provider's rows; a bench module may pass its own)."""
     args = parse_args(argv)
     cfg = make_config(args)
     if args.malloc == "tuned" and not tune_malloc():
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'channels_last' if cfg.channels_last else 'contiguous'}, backends "
           f"{', '.join(cfg.fastgan_impls()) or 'none'}, {cfg.rounds} rounds per row{capped}, "
           f"malloc {args.malloc}")
-    rows = [r for provider in PROVIDERS for r in provider(cfg)]
+    rows = [r for provider in providers for r in provider(cfg)]
     results = []
     t_start = time.perf_counter()
     for i, row in enumerate(rows, 1):

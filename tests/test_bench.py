@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_fastgan_bench_quick(tmp_path):
     out = tmp_path / "out"
@@ -25,6 +27,19 @@ def test_fastgan_bench_quick(tmp_path):
         for impl in row["impls"].values():
             assert impl.get("median_ms", 1.0) > 0
     assert os.path.getsize(out / "chart.png") > 1000
+    # bench_archs: a fastgan train step of every architecture (tiny in --quick), each with
+    # the saved-for-backward bytes of G's and D's forward for eager and fastgan
+    steps = {row["name"].split()[0]: row for row in data["rows"]
+             if row["kind"] == "train step" and " train step (" in row["name"]}
+    assert set(steps) == {"dcgan", "resnet", "r3gan"}, [r["name"] for r in data["rows"]]
+    assert data["config"]["archs"] == ["dcgan", "resnet", "r3gan"]
+    for row in steps.values():
+        assert row["rounds"] == 2
+        for impl in ("eager", "fastgan[cpu]"):
+            parts = row["impls"][impl]["saved_parts_mb"]
+            assert set(parts) == {"G", "D"} and all(v > 0 for v in parts.values())
+            assert row["impls"][impl]["saved_mb"] == pytest.approx(sum(parts.values()))
+    assert "penalised D step runs D eagerly" in steps["r3gan"]["note"]
 
 
 def test_fastgan_bench_rejects_unusable_backend():
@@ -41,5 +56,32 @@ def test_train_cold_start_worker():
 
     for impl in ("eager", "fastgan"):
         r = cold_start(impl, steps=2, batch_size=8, image_size=16, device="cpu")
-        assert r["impl"] == impl and r["steps"] == 2
+        assert r["impl"] == impl and r["steps"] == 2 and r["arch"] == "dcgan"
         assert r["first_step_s"] > 0 and r["img_per_s_with_warmup"] > 0
+    # another architecture, conditional, with its preset (tiny widths)
+    r = cold_start("fastgan", steps=1, batch_size=4, image_size=16, device="cpu", arch="r3gan",
+                   conditional=True, width=8)
+    assert r["arch"] == "r3gan" and r["conditional"] and r["first_step_s"] > 0
+
+
+def test_train_config_applies_arch_presets():
+    """bench_train's runs are what `fastgan train --arch` makes: the default run unchanged,
+    the architectures' presets applied, a preset loss this build lacks replaced (and said)."""
+    from fastgan.bench.bench_train import (FALLBACK_LOSS, _loss_kinds, describe, loss_note,
+                                           train_config)
+    from fastgan.runs.config import ARCH_PRESETS, TrainConfig
+
+    cfg = train_config("eager", 64, 32, "cpu")
+    assert cfg == TrainConfig(impl="eager", batch_size=64, image_size=32, device="cpu", out="")
+    assert loss_note(cfg) == "" and describe(cfg) == "dcgan, ns loss"
+    res = train_config("fastgan", 8, 16, "cpu", "resnet", conditional=True, width=8)
+    assert (res.loss, res.spectral_norm, res.betas) == ("hinge", True, (0.0, 0.9))
+    assert res.conditional and res.ngf == res.ndf == 8 and res.batch_size == 8
+    r3 = train_config("compile", 8, 32, "cpu", "r3gan")
+    assert (r3.r1, r3.r2, r3.betas) == (0.05, 0.05, (0.0, 0.99))
+    preset = ARCH_PRESETS["r3gan"]["loss"]
+    if preset in _loss_kinds():
+        assert r3.loss == preset and loss_note(r3) == ""
+    else:
+        assert r3.loss == FALLBACK_LOSS and preset in loss_note(r3)
+    assert train_config("eager", 8, 32, "cpu", "r3gan", loss="hinge").loss == "hinge"
