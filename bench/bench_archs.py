@@ -10,9 +10,11 @@ r3gan rpgan + R1 + R2), Adam and EMA:
                  the ops fastgan's models call themselves (bias_act, upfirdn2d, conditional
                  BatchNorm) on their plain-PyTorch reference
   torch.compile  --impl compile: the same, under torch.compile (G, D, the loss). With R1
-                 or R2 the penalised D step runs D uncompiled (aot_autograd has no double
-                 backward); G's forward and backward, D in the G step and the loss are
-                 compiled, which is all torch.compile can take of that step
+                 or R2 (aot_autograd has no double backward) or spectral norm (two
+                 compiled SN calls before one backward fail in torch 2.14) the D step runs
+                 D uncompiled; G's forward and backward, D in the G step and the loss are
+                 compiled, which is what the trainer can run compiled of that step
+                 (bench_train.compiled_parts, in each row's note)
   fastgan[b]     --impl fastgan on backend b (converted models, fused loss)
 
 Each call is one whole step (n_critic D updates, the G update, EMA). The rows' saved
@@ -34,8 +36,8 @@ from __future__ import annotations
 from typing import Callable
 
 import fastgan
-from fastgan.bench.bench_train import (describe, forward_saved_bytes, load_data, loss_note,
-                                       make_trainer, train_config)
+from fastgan.bench.bench_train import (compiled_parts, describe, forward_saved_bytes,
+                                       load_data, make_trainer, train_config)
 from fastgan.bench.common import Config, Row
 
 IMAGE_SIZE, BATCH, WIDTH = 32, 32, 64
@@ -51,18 +53,6 @@ def _column_impls(cfg: Config) -> dict[str, tuple[str, str | None]]:
                                                "torch.compile": ("compile", None)}
     cols.update({f"fastgan[{b}]": ("fastgan", b) for b in cfg.fastgan_impls()})
     return cols
-
-
-def _note(tcfg) -> str:
-    parts = []
-    if tcfg.r1 or tcfg.r2 or tcfg.gp:
-        parts.append("compile: G, the loss and D in the G step compiled; the penalised D step "
-                     "runs D eagerly (no double backward in aot_autograd)")
-    else:
-        parts.append("compile: G, D and the loss compiled")
-    parts.append("saved MB: G forward + D forward")
-    note = loss_note(tcfg)
-    return "; ".join(parts + ([note] if note else []))
 
 
 def arch_row(cfg: Config, arch: str, conditional: bool = False) -> Row:
@@ -99,7 +89,8 @@ def arch_row(cfg: Config, arch: str, conditional: bool = False) -> Row:
     name = (f"{arch}{' cond' if conditional else ''} train step ({tcfg.loss}) "
             f"{size}x{size} b{batch}")
     return Row(name, "train step", impls, saved=saved,
-               note=f"{describe(tcfg)}, width {width}; {_note(tcfg)}",
+               note=f"{describe(tcfg)}, width {width}; {compiled_parts(tcfg)}; "
+                    "saved MB: G forward + D forward",
                rounds=MAX_ROUNDS if cfg.device == "cpu" else None)
 
 

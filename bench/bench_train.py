@@ -18,10 +18,11 @@ as `fastgan train --arch ...` would run them:
     python -m fastgan.bench.bench_train --skip-cold --rounds 10
     python -m fastgan.bench.bench_train --arch r3gan --conditional --batch-size 32
 
-With R1/R2 (r3gan's preset) --impl compile compiles G, the loss and D's forward in the G
-step; the penalised D step runs D eagerly (aot_autograd has no double backward; see
-fastgan.train.loop.Trainer._d_step), so its compile column is "as compiled as torch.compile
-gets", not a failure.
+With R1/R2 (r3gan's preset) or spectral norm (resnet's) --impl compile compiles G, the
+loss and D's forward in the G step, and the D step runs D uncompiled (aot_autograd has no
+double backward; two compiled spectral-norm calls before one backward fail in torch 2.14;
+see fastgan.train.loop.Trainer._d_step): its compile column is "as compiled as the trainer
+gets torch.compile to run", not a failure (compiled_parts says it in the banner).
 """
 
 from __future__ import annotations
@@ -42,17 +43,6 @@ from fastgan.runs.config import ARCHS, IMPLS, TrainConfig, new_config
 
 # `fastgan train --impl`'s choices, the baselines first: the order of the rows
 IMPL_ORDER = tuple(sorted(IMPLS, key=lambda impl: impl == "fastgan"))
-# the loss a preset's kind falls back to where this build's GAN loss lacks it (see
-# train_config)
-FALLBACK_LOSS = "ns"
-
-
-def _loss_kinds() -> tuple[str, ...]:
-    """The loss kinds this build's GAN loss computes (TrainConfig may list more: a kind
-    is named in the config before its op lands)."""
-    from fastgan.ops.gan_loss_reference import KINDS
-
-    return KINDS
 
 
 def train_config(impl: str, batch_size: int, image_size: int, device: str,
@@ -60,27 +50,27 @@ def train_config(impl: str, batch_size: int, image_size: int, device: str,
                  width: int | None = None) -> TrainConfig:
     """The config `fastgan train --arch ARCH [--conditional] --impl IMPL` would make:
     TrainConfig's defaults, the architecture's preset, then these settings (`width`:
-    --ngf and --ndf; `loss` overrides the preset's loss). A preset loss kind this build's
-    GAN loss does not compute yet is replaced by FALLBACK_LOSS (the caller says so:
-    `loss_note`), so the step still runs; given explicitly, an unknown kind is an error."""
+    --ngf and --ndf; `loss` overrides the preset's loss)."""
     given = {"arch": arch, "conditional": conditional, "impl": impl, "batch_size": batch_size,
              "image_size": image_size, "device": device, "out": ""}
     if width is not None:
         given["ngf"] = given["ndf"] = width
     if loss is not None:
         given["loss"] = loss
-    cfg = new_config(given)
-    if loss is None and cfg.loss not in _loss_kinds():
-        cfg.loss = FALLBACK_LOSS
-    return cfg.check()
+    return new_config(given).check()
 
 
-def loss_note(cfg: TrainConfig) -> str:
-    """"" when cfg trains on its architecture's preset loss, else what replaced it."""
-    preset = new_config({"arch": cfg.arch}).loss
-    if cfg.loss == preset or preset in _loss_kinds():
-        return ""
-    return f"loss {cfg.loss} in place of the preset's {preset} (not in this build's GAN loss)"
+def compiled_parts(cfg: TrainConfig) -> str:
+    """What --impl compile compiles of cfg's step (fastgan.train.loop.Trainer._d_step)."""
+    if cfg.r1 or cfg.r2 or cfg.gp or cfg.spectral_norm:
+        why = "; ".join(
+            ["R1/R2/GP need a double backward, which aot_autograd lacks"] * bool(
+                cfg.r1 or cfg.r2 or cfg.gp)
+            + ["two compiled spectral-norm calls before one backward fail in torch 2.14"]
+            * cfg.spectral_norm)
+        return (f"compile: G, the loss and D in the G step compiled; the D step runs D "
+                f"uncompiled ({why})")
+    return "compile: G, D and the loss compiled"
 
 
 def describe(cfg: TrainConfig) -> str:
@@ -233,11 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = train_config("fastgan", args.batch_size, args.image_size, args.device, args.arch,
                        args.conditional, args.loss, args.width)
-    note = loss_note(cfg)
     print(f"bench_train: device {args.device}, batch {args.batch_size}, {args.image_size}x"
           f"{args.image_size} Fashion-MNIST {describe(cfg)}, EMA, width {cfg.ngf}; "
-          f"{torch.get_num_threads()} threads" + (f"\n  note: {note}" if note else ""))
-    res: dict = {"config": {**vars(args), "loss": cfg.loss, "loss_note": note}}
+          f"{torch.get_num_threads()} threads\n  ({compiled_parts(cfg)})")
+    res: dict = {"config": {**vars(args), "loss": cfg.loss}}
     spec = (args.arch, args.conditional, args.loss, args.width)
     if not args.skip_cold:
         res["cold"] = {}

@@ -39,7 +39,10 @@ def test_fastgan_bench_quick(tmp_path):
             parts = row["impls"][impl]["saved_parts_mb"]
             assert set(parts) == {"G", "D"} and all(v > 0 for v in parts.values())
             assert row["impls"][impl]["saved_mb"] == pytest.approx(sum(parts.values()))
-    assert "penalised D step runs D eagerly" in steps["r3gan"]["note"]
+    assert "D step runs D uncompiled" in steps["r3gan"]["note"]
+    assert "D step runs D uncompiled" in steps["resnet"]["note"]
+    for row in steps.values():  # the trainer runs every arch under --impl compile
+        assert "torch.compile" in row["impls"], row["failed"]
 
 
 def test_fastgan_bench_rejects_unusable_backend():
@@ -66,22 +69,19 @@ def test_train_cold_start_worker():
 
 def test_train_config_applies_arch_presets():
     """bench_train's runs are what `fastgan train --arch` makes: the default run unchanged,
-    the architectures' presets applied, a preset loss this build lacks replaced (and said)."""
-    from fastgan.bench.bench_train import (FALLBACK_LOSS, _loss_kinds, describe, loss_note,
-                                           train_config)
-    from fastgan.runs.config import ARCH_PRESETS, TrainConfig
+    the architectures' presets applied."""
+    from fastgan.bench.bench_train import compiled_parts, describe, train_config
+    from fastgan.runs.config import TrainConfig
 
     cfg = train_config("eager", 64, 32, "cpu")
     assert cfg == TrainConfig(impl="eager", batch_size=64, image_size=32, device="cpu", out="")
-    assert loss_note(cfg) == "" and describe(cfg) == "dcgan, ns loss"
+    assert describe(cfg) == "dcgan, ns loss"
+    assert compiled_parts(cfg) == "compile: G, D and the loss compiled"
     res = train_config("fastgan", 8, 16, "cpu", "resnet", conditional=True, width=8)
     assert (res.loss, res.spectral_norm, res.betas) == ("hinge", True, (0.0, 0.9))
     assert res.conditional and res.ngf == res.ndf == 8 and res.batch_size == 8
     r3 = train_config("compile", 8, 32, "cpu", "r3gan")
-    assert (r3.r1, r3.r2, r3.betas) == (0.05, 0.05, (0.0, 0.99))
-    preset = ARCH_PRESETS["r3gan"]["loss"]
-    if preset in _loss_kinds():
-        assert r3.loss == preset and loss_note(r3) == ""
-    else:
-        assert r3.loss == FALLBACK_LOSS and preset in loss_note(r3)
+    assert (r3.loss, r3.r1, r3.r2, r3.betas) == ("rpgan", 0.05, 0.05, (0.0, 0.99))
+    assert describe(r3) == "r3gan, rpgan loss, R1 0.05, R2 0.05"
+    assert "double backward" in compiled_parts(r3) and "spectral" in compiled_parts(res)
     assert train_config("eager", 8, 32, "cpu", "r3gan", loss="hinge").loss == "hinge"
