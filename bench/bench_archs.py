@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
 import fastgan
 from fastgan.bench.bench_train import (compiled_parts, describe, forward_saved_bytes,
                                        load_data, make_trainer, train_config)
@@ -65,10 +67,17 @@ def arch_row(cfg: Config, arch: str, conditional: bool = False) -> Row:
     data = load_data(next(iter(tcfgs.values())))
     impls: dict[str, Callable[[], object]] = {}
     saved: dict[str, Callable[[], dict[str, int]]] = {}
-    for col, (_, backend) in cols.items():
+    for col, (impl, backend) in cols.items():
         trainer = make_trainer(tcfgs[col], data)
+        fresh = [impl == "compile"]
 
-        def step(trainer=trainer, backend=backend):
+        def step(trainer=trainer, backend=backend, fresh=fresh):
+            if fresh and fresh.pop():
+                # compile as `fastgan train --impl compile` does in its own process: other
+                # rows compiled the same model classes (forward code objects) at other
+                # shapes, and dynamo would recompile them with dynamic shapes (automatic
+                # dynamic) or hit its recompile limit; the rows before are done with theirs
+                torch._dynamo.reset()
             if backend is None:  # eager / compile: the trainer picks the reference ops
                 trainer.train_step()
             else:

@@ -7,6 +7,9 @@ and reported as medians with the median of paired ratios against eager and again
 torch.compile (static shapes: `dynamic=False`, as for a fixed batch size; otherwise
 dynamo's automatic dynamic shapes kick in when one process compiles the same module class
 at several shapes). Training rows also report the bytes autograd saves for backward.
+A training step of every `fastgan train --arch` (bench_archs; --archs, --conditional-archs)
+is a row too, and the last section is each architecture's time to first step in a fresh
+process (bench_train.cold_start; --no-first-step skips it).
 Results go to stdout, to JSON and to a PNG bar chart.
 """
 
@@ -25,9 +28,9 @@ import fastgan
 
 from fastgan.bench import (bench_archs, bench_blocks, bench_bn_act, bench_cbn_act,
                            bench_gan_loss, bench_stylegan)
-from fastgan.runs.config import ARCHS
 from fastgan.bench.common import (Config, Row, first_calls, median, paired_ratio,
                                   paired_timings, spread, tune_malloc)
+from fastgan.runs.config import ARCHS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
