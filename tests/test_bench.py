@@ -12,9 +12,11 @@ import pytest
 
 def test_fastgan_bench_quick(tmp_path):
     out = tmp_path / "out"
+    # (--archs: dcgan's step is the same code path as the others', and its torch.compile
+    # cold compile would cost CI another ~20 s)
     r = subprocess.run([sys.executable, "-m", "fastgan", "bench", "--quick", "--batch", "2",
-                        "--rounds", "2", "--out", str(out)], capture_output=True, text=True,
-                       timeout=900)
+                        "--rounds", "2", "--archs", "resnet", "r3gan", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "vs eager" in r.stdout and "torch.compile ms" in r.stdout
     data = json.loads((out / "results.json").read_text())
@@ -31,8 +33,8 @@ def test_fastgan_bench_quick(tmp_path):
     # the saved-for-backward bytes of G's and D's forward for eager and fastgan
     steps = {row["name"].split()[0]: row for row in data["rows"]
              if row["kind"] == "train step" and " train step (" in row["name"]}
-    assert set(steps) == {"dcgan", "resnet", "r3gan"}, [r["name"] for r in data["rows"]]
-    assert data["config"]["archs"] == ["dcgan", "resnet", "r3gan"]
+    assert set(steps) == {"resnet", "r3gan"}, [r["name"] for r in data["rows"]]
+    assert data["config"]["archs"] == ["resnet", "r3gan"]
     for row in steps.values():
         assert row["rounds"] == 2
         for impl in ("eager", "fastgan[cpu]"):
