@@ -9,11 +9,7 @@ and fastgan's kernels.
 
 each followed by a backward with a fixed upstream gradient. N is 32 (4 with --quick).
 
-  R3GAN step  one training step of fastgan.models.r3gan at 32x32: D on the relativistic
-             pairing loss with R1 and R2 (gradient penalties on real and fake images:
-             double backward through every op), then G. eager is the same model on the
-             reference ops; torch.compile cannot run it (aot_autograd has no double
-             backward), so that column reports the limitation. Batch 16 (4 with --quick).
+The R3GAN-style training step on these ops is bench/bench_archs.py's r3gan row.
 
 Paired ratios, as `fastgan bench` reports them:
     python -m fastgan.bench.bench_stylegan [--rounds 30] [--batch 32] [--malloc default]
@@ -60,58 +56,6 @@ def reference_fir_up_down(x: torch.Tensor) -> torch.Tensor:
     f = _FIR.to(x.device)
     y = upfirdn2d_reference.upfirdn2d(x, f, up=2, padding=[2, 1, 2, 1], gain=4)
     return upfirdn2d_reference.upfirdn2d(y, f, down=2, padding=[1, 1, 1, 1])
-
-
-def r3gan_trainer(device: str, batch: int, seed: int = 0):
-    """A zero-argument callable running one R3GAN-style training step (on whichever
-    backend is in use when it is called)."""
-    from fastgan.models import r3gan
-
-    torch.manual_seed(seed)
-    G, D = r3gan.Generator().to(device), r3gan.Discriminator().to(device)
-    opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.0, 0.99))
-    opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.0, 0.99))
-    real = torch.randn(batch, 3, 32, 32, device=device)
-    z = torch.randn(batch, G.nz, device=device)
-    gamma = 0.1
-
-    def step():
-        x = real.detach().requires_grad_()
-        fake = G(z).detach().requires_grad_()
-        r, f = D(x), D(fake)
-        (gr, gf) = torch.autograd.grad((r.sum(), f.sum()), (x, fake), create_graph=True)
-        penalty = gr.square().sum([1, 2, 3]).mean() + gf.square().sum([1, 2, 3]).mean()
-        d_loss = F.softplus(-(r - f)).mean() + gamma / 2 * penalty
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        f = D(G(z))
-        g_loss = F.softplus(-(f - D(real).detach())).mean()
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-    return step
-
-
-def r3gan_row(cfg, batch: int) -> Row:
-    impls = {}
-    for name, backend in [("eager", "reference")] + [(f"fastgan[{b}]", b)
-                                                     for b in cfg.fastgan_impls()]:
-        step = r3gan_trainer(cfg.device, batch)
-
-        def run(step=step, backend=backend):
-            with fastgan.use_backend(backend):
-                step()
-        impls[name] = run
-
-    def compiled():
-        # known limitation, not measured: inductor's aot_autograd raises on create_graph
-        # backward through a compiled graph, which R1/R2 need
-        raise NotImplementedError("torch.compile does not support double backward "
-                                  "(R1/R2 penalties) through a compiled model")
-    impls["torch.compile"] = compiled
-    return Row(f"R3GAN-style step, D (R1+R2) + G, 32x32 batch {batch}", "train step", impls,
-               note="eager: the same model on the reference ops; compile: no double backward")
 
 
 def _steps(fns: dict, inputs: tuple[torch.Tensor, ...], upstream: torch.Tensor) -> dict:
@@ -164,9 +108,8 @@ def make_rows(cfg, n: int) -> list[Row]:
 
 
 def rows(cfg) -> list[Row]:
-    """`fastgan bench` rows: the StyleGAN ops at batch 32 and an R3GAN-style training step
-    at batch 16 (both 4 with --quick)."""
-    return make_rows(cfg, 4 if cfg.quick else 32) + [r3gan_row(cfg, 4 if cfg.quick else 16)]
+    """`fastgan bench` rows: the StyleGAN ops at batch 32 (4 with --quick)."""
+    return make_rows(cfg, 4 if cfg.quick else 32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                  quick=False, rounds=args.rounds)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    for row in make_rows(cfg, args.batch) + [r3gan_row(cfg, args.batch // 2)]:
+    for row in make_rows(cfg, args.batch):
         impls = {}
         for name, fn in row.impls.items():
             try:
