@@ -12,7 +12,6 @@ Paired ratios:
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import pytest
@@ -22,7 +21,7 @@ from torch import nn
 
 import fastgan
 
-from fastgan.bench.common import Row, format_table, paired_timings, saved_tensor_bytes, tune_malloc
+from fastgan.bench.common import Row, config_main, saved_tensor_bytes
 
 CLASSES = 10
 CONFIGS = {
@@ -146,23 +145,7 @@ def rows(cfg):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--configs", nargs="*", default=list(CONFIGS))
-    p.add_argument("--modes", nargs="*", default=["train", "eval"])
-    p.add_argument("--malloc", choices=["default", "tuned"], default="default",
-                   help="see fastgan.bench.common.tune_malloc")
-    args = p.parse_args(argv)
-    if args.malloc == "tuned" and not tune_malloc():
-        raise SystemExit("--malloc tuned needs glibc")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, malloc {args.malloc}")
-    for config in args.configs:
-        for mode in args.modes:
-            samples = paired_timings(make_cases(config, mode), rounds=args.rounds)
-            what = "forward+backward" if mode == "train" else "forward (eval, no_grad)"
-            print(format_table(f"cbn_act {config} {what}", samples, ["eager", "torch.compile"]))
-    return 0
+    return config_main(argv, __doc__, "cbn_act", CONFIGS, make_cases)
 
 
 if __name__ == "__main__":

@@ -153,3 +153,27 @@ class Row:
     saved: dict[str, Callable[[], int | dict[str, int]]] = dataclasses.field(default_factory=dict)
     note: str = ""
     rounds: int | None = None  # at most this many timed rounds (a row whose call takes seconds)
+
+
+def config_main(argv: list[str] | None, doc: str, op: str, configs, make_cases) -> int:
+    """The command line of an op's benchmark over named configs (bench_bn_act,
+    bench_cbn_act): paired timings of make_cases(config, mode) per config and mode."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--configs", nargs="*", default=list(configs))
+    p.add_argument("--modes", nargs="*", default=["train", "eval"])
+    p.add_argument("--malloc", choices=["default", "tuned"], default="default",
+                   help="see fastgan.bench.common.tune_malloc")
+    args = p.parse_args(argv)
+    if args.malloc == "tuned" and not tune_malloc():
+        raise SystemExit("--malloc tuned needs glibc")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, malloc {args.malloc}")
+    for config in args.configs:
+        for mode in args.modes:
+            samples = paired_timings(make_cases(config, mode), rounds=args.rounds)
+            what = "forward+backward" if mode == "train" else "forward (eval, no_grad)"
+            print(format_table(f"{op} {config} {what}", samples, ["eager", "torch.compile"]))
+    return 0
