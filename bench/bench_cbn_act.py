@@ -21,7 +21,7 @@ from torch import nn
 
 import fastgan
 
-from fastgan.bench.common import Row, config_main, saved_tensor_bytes
+from fastgan.bench.common import Row, config_main, pedantic_case, saved_tensor_bytes
 
 CLASSES = 10
 CONFIGS = {
@@ -106,15 +106,7 @@ def _case_ids():
 
 @pytest.mark.parametrize("config,mode,impl", _case_ids())
 def test_cbn_act(benchmark, config, mode, impl):
-    cases = make_cases(config, mode)
-    if impl not in cases:
-        pytest.skip(f"{impl} not available here")
-    benchmark.group = f"cbn_act {mode} {config}"
-    benchmark.extra_info.update(config=config, mode=mode, impl=impl)
-    fn = cases[impl]
-    for _ in range(3):
-        fn()
-    benchmark.pedantic(fn, rounds=20, iterations=1, warmup_rounds=2)
+    pedantic_case(benchmark, "cbn_act", config, mode, impl, make_cases)
 
 
 def rows(cfg):

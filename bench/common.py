@@ -177,3 +177,19 @@ def config_main(argv: list[str] | None, doc: str, op: str, configs, make_cases) 
             what = "forward+backward" if mode == "train" else "forward (eval, no_grad)"
             print(format_table(f"{op} {config} {what}", samples, ["eager", "torch.compile"]))
     return 0
+
+
+def pedantic_case(benchmark, op: str, config: str, mode: str, impl: str, make_cases) -> None:
+    """One pytest-benchmark case of an op's benchmark over named configs: impl's call of
+    make_cases(config, mode), warmed up, then 20 rounds (skipped where impl is absent)."""
+    import pytest
+
+    cases = make_cases(config, mode)
+    if impl not in cases:
+        pytest.skip(f"{impl} not available here")
+    benchmark.group = f"{op} {mode} {config}"
+    benchmark.extra_info.update(config=config, mode=mode, impl=impl)
+    fn = cases[impl]
+    for _ in range(3):
+        fn()
+    benchmark.pedantic(fn, rounds=20, iterations=1, warmup_rounds=2)
