@@ -113,8 +113,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     from fastgan.runs.config import AMP, ARCHS, IMPLS, LOSSES
 
     a = p.add_argument
-    a("--data", help="fashion-mnist (built in, the default), a folder of PNG/JPEG images, "
-                     "or an .npz with an `images` array (N, H, W[, C]) uint8")
+    a("--data", help="fashion-mnist (built in, the default), stacked-fashion-mnist (built in: "
+                     "3 channels of independent Fashion-MNIST images, 1000 modes), a folder of "
+                     "PNG/JPEG images, or an .npz with an `images` array (N, H, W[, C]) uint8")
     a("--image-size", type=int, help="a power of two >= 16 (default 32)")
     a("--arch", choices=ARCHS, help="dcgan (default), resnet (SNGAN/BigGAN-style ResNet) or "
                                     "r3gan (R3GAN-style residual G and D on the fused bias_act / "
@@ -149,7 +150,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     a("--sample-every", type=int, help="steps between sample grids (default 500; 0: at the end)")
     a("--ckpt-every", type=int, help="steps between kept checkpoints (default 1000)")
     a("--eval-every", type=int, help="steps between FID/KID/IS evaluations with the "
-                                     "fastgan-fmnist features (default 0: never)")
+                                     "fastgan-fmnist features, plus modes on stacked-fashion-mnist "
+                                     "and class accuracy for --conditional (default 0: never)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     a("--quiet", action="store_true", help="no progress output")
 
@@ -260,7 +262,10 @@ def _main(argv: list[str]) -> int:
     p_eval.add_argument("--split", choices=("train", "test"), default="train",
                         help="split of the built-in reference data (default train)")
     p_eval.add_argument("--n", type=int, default=10000, help="samples to evaluate (default 10000)")
-    p_eval.add_argument("--metrics", default="fid,kid,is", help="subset of fid,kid,is")
+    p_eval.add_argument("--metrics", default="fid,kid,is",
+                        help="subset of fid,kid,is,modes,accuracy (default fid,kid,is); modes: "
+                             "stacked-fashion-mnist's 1000 modes covered, accuracy: a conditional "
+                             "run's samples or an .npz's images in their class")
     p_eval.add_argument("--features", default="fastgan-fmnist",
                         help="fastgan-fmnist (default, shipped) or inception (needs --weights)")
     p_eval.add_argument("--weights", help="Inception weights file (TorchScript "

@@ -17,16 +17,20 @@ import os
 import torch
 
 from fastgan.data.batches import Batches, to_float, to_uint8
-from fastgan.data.fashion_mnist import load_fashion_mnist
+from fastgan.data.fashion_mnist import (STACKED_MODES, load_fashion_mnist,
+                                        load_stacked_fashion_mnist)
 from fastgan.data.images import fit_to_size, load_image_folder, load_npz
 from fastgan.errors import UserError
 
-BUILTIN_DATASETS = ("fashion-mnist",)
+BUILTIN_DATASETS = ("fashion-mnist", "stacked-fashion-mnist")
 
 # Other spellings accepted for the built-in datasets.
-_ALIASES = {"fashion-mnist": "fashion-mnist", "fmnist": "fashion-mnist"}
+_ALIASES = {"fashion-mnist": "fashion-mnist", "fmnist": "fashion-mnist",
+            "stacked-fashion-mnist": "stacked-fashion-mnist",
+            "stacked-fmnist": "stacked-fashion-mnist"}
 
-_EXPECTED = "expected fashion-mnist, a folder of PNG/JPEG images or an .npz file"
+_EXPECTED = ("expected fashion-mnist, stacked-fashion-mnist, a folder of PNG/JPEG images or "
+             "an .npz file")
 
 
 def check_image_size(image_size: int) -> None:
@@ -47,14 +51,18 @@ def load_dataset(spec: str, image_size: int, split: str = "train", labels: bool 
     with `labels=True`, the pair (images, labels), labels int64 (N,) class indices from 0
     (`--conditional`; data without labels is a UserError).
 
-    spec: "fashion-mnist" (or "fmnist"; labels: its 10 classes), a folder of PNG/JPEG
+    spec: "fashion-mnist" (or "fmnist"; labels: its 10 classes), "stacked-fashion-mnist"
+    (3 channels, each an independent Fashion-MNIST image; labels: the 1000 class triples,
+    fashion_mnist.load_stacked_fashion_mnist), a folder of PNG/JPEG
     images (labels: one sub-folder per class, sorted by name), or an .npz file with an
     `images` array (labels: its `labels` array). split ("train" or "test") applies to the
     built-in dataset only. image_size: a power of two >= 16 (check_image_size).
     """
     check_image_size(image_size)
-    if builtin_name(spec):
-        images, classes = load_fashion_mnist(split)
+    name = builtin_name(spec)
+    if name:
+        load = load_fashion_mnist if name == "fashion-mnist" else load_stacked_fashion_mnist
+        images, classes = load(split)
         images = fit_to_size(images, image_size)
         return (images, classes) if labels else images
     if os.path.isdir(spec):
@@ -66,6 +74,7 @@ def load_dataset(spec: str, image_size: int, split: str = "train", labels: bool 
     raise UserError(f"--data: {spec!r} is not a built-in dataset nor an existing folder; {_EXPECTED}")
 
 
-__all__ = ["BUILTIN_DATASETS", "Batches", "fit_to_size", "load_dataset", "load_fashion_mnist",
+__all__ = ["BUILTIN_DATASETS", "STACKED_MODES", "Batches", "fit_to_size", "load_dataset",
+           "load_fashion_mnist", "load_stacked_fashion_mnist",
            "load_image_folder", "load_npz", "to_float", "to_uint8", "check_image_size",
            "builtin_name"]

@@ -71,4 +71,50 @@ def load_fashion_mnist(split: str = "train", root: str | None = None) -> tuple[t
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
 
 
-__all__ = ["load_fashion_mnist"]
+# Stacked Fashion-MNIST (the Stacked MNIST of VEEGAN / PacGAN, on Fashion-MNIST): three
+# channels, each an independent image of one split, so 10^3 = 1000 modes (class triples).
+# Channel k of stacked image i is image perm_k[i] of the split, perm_k drawn from a fixed
+# seed per (split, channel): the same images on every machine, each split image once per
+# channel. Its label, the mode, is 100 * class(R) + 10 * class(G) + class(B).
+STACKED_SEEDS = {"train": 1000, "test": 2000}
+STACKED_MODES = 1000
+
+
+def stack_channels(images: torch.Tensor, classes: torch.Tensor,
+                   perms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, H, W) stacked as (M, 3, H, W): channel k of image i is
+    images[perms[k][i]]; and the modes 100 a + 10 b + c of their class triples (a, b, c)."""
+    stacked = torch.cat([images[p] for p in perms], 1)
+    modes = 100 * classes[perms[0]] + 10 * classes[perms[1]] + classes[perms[2]]
+    return stacked, modes
+
+
+def load_stacked_fashion_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked Fashion-MNIST of a split: images uint8 (N, 3, 28, 28), N the split's size
+    (60,000 or 10,000), and modes int64 (N,) in 0..999 (see STACKED_SEEDS)."""
+    images, classes = load_fashion_mnist(split)
+    n = images.shape[0]
+    perms = [torch.randperm(n, generator=torch.Generator().manual_seed(STACKED_SEEDS[split] + k))
+             for k in range(3)]
+    return stack_channels(images, classes, perms)
+
+
+def stacked_of_modes(modes: list[int], per_mode: int, split: str = "test",
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked images (len(modes) * per_mode, 3, 28, 28) uint8 of the given modes only, and
+    their modes: for mode 100 a + 10 b + c, channel 0 is a random image of class a of the
+    split, and so on (drawn with replacement, seeded): data with known, few modes, to check
+    the mode metric against (fastgan.metrics.modes)."""
+    images, classes = load_fashion_mnist(split)
+    gen = torch.Generator().manual_seed(seed)
+    by_class = [torch.nonzero(classes == c).flatten() for c in range(10)]
+    perms = [[], [], []]
+    for m in modes:
+        for k, c in enumerate((m // 100, m // 10 % 10, m % 10)):
+            pool = by_class[c]
+            perms[k].append(pool[torch.randint(len(pool), (per_mode,), generator=gen)])
+    return stack_channels(images, classes, [torch.cat(p) for p in perms])
+
+
+__all__ = ["load_fashion_mnist", "load_stacked_fashion_mnist", "stack_channels",
+           "stacked_of_modes", "STACKED_MODES"]

@@ -2,7 +2,8 @@
 
 - `fastgan-fmnist` (default): fastgan's own classifier trained on Fashion-MNIST
   (fmnist_net.py; weights ship with the package). Its numbers are "FID (fastgan-fmnist)",
-  comparable between fastgan runs, never with published Inception FIDs.
+  comparable between fastgan runs, never with published Inception FIDs. Against
+  stacked-fashion-mnist it classifies each channel: "FID (fastgan-fmnist-stacked)".
 - `inception`, from a file the user already has (`--weights PATH`; nothing is downloaded):
   - the TorchScript `inception-2015-12-05.pt` of StyleGAN2-ADA / StyleGAN3 / clean-fid:
     it takes uint8 [0, 255] RGB images at any size and resizes them to 299x299 itself
@@ -45,19 +46,47 @@ class Extractor:
 
 
 class FmnistFeatures(Extractor):
-    name = key = "fastgan-fmnist"
+    """fastgan's classifier. stacked=False: one image -> its 128 features and 10 class
+    probabilities (an RGB image as its luma). stacked=True (stacked-fashion-mnist): each of
+    the 3 channels classified on its own -> the three channels' features concatenated
+    (384; the channels of real data are independent, so their cross-covariance, which FID
+    also compares, is ~0) and the 1000 mode probabilities (the product of the channels')."""
+
     has_probs = True
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, stacked: bool = False) -> None:
         self.net = load_fmnist_net(device)
         self.device = device
-        self.dim = FEATURE_DIM
+        self.stacked = stacked
+        self.name = self.key = "fastgan-fmnist-stacked" if stacked else "fastgan-fmnist"
+        self.dim = FEATURE_DIM * (3 if stacked else 1)
 
     @torch.no_grad()
+    def classify(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Features (N, dim) float64 and each channel's class probabilities (N, C, 10)
+        float64 (C = 3 when stacked, else 1), on the CPU."""
+        n, c = images.shape[:2]
+        if self.stacked and c != 3:
+            raise UserError(f"stacked-fashion-mnist features need 3-channel images, got {c}")
+        x = images.to(self.device)
+        if self.stacked:
+            x = x.reshape(n * 3, 1, *x.shape[2:])
+        feats, logits = self.net.features_and_logits(prepare(x))
+        probs = torch.softmax(logits.double(), 1).cpu().view(n, -1, logits.shape[1])
+        return feats.double().cpu().reshape(n, -1), probs
+
     def __call__(self, images: Tensor, probs: bool = False) -> tuple[Tensor, Tensor | None]:
-        feats, logits = self.net.features_and_logits(prepare(images.to(self.device)))
-        p = torch.softmax(logits.double(), 1).cpu() if probs else None
-        return feats.double().cpu(), p
+        feats, channel_probs = self.classify(images)
+        return feats, (joint_probs(channel_probs) if probs else None)
+
+
+def joint_probs(channel_probs: Tensor) -> Tensor:
+    """(N, C, K) per-channel probabilities -> (N, K^C), the product over the channels, the
+    first channel's class the most significant digit (as stacked-fashion-mnist labels)."""
+    p = channel_probs[:, 0]
+    for i in range(1, channel_probs.shape[1]):
+        p = (p[:, :, None] * channel_probs[:, i, None, :]).flatten(1)
+    return p
 
 
 def _rgb(images: Tensor) -> Tensor:
@@ -123,14 +152,18 @@ class PytorchFidInception(Extractor):
 
 
 def get_extractor(name: str = "fastgan-fmnist", weights: str | None = None,
-                  device: torch.device | str = "cpu") -> Extractor:
-    """The feature network `name` ("fastgan-fmnist", or "inception" with `weights`)."""
+                  device: torch.device | str = "cpu", data: str | None = None) -> Extractor:
+    """The feature network `name` ("fastgan-fmnist", or "inception" with `weights`) for
+    images compared with the dataset `data`: fastgan-fmnist classifies stacked-fashion-mnist's
+    channels one by one."""
+    from fastgan.data import builtin_name
+
     device = torch.device(device)
     if name in ("fastgan-fmnist", "fmnist"):
         if weights:
             raise UserError("--weights: only for --features inception (fastgan-fmnist's "
                             "weights ship with fastgan)")
-        return FmnistFeatures(device)
+        return FmnistFeatures(device, stacked=builtin_name(data or "") == "stacked-fashion-mnist")
     if name != "inception":
         raise UserError(f"--features: expected one of {', '.join(FEATURE_NETS)}, got {name!r}")
     if not weights:
@@ -152,5 +185,5 @@ def get_extractor(name: str = "fastgan-fmnist", weights: str | None = None,
                         f"weights ({first}); expected {INCEPTION_HELP}") from None
 
 
-__all__ = ["Extractor", "get_extractor", "FEATURE_NETS", "FmnistFeatures",
+__all__ = ["Extractor", "get_extractor", "FEATURE_NETS", "FmnistFeatures", "joint_probs",
            "TorchScriptInception", "PytorchFidInception"]

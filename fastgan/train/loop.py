@@ -49,7 +49,7 @@ from fastgan.runs.checkpoint import load_checkpoint, save_checkpoint, write_json
 from fastgan.runs.config import TrainConfig
 from fastgan.runs.generator import build_models, sampling_generator
 from fastgan.train.distributed import Dist
-from fastgan.train.report import MetricsLog, Progress, plot_metrics, save_grid
+from fastgan.train.report import MetricsLog, Progress, eval_line, plot_metrics, save_grid
 
 N_FIXED = 64          # samples in each grid (8 a row; a conditional run: 8 per class row)
 GRID_CLASSES = 16     # class rows in a conditional run's grids (the first 16 classes)
@@ -398,7 +398,7 @@ class Run:
             from fastgan.metrics.evaluate import reference_stats
             from fastgan.metrics.features import get_extractor
 
-            self.extractor = get_extractor("fastgan-fmnist", device=cfg.device)
+            self.extractor = get_extractor("fastgan-fmnist", device=cfg.device, data=cfg.data)
             self.reference = reference_stats(cfg.data, "train", cfg.image_size, self.extractor,
                                              quiet)
 
@@ -420,12 +420,19 @@ class Run:
         return path
 
     def evaluate(self) -> dict[str, float]:
-        """FID, KID and IS (fastgan-fmnist features) of EVAL_N samples of the sampled G."""
+        """FID, KID and IS (fastgan-fmnist features) of EVAL_N samples of the sampled G, plus
+        modes / modes_kl on 3-channel (stacked) data and class_accuracy for a conditional run."""
         from fastgan.metrics.evaluate import generator_metrics
 
+        from fastgan.data import builtin_name
+
         t = self.trainer
+        # the classifier knows Fashion-MNIST's classes and stacked-fashion-mnist's modes only
+        metrics = ("fid", "kid", "is") + (("modes",) if self.extractor.stacked else ()) \
+            + (("accuracy",) if t.num_classes and builtin_name(self.cfg.data) else ())
         return generator_metrics(t.sampler(), self.cfg.nz, EVAL_N, self.reference,
-                                 self.extractor, seed=self.cfg.seed)
+                                 self.extractor, metrics, seed=self.cfg.seed,
+                                 device=self.cfg.device)
 
     def run(self) -> int:
         """Train to cfg.steps; 0 when done, 128 + signal number when stopped by a signal."""
@@ -461,8 +468,7 @@ class Run:
                             continue
                         if evaluate:
                             rec.update(self.evaluate())
-                            progress.write(f"step {t.step}: FID (fastgan-fmnist) {rec['fid']:.3f}"
-                                           f"  KID x1e3 {rec['kid'] * 1e3:.3f}  IS {rec['is']:.3f}")
+                            progress.write(eval_line(t.step, rec, self.extractor.name))
                         self.metrics.append(rec)
                         progress.log(rec)
                         if not all(math.isfinite(rec[k]) for k in TRACKED):

@@ -83,9 +83,21 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     return out
 
 
+def eval_line(step: int, rec: dict, features: str) -> str:
+    """The progress line of one --eval-every evaluation."""
+    line = (f"step {step}: FID ({features}) {rec['fid']:.3f}  KID x1e3 {rec['kid'] * 1e3:.3f}  "
+            f"IS {rec['is']:.3f}")
+    if "modes" in rec:
+        line += f"  modes {rec['modes']}/1000  KL {rec['modes_kl']:.3f}"
+    if "class_accuracy" in rec:
+        line += f"  class accuracy {rec['class_accuracy']:.3f}"
+    return line
+
+
 def plot_metrics(metrics_path: str, out_path: str) -> bool:
     """losses.png: D and G losses, D(x) / D(G(z)) and, when the run evaluates, FID and KID
-    against the step. False when matplotlib is missing or there is nothing to plot."""
+    against the step, then modes and their KL (stacked data) and class accuracy (conditional
+    runs) when measured. False when matplotlib is missing or there is nothing to plot."""
     records = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
     if not records:
         return False
@@ -98,7 +110,10 @@ def plot_metrics(metrics_path: str, out_path: str) -> bool:
         return False
     steps = [r["step"] for r in records]
     evals = [r for r in records if "fid" in r]
-    fig, axes = plt.subplots(3 if evals else 2, 1, figsize=(7, 8.5 if evals else 6), sharex=True)
+    modes = [r for r in evals if "modes" in r]
+    accs = [r for r in evals if "class_accuracy" in r]
+    rows = 2 + bool(evals) + bool(modes) + bool(accs)
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 2.9 * rows), sharex=True)
     ax1, ax2 = axes[0], axes[1]
     for key, label in (("d_loss", "D loss"), ("g_loss", "G loss")):
         ax1.plot(steps, [r[key] for r in records], label=label)
@@ -112,8 +127,10 @@ def plot_metrics(metrics_path: str, out_path: str) -> bool:
     ax2.set_ylabel("mean sigmoid(D)")
     ax2.legend()
     ax2.grid(alpha=0.3)
+    row = 2
     if evals:
-        ax3 = axes[2]
+        ax3 = axes[row]
+        row += 1
         ax3.plot([r["step"] for r in evals], [r["fid"] for r in evals], "o-", label="FID")
         ax3.set_ylabel("FID (fastgan-fmnist)")
         ax3.set_yscale("log")
@@ -126,6 +143,25 @@ def plot_metrics(metrics_path: str, out_path: str) -> bool:
             h1, l1 = ax3.get_legend_handles_labels()
             h2, l2 = k.get_legend_handles_labels()
             ax3.legend(h1 + h2, l1 + l2)
+    if modes:
+        ax4 = axes[row]
+        row += 1
+        ax4.plot([r["step"] for r in modes], [r["modes"] for r in modes], "o-", label="modes")
+        ax4.set_ylabel("modes covered (of 1000)")
+        ax4.grid(alpha=0.3)
+        k = ax4.twinx()
+        k.plot([r["step"] for r in modes], [r["modes_kl"] for r in modes], "s--",
+               color="tab:red", label="KL to uniform")
+        k.set_ylabel("KL to uniform (nats)")
+        h1, l1 = ax4.get_legend_handles_labels()
+        h2, l2 = k.get_legend_handles_labels()
+        ax4.legend(h1 + h2, l1 + l2)
+    if accs:
+        ax5 = axes[row]
+        ax5.plot([r["step"] for r in accs], [r["class_accuracy"] for r in accs], "o-")
+        ax5.set_ylabel("class accuracy")
+        ax5.set_ylim(0, 1)
+        ax5.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -185,4 +221,4 @@ class Progress:
             self.bar.close()
 
 
-__all__ = ["image_grid", "save_grid", "MetricsLog", "read_metrics", "plot_metrics", "Progress"]
+__all__ = ["eval_line", "image_grid", "save_grid", "MetricsLog", "read_metrics", "plot_metrics", "Progress"]
