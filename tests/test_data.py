@@ -54,6 +54,33 @@ def test_fashion_mnist_splits(fmnist_train):
     assert test_labels.bincount().tolist() == [1000] * 10
 
 
+def test_stacked_fashion_mnist(fmnist_train):
+    """3 channels, each an independent image of the split: every image once per channel,
+    labels 100 a + 10 b + c of the channels' classes, all 1000 modes, the same images on
+    every call; the test split from the test images; 'stacked-fmnist' an alias."""
+    images, labels = fmnist_train
+    x, modes = load_dataset("stacked-fashion-mnist", 32, labels=True)
+    assert x.shape == (60000, 3, 32, 32) and x.dtype == torch.uint8 and modes.shape == (60000,)
+    assert torch.equal(x, load_dataset("stacked-fmnist", 32))
+    inner = x[:, :, 2:30, 2:30].reshape(60000, 3, -1)
+    flat = images.reshape(60000, -1)
+    first = {bytes(r.numpy()): i for i, r in enumerate(flat[:300])}
+    for k in range(3):  # each channel a permutation of the split (checked on its classes)
+        assert torch.bincount(modes // 10 ** (2 - k) % 10).tolist() == labels.bincount().tolist()
+        hits = [first.get(bytes(r.numpy())) for r in inner[:, k]]
+        found = [(i, j) for i, j in enumerate(hits) if j is not None]
+        assert len(found) >= 300  # (duplicate images exist in Fashion-MNIST)
+        for i, j in found[:50]:
+            assert modes[i] // 10 ** (2 - k) % 10 == labels[j]
+    channel_classes = torch.stack([modes // 100, modes // 10 % 10, modes % 10])
+    corr = torch.corrcoef(channel_classes.double())
+    assert (corr - torch.eye(3)).abs().max() < 0.02  # independent channels
+    assert modes.bincount(minlength=1000).min() > 20
+    xt, mt = load_dataset("stacked-fashion-mnist", 32, "test", labels=True)
+    assert xt.shape == (10000, 3, 32, 32) and (mt.bincount(minlength=1000) > 0).all()
+    assert "stacked-fashion-mnist" in BUILTIN_DATASETS
+
+
 def _copy_fmnist(tmp_path):
     for pair in FILES.values():
         for name in pair:

@@ -388,6 +388,8 @@ def test_conditional_run_samples_any_class(tmp_path, labelled_data, npz_data, ca
     plain = run(tmp_path, "u", npz_data, steps=1)
     assert main(["sample", plain, "--class", "0"]) == 2
     assert "--class 0: the run is not class-conditional" in capsys.readouterr().err
+    assert main(["eval", plain, "--metrics", "accuracy"]) == 2
+    assert "--metrics accuracy: the run in" in capsys.readouterr().err
     assert main(["train", "--data", npz_data, "--conditional", "--image-size", "16",
                  "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "has no `labels` array" in capsys.readouterr().err
