@@ -63,11 +63,13 @@ def test_mode_metrics_confidence_and_kl():
     assert res["modes"] == int(M.covered(counts).sum()) > 850  # 4 a mode: a few missed
     q = counts[counts > 0].double() / 4000
     assert res["modes_kl"] == pytest.approx(float((q * (q * 1000).log()).sum()))
+    assert abs(res["modes_uniform"] - res["modes"]) < 20  # 4000 uniform draws: as many
     ten = _probs(torch.tensor([[c, c, c] for c in range(10)] * 30), 0.99)
     res = M.mode_metrics(ten)
     assert res["modes"] == 10 and res["modes_kl"] == pytest.approx(math.log(100))
+    assert M.uniform_modes(100) < 100 and M.uniform_modes(100_000) == 1000
     none = M.mode_metrics(_probs(classes[:10], 0.3))
-    assert none["modes"] == 0 and none["modes_counted"] == 0
+    assert none["modes"] == 0 and none["modes_counted"] == 0 and none["modes_uniform"] == 0
     with pytest.raises(ValueError, match=r"\(N, 3, 10\)"):
         M.mode_metrics(p[:, :1])
 

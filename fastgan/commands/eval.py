@@ -40,6 +40,7 @@ def format_table(res: dict[str, float], features: str) -> str:
         lines.append(f"{'modes covered (of 1000)':<32}{res['modes']:>14d}")
         lines.append(f"{'modes KL to uniform (nats)':<32}{res['modes_kl']:>14.4f}")
         lines.append(f"{'images counted for modes':<32}{res['modes_counted']:>14.4f}")
+        lines.append(f"{'modes if uniform, same count':<32}{res['modes_uniform']:>14.1f}")
     if "class_accuracy" in res:
         lines.append(f"{'class accuracy':<32}{res['class_accuracy']:>14.4f}")
     return "\n".join(lines)

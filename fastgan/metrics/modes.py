@@ -28,7 +28,11 @@ far from uniform, as `modes_kl` does.
 uniform distribution over the 1000 modes (0 for perfectly uniform, log(1000 / K) for K
 equally likely modes, log(100) = 4.6 for 10); a finite sample adds about (modes - 1) /
 (2 n_counted) to it (~0.07 for real data at 10,000 images). `modes_counted` is the share of
-images that passed step 1.
+images that passed step 1. Few recognisable samples bound the modes that can be found (500
+counted images cannot cover 1000 modes), so `modes_uniform` says how many modes a generator
+drawing the 1000 modes uniformly would show with the same number of counted images under
+the same rule: `modes` well below it means collapse, `modes` near it with a small
+`modes_counted` means unrecognisable samples, not missing modes.
 
 `class_accuracy` is the share of images whose arg-max class (or mode) equals their label,
 no confidence threshold: the classifier's own accuracy (92%) for real test images with their
@@ -75,9 +79,18 @@ def covered(counts: Tensor) -> Tensor:
     return ((h >= 1) & (h >= NEIGHBOUR_RATIO * biggest)).flatten()
 
 
+def uniform_modes(total: int, draws: int = 5) -> float:
+    """The mean number of modes `covered` finds in `total` images drawn uniformly from the
+    1000 modes (fixed seed)."""
+    gen = torch.Generator().manual_seed(0)
+    return sum(int(covered(torch.bincount(torch.randint(NUM_MODES, (total,), generator=gen),
+                                          minlength=NUM_MODES)).sum())
+               for _ in range(draws)) / draws
+
+
 def mode_metrics(channel_probs: Tensor) -> dict[str, float]:
-    """{"modes", "modes_kl", "modes_counted"} of stacked images' channel probabilities
-    (N, 3, 10); ValueError when no image was classified confidently enough to count."""
+    """{"modes", "modes_kl", "modes_counted", "modes_uniform"} of stacked images' channel
+    probabilities (N, 3, 10)."""
     if channel_probs.dim() != 3 or channel_probs.shape[1:] != (3, 10):
         raise ValueError(f"modes: expected stacked images' channel probabilities (N, 3, 10), "
                          f"got {tuple(channel_probs.shape)}")
@@ -89,7 +102,7 @@ def mode_metrics(channel_probs: Tensor) -> dict[str, float]:
         p = counts[counts > 0].double() / total
         kl = float((p * (p * NUM_MODES).log()).sum())
     return {"modes": int(covered(counts).sum()), "modes_kl": kl,
-            "modes_counted": total / channel_probs.shape[0]}
+            "modes_counted": total / channel_probs.shape[0], "modes_uniform": uniform_modes(total)}
 
 
 def class_accuracy(channel_probs: Tensor, labels: Tensor) -> float:
@@ -102,4 +115,4 @@ def class_accuracy(channel_probs: Tensor, labels: Tensor) -> float:
 
 
 __all__ = ["NUM_MODES", "CONFIDENCE", "NEIGHBOUR_RATIO", "joint_labels", "mode_histogram",
-           "covered", "mode_metrics", "class_accuracy"]
+           "covered", "uniform_modes", "mode_metrics", "class_accuracy"]
