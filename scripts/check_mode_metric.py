@@ -2,7 +2,7 @@
 whose modes are known, both ways: real held-out stacked data (all 1000 modes) must score close
 to 1000, data drawn from few modes close to their number.
 
-    python scripts/check_mode_metric.py [--seeds 20] [--json FILE]
+    python scripts/check_mode_metric.py [--seeds 10] [--json FILE]
 
 Every set is built from Fashion-MNIST's test split (which the classifier never saw) and goes
 through the same path as `fastgan eval`: uint8 images at 32x32, fastgan-fmnist-stacked
@@ -50,7 +50,8 @@ def classifier_line() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=20, help="random draws of the few-mode sets")
+    ap.add_argument("--seeds", type=int, default=10,
+                    help="random draws of the 10-mode sets (3 of the others)")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -79,14 +80,14 @@ def main() -> int:
     row("stacked test split, first 5,000", 1000, [score(real[:5000])])
     for k, per in ((1, 10000), (10, 1000), (100, 100)):
         res = []
-        for s in range(args.seeds if k < 1000 else 1):
+        for s in range(args.seeds if k == 10 else 3):
             gen = torch.Generator().manual_seed(s)
             modes = torch.randperm(1000, generator=gen)[:k].tolist()
             res.append(score(stacked_of_modes(modes, per, "test", seed=s)[0]))
         row(f"{k} random mode(s)", k, res)
     diag = [111 * c for c in range(10)]
     row("the 10 modes (c, c, c)", 10, [score(stacked_of_modes(diag, 1000, "test", seed=s)[0])
-                                       for s in range(args.seeds)])
+                                       for s in range(3)])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -10,8 +10,9 @@ import json
 
 from fastgan.data import load_dataset
 from fastgan.errors import UserError
-from fastgan.metrics.evaluate import (METRICS, REFERENCE_METRICS, compute_metrics,
-                                      generated_batches, reference_stats, uint8_batches)
+from fastgan.metrics.evaluate import (FEATURE_METRICS, METRICS, REFERENCE_METRICS,
+                                      compute_metrics, generated_batches, reference_stats,
+                                      uint8_batches)
 from fastgan.metrics.features import get_extractor
 from fastgan.runs.checkpoint import write_atomic
 from fastgan.runs.config import default_device
@@ -84,7 +85,7 @@ def eval_command(ckpt: str | None, images: str | None, data: str | None, n: int,
         source = f"{count} images of {images}"
         batches = uint8_batches(imgs)
     extractor = ref = None
-    if any(m in ("fid", "kid", "is") for m in names):
+    if any(m in FEATURE_METRICS for m in names):
         extractor = get_extractor(features, weights, device, data)
         if "is" in names and not extractor.has_probs:
             raise UserError("--metrics is: the pytorch-fid Inception has no classifier; use the "

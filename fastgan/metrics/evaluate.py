@@ -30,6 +30,7 @@ from fastgan.runs.checkpoint import write_atomic
 from fastgan.runs.generator import generate_batches, sample_labels
 
 METRICS = ("fid", "kid", "is", "modes", "accuracy")
+FEATURE_METRICS = ("fid", "kid", "is")  # need the feature network; the default
 REFERENCE_METRICS = ("fid", "kid")    # the ones compared with a dataset's statistics
 CLASSIFIER_METRICS = ("modes", "accuracy")
 KID_KEEP = 10_000   # reference features kept for KID
@@ -150,7 +151,7 @@ def reference_stats(data: str, split: str, image_size: int, extractor: Extractor
 
 
 def compute_metrics(batches: Iterator[Tensor], ref: dict | None, extractor: Extractor | None,
-                    metrics: tuple[str, ...] = METRICS,
+                    metrics: tuple[str, ...] = FEATURE_METRICS,
                     progress: Callable[[int], None] | None = None,
                     labels: Tensor | None = None,
                     device: torch.device | str = "cpu") -> dict[str, float]:
@@ -182,7 +183,7 @@ def compute_metrics(batches: Iterator[Tensor], ref: dict | None, extractor: Extr
 
 
 def generator_metrics(G: torch.nn.Module, nz: int, n: int, ref: dict | None,
-                      extractor: Extractor | None, metrics: tuple[str, ...] = METRICS,
+                      extractor: Extractor | None, metrics: tuple[str, ...] = FEATURE_METRICS,
                       seed: int = 0, progress: Callable[[int], None] | None = None,
                       device: torch.device | str = "cpu") -> dict[str, float]:
     """compute_metrics of n samples of G; a conditional G draws every class equally often,
@@ -193,5 +194,5 @@ def generator_metrics(G: torch.nn.Module, nz: int, n: int, ref: dict | None,
 
 
 __all__ = ["reference_stats", "compute_metrics", "generator_metrics", "uint8_batches",
-           "generated_batches", "cache_dir", "METRICS", "REFERENCE_METRICS",
+           "generated_batches", "cache_dir", "METRICS", "FEATURE_METRICS", "REFERENCE_METRICS",
            "CLASSIFIER_METRICS"]
