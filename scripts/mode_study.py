@@ -118,14 +118,26 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--out", required=True, help="the curves' PNG")
     ap.add_argument("--grids", help="the last sample grids' PNG")
-    ap.add_argument("--json", help="also write every point to this file")
+    ap.add_argument("--json", help="also write every point to this file; runs already in it "
+                                   "(same directory, same points) are not evaluated again")
     args = ap.parse_args()
     rates = args.rates or [None] * len(args.runs)
     if len(rates) != len(args.runs):
         ap.error(f"--rates: one per run ({len(args.runs)}), got {len(rates)}")
     torch.set_grad_enabled(False)
     metrics = parse_metrics(args.metrics)
-    results = [evaluate_run(r, rate, metrics, args.n) for r, rate in zip(args.runs, rates)]
+    done = {}
+    if args.json and os.path.isfile(args.json):
+        with open(args.json) as f:
+            done = {r["run"]: r for r in json.load(f)}
+    results = []
+    for run, rate in zip(args.runs, rates):
+        steps = len(glob.glob(os.path.join(run, "checkpoints", "step_*.pt")))
+        old = done.get(run)
+        if old and len(old["points"]) == steps and old["rate_img_s"] == rate:
+            results.append(old)
+        else:
+            results.append(evaluate_run(run, rate, metrics, args.n))
     keys = [k for k in ("modes", "modes_kl", "fid", "class_accuracy")
             if any(k in p for r in results for p in r["points"])]
     plot(results, keys, args.out, "training minutes (at each model's quiet-machine rate)"
