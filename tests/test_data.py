@@ -111,7 +111,7 @@ def test_fashion_mnist_corrupt_files(tmp_path):
 
 def test_load_dataset_fashion_mnist_padded_to_32(fmnist_train):
     raw = fmnist_train[0]
-    assert BUILTIN_DATASETS == ("fashion-mnist",)
+    assert BUILTIN_DATASETS == ("fashion-mnist", "stacked-fashion-mnist")
     x = load_dataset("fashion-mnist", 32)
     assert x.shape == (60000, 1, 32, 32) and x.dtype == torch.uint8 and x.is_contiguous()
     assert torch.equal(x[:, :, 2:30, 2:30], raw)
@@ -217,7 +217,8 @@ def test_bad_inputs(tmp_path):
         with pytest.raises(UserError, match=match):
             load_dataset(str(spec), size)
 
-    raises(r"--data: .*nowhere.*expected fashion-mnist, a folder", tmp_path / "nowhere")
+    raises(r"--data: .*nowhere.*expected fashion-mnist, stacked-fashion-mnist, a folder",
+           tmp_path / "nowhere")
     raises(r"--data: 'mnist' is not a built-in", "mnist")
     (tmp_path / "file.txt").write_text("x")
     raises(r"--data: .*file.txt is neither a folder nor an .npz", tmp_path / "file.txt")

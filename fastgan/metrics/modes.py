@@ -19,8 +19,8 @@ scripts/check_mode_metric.py; README "Mode collapse, measured"):
    of a neighbour's count is taken as that neighbour's leakage.
 
 On the 10,000 held-out stacked test images this finds 983 of the 1000 modes; on 10,000
-images of 10 random modes 10 to 12, and 15 on the hardest 10 (every class three times:
-the shirt / T-shirt / pullover / coat triples leak most). It errs towards too few modes
+images of 10 random modes 10 or 11, and 13 to 15 on the hardest 10 (every class three
+times: the shirt / T-shirt / pullover / coat triples leak most). It errs towards too few modes
 when a real mode is much rarer than its neighbour, and then says the distribution is
 far from uniform, as `modes_kl` does.
 
